@@ -2,7 +2,8 @@
 from .kernels import discrete_gaussian_kernel, gaussian_jet, gaussian_smooth, jet_indices, truncation_radius
 from .layers import DSGaussDerConv, GaussDerConv
 from .model import GaussDerBlock, GaussDerResNet, pool_scales, spatial_select, transfer_scales
-from .presets import DEFAULT_INITIAL_SCALES, PRESETS, geometric_scales, get_preset
+from .presets import DEFAULT_INITIAL_SCALES, HUB_NAMESPACE, PRESETS, geometric_scales, get_preset
+from . import timm_models  # registers the models with timm
 
 __version__ = '0.1.0'
 

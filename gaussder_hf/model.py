@@ -141,7 +141,8 @@ class GaussDerResNet(nn.Module):
 
     Args:
         in_chans: number of input (colour) channels.
-        num_classes: number of classes, the output channels of the last GD layer.
+        num_classes: number of classes, the output channels of the last GD layer; 0 builds the
+            network without classifier, returning scale-pooled features.
         channels: output channels of the first layer followed by those of each residual block.
         jet_order: highest order of the Gaussian derivatives, 1..3.
         zero_order: add the zero-order term to every layer after the first.
@@ -175,9 +176,8 @@ class GaussDerResNet(nn.Module):
     ):
         super().__init__()
         channels = tuple(channels)
-        for name, value in (('in_chans', in_chans), ('num_classes', num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f'{name} must be a positive integer, got {value!r}')
+        if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+            raise ValueError(f'in_chans must be a positive integer, got {in_chans!r}')
         if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
             raise ValueError(f'channels must be a non-empty sequence of positive integers, got {channels!r}')
         num_blocks = len(channels) - 1
@@ -210,8 +210,10 @@ class GaussDerResNet(nn.Module):
                 zero_order=zero_order, **gd)
             for b in range(1, num_blocks + 1)
         ])
-        self.head_conv = GaussDerConv(channels[-1], num_classes, zero_order=zero_order, bias=False, **gd)
-        self.head_norm = nn.BatchNorm2d(num_classes, **factory)
+        self.num_features = self.head_hidden_size = channels[-1]
+        self.head_conv: GaussDerConv | None = None
+        self.head_norm: nn.BatchNorm2d | None = None
+        self.reset_classifier(num_classes)
         self.scale_dropout = nn.Dropout(scale_dropout)
 
     @property
@@ -232,8 +234,8 @@ class GaussDerResNet(nn.Module):
         """Recomputes each residual block in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
 
-    def forward_channel(self, x: torch.Tensor, sigma0: float) -> torch.Tensor:
-        """Returns the final-layer maps of the scale channel with initial scale ``sigma0``, ``(B, K, H, W)``."""
+    def _features(self, x: torch.Tensor, sigma0: float) -> torch.Tensor:
+        """Returns the maps entering the last GD layer in the scale channel ``sigma0``, ``(B, C, H, W)``."""
         self._check_input(x)
         sigma0 = check_sigma(sigma0)
         x = F.relu(self.stem_norm(self.stem_conv(x, self.layer_scale(1, sigma0))))
@@ -243,12 +245,22 @@ class GaussDerResNet(nn.Module):
                 x = checkpoint(block, x, sigma, use_reentrant=False)
             else:
                 x = block(x, sigma)
-        return self.head_norm(self.head_conv(x, self.layer_scale(self.num_layers, sigma0)))
+        return x
+
+    def _head(self, features: torch.Tensor, sigma0: float) -> torch.Tensor:
+        if self.head_conv is None:  # classifier removed: the features are the output
+            return features
+        return self.head_norm(self.head_conv(features, self.layer_scale(self.num_layers, sigma0)))
+
+    def forward_channel(self, x: torch.Tensor, sigma0: float) -> torch.Tensor:
+        """Returns the final-layer maps of the scale channel with initial scale ``sigma0``, ``(B, K, H, W)``."""
+        return self._head(self._features(x, sigma0), sigma0)
 
     def forward_scale_channels(self, x: torch.Tensor) -> torch.Tensor:
         """Returns the spatially selected class scores of every scale channel, ``(B, S, num_classes)``.
 
-        Taken after spatial selection and before scale-channel dropout and scale pooling.
+        Taken after spatial selection and before scale-channel dropout and scale pooling. The
+        scale channels run one after another, so inference holds one channel's maps at a time.
         """
         return torch.stack(
             [spatial_select(self.forward_channel(x, sigma0), self.spatial_pool) for sigma0 in self.initial_scales],
@@ -256,7 +268,66 @@ class GaussDerResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Returns the class logits ``(B, num_classes)``, pooled over the scale channels (eq. 43)."""
-        return pool_scales(self.scale_dropout(self.forward_scale_channels(x)), self.scale_pool)
+        return self._pool(self.forward_scale_channels(x))
+
+    def _pool(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.head_conv is not None:
+            scores = self.scale_dropout(scores)
+        return pool_scales(scores, self.scale_pool)
+
+    # The timm model contract. Features keep one map per scale channel, ``(B, S, C, H, W)``,
+    # because the last GD layer needs each channel's own scale.
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns the maps entering the last GD layer, per scale channel, ``(B, S, num_features, H, W)``."""
+        return torch.stack([self._features(x, sigma0) for sigma0 in self.initial_scales], dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Returns logits ``(B, num_classes)`` from :meth:`forward_features` output.
+
+        With ``pre_logits=True`` (or no classifier) it returns the spatially selected features
+        pooled over scale channels, ``(B, num_features)``.
+        """
+        if x.ndim != 5 or x.shape[1] != len(self.initial_scales):
+            raise ValueError(
+                f'forward_head expects (B, {len(self.initial_scales)}, C, H, W) features from forward_features, '
+                f'got shape {tuple(x.shape)}')
+        if pre_logits or self.head_conv is None:
+            return pool_scales(spatial_select(x, self.spatial_pool), self.scale_pool)
+        scores = torch.stack(
+            [spatial_select(self._head(x[:, s], sigma0), self.spatial_pool)
+             for s, sigma0 in enumerate(self.initial_scales)],
+            dim=1)
+        return self._pool(scores)
+
+    def get_classifier(self) -> nn.Module:
+        """Returns the classifier: the last GD layer (an identity after ``reset_classifier(0)``)."""
+        return self.head_conv if self.head_conv is not None else nn.Identity()
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replaces the last GD layer and its BN by freshly initialised ones with ``num_classes`` outputs.
+
+        ``num_classes=0`` removes the classifier: the network then returns pooled features.
+        ``global_pool`` (timm's name) sets the spatial selection, ``'center'`` or ``'max'``.
+        """
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f'num_classes must be an integer >= 0, got {num_classes!r}')
+        if global_pool is not None:
+            self.spatial_pool = _check_choice('global_pool', global_pool, SPATIAL_POOLS)
+        self.num_classes = num_classes
+        factory = dict(device=self.stem_norm.weight.device, dtype=self.stem_norm.weight.dtype)
+        if num_classes:
+            self.head_conv = GaussDerConv(
+                self.num_features, num_classes, jet_order=self.jet_order, zero_order=self.zero_order,
+                eps=self.eps, bias=False, **factory)
+            self.head_norm = nn.BatchNorm2d(num_classes, **factory)
+        else:
+            self.head_conv = None
+            self.head_norm = None
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Returns regexes grouping parameters into stem and blocks (timm's layer-wise lr decay)."""
+        return dict(stem=r'^stem_', blocks=r'^blocks\.(\d+)' if coarse else [(r'^blocks\.(\d+)', None), (r'^head_', (99999,))])
 
     def with_initial_scales(self, initial_scales: float | Sequence[float]) -> 'GaussDerResNet':
         """Returns a copy of this network with the same weights on another grid of scale channels."""

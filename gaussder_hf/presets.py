@@ -14,7 +14,10 @@ from __future__ import annotations
 import math
 from types import MappingProxyType
 
-__all__ = ['DEFAULT_INITIAL_SCALES', 'PRESETS', 'DATASET_INFO', 'geometric_scales', 'get_preset']
+__all__ = ['DEFAULT_INITIAL_SCALES', 'PRESETS', 'DATASET_INFO', 'HUB_NAMESPACE', 'geometric_scales', 'get_preset']
+
+# The Hub organisation that hosts every checkpoint of this package (timm cfgs, model cards).
+HUB_NAMESPACE = 'gaussder-hf'
 
 
 def geometric_scales(first: float, ratio: float, count: int) -> tuple[float, ...]:
@@ -25,6 +28,11 @@ def geometric_scales(first: float, ratio: float, count: int) -> tuple[float, ...
         raise ValueError(f'ratio must be > 0, got {ratio!r}')
     return tuple(first * ratio ** i for i in range(count))
 
+
+# Inputs in [0, 1] are mapped to [-1, 1]. The first GD layer has no zero-order term, so the
+# network ignores a constant offset anyway; the scale only matters relative to BN.
+_MEAN_STD_GREY = dict(mean=(0.5,), std=(0.5,))
+_MEAN_STD_RGB = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 # sigma0 in {1/2, 1/sqrt2, 1, sqrt2, 2, 2 sqrt2}: six channels, ratio sqrt2 (§5.1, reconstructed).
 DEFAULT_INITIAL_SCALES = geometric_scales(0.5, math.sqrt(2.0), 6)
@@ -37,13 +45,13 @@ _STL10_CLASSES = ('airplane', 'bird', 'car', 'cat', 'deer', 'dog', 'horse', 'mon
 DATASET_INFO = MappingProxyType({
     'fashionmnist': MappingProxyType(dict(
         dataset='rescaled_fashion_mnist', input_size=(1, 72, 72), test_input_size=(1, 72, 72),
-        class_names=_FASHION_MNIST_CLASSES)),
+        class_names=_FASHION_MNIST_CLASSES, **_MEAN_STD_GREY)),
     'cifar10': MappingProxyType(dict(
         dataset='rescaled_cifar10', input_size=(3, 64, 64), test_input_size=(3, 64, 64),
-        class_names=_CIFAR10_CLASSES)),
+        class_names=_CIFAR10_CLASSES, **_MEAN_STD_RGB)),
     'stl10': MappingProxyType(dict(
         dataset='rescaled_stl10', input_size=(3, 96, 96), test_input_size=(3, 192, 192),
-        class_names=_STL10_CLASSES)),
+        class_names=_STL10_CLASSES, **_MEAN_STD_RGB)),
 })
 
 # Architecture per dataset (Table 1). The DS variants differ only in `separable_from_block`.

@@ -1,0 +1,131 @@
+"""GaussDerResNets as timm models (Perzanowski & Lindeberg, arXiv:2603.02843).
+
+Importing :mod:`gaussder_hf` registers ``gaussderresnet18_{fashionmnist,cifar10,stl10}`` and
+``dsgaussderresnet18_*`` with timm, so that ``timm.create_model(name, pretrained=True)`` works,
+from the Hub, the offline HF cache, a local folder (``'local-dir:...'``) or a file
+(``pretrained_cfg_overlay=dict(file=...)``). Weights are only ever read from safetensors.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .model import GaussDerResNet
+from .presets import DATASET_INFO, HUB_NAMESPACE, PRESETS, get_preset
+
+__all__ = ['checkpoint_filter_fn', 'default_cfgs', 'create_timm_model']
+
+PAPER_ID = 'arXiv:2603.02843'
+WEIGHTS_NAME = 'model.safetensors'
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: GaussDerResNet) -> dict[str, torch.Tensor]:
+    """Returns ``state_dict`` adapted to ``model``: input channels of the first layer and the classifier.
+
+    timm's own input-conv adaptation handles 4-D conv weights only; a GD layer's weight is
+    ``(C_out, C_in, J)``. Summing over input channels gives a 1-channel layer with the same
+    response to grey images; repeating and rescaling gives more channels (as timm does).
+    """
+    state_dict = dict(state_dict)
+    stem = state_dict.get('stem_conv.weight')
+    if stem is not None and stem.shape[1] != model.in_chans:
+        source, target = stem.shape[1], model.in_chans
+        if target == 1:
+            stem = stem.sum(dim=1, keepdim=True)
+        else:
+            repeats = -(-target // source)
+            stem = stem.repeat(1, repeats, 1)[:, :target] * (source / target)
+        state_dict['stem_conv.weight'] = stem
+    head = state_dict.get('head_conv.weight')
+    if head is not None and head.shape[0] != model.num_classes:
+        # Another number of classes: keep everything but the last GD layer and its BN.
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(('head_conv.', 'head_norm.'))}
+    return state_dict
+
+
+def _check_safetensors_overlay(kwargs: dict) -> None:
+    overlay = kwargs.get('pretrained_cfg_overlay') or {}
+    file = overlay.get('file')
+    if file is not None and Path(file).suffix != '.safetensors':
+        raise ValueError(
+            f'gaussder_hf loads weights from safetensors only, got file={str(file)!r}; '
+            'convert a trusted pickle checkpoint with safetensors.torch.save_file first')
+
+
+def create_timm_model(variant: str, pretrained: bool = False, **kwargs) -> GaussDerResNet:
+    """Returns the timm model ``variant``; keyword arguments override preset fields."""
+    _check_safetensors_overlay(kwargs)
+    model_args = get_preset(variant)
+    model_args.update(kwargs)
+    return build_model_with_cfg(
+        GaussDerResNet,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        **model_args,
+    )
+
+
+def _cfg(variant: str) -> dict:
+    dataset = variant.rsplit('_', 1)[1]
+    info = DATASET_INFO[dataset]
+    return dict(
+        hf_hub_id=f'{HUB_NAMESPACE}/{variant}',
+        hf_hub_filename=WEIGHTS_NAME,  # safetensors only: never fall back to a pickle
+        num_classes=PRESETS[variant]['num_classes'],
+        input_size=info['input_size'],
+        test_input_size=info['test_input_size'],
+        fixed_input_size=False,
+        pool_size=None,
+        crop_pct=1.0,
+        interpolation='bicubic',
+        mean=info['mean'],
+        std=info['std'],
+        first_conv='stem_conv',
+        classifier='head_conv',
+        license='mit',
+        paper_ids=PAPER_ID,
+        paper_name='Scale-invariant Gaussian derivative residual networks',
+        origin_url='https://arxiv.org/abs/2603.02843',
+    )
+
+
+default_cfgs = generate_default_cfgs({name: _cfg(name) for name in PRESETS})
+
+
+@register_model
+def gaussderresnet18_fashionmnist(pretrained: bool = False, **kwargs) -> GaussDerResNet:
+    """GaussDerResNet-18 for rescaled Fashion-MNIST (1x72x72, 295k parameters)."""
+    return create_timm_model('gaussderresnet18_fashionmnist', pretrained, **kwargs)
+
+
+@register_model
+def gaussderresnet18_cifar10(pretrained: bool = False, **kwargs) -> GaussDerResNet:
+    """GaussDerResNet-18 for rescaled CIFAR-10 (3x64x64, 1.77M parameters)."""
+    return create_timm_model('gaussderresnet18_cifar10', pretrained, **kwargs)
+
+
+@register_model
+def gaussderresnet18_stl10(pretrained: bool = False, **kwargs) -> GaussDerResNet:
+    """GaussDerResNet-18 for rescaled STL-10 (3x96x96, test 3x192x192, 2.07M parameters)."""
+    return create_timm_model('gaussderresnet18_stl10', pretrained, **kwargs)
+
+
+@register_model
+def dsgaussderresnet18_fashionmnist(pretrained: bool = False, **kwargs) -> GaussDerResNet:
+    """Depthwise-separable GaussDerResNet-18 for rescaled Fashion-MNIST (120k parameters)."""
+    return create_timm_model('dsgaussderresnet18_fashionmnist', pretrained, **kwargs)
+
+
+@register_model
+def dsgaussderresnet18_cifar10(pretrained: bool = False, **kwargs) -> GaussDerResNet:
+    """Depthwise-separable GaussDerResNet-18 for rescaled CIFAR-10 (548k parameters)."""
+    return create_timm_model('dsgaussderresnet18_cifar10', pretrained, **kwargs)
+
+
+@register_model
+def dsgaussderresnet18_stl10(pretrained: bool = False, **kwargs) -> GaussDerResNet:
+    """Depthwise-separable GaussDerResNet-18 for rescaled STL-10 (669k parameters)."""
+    return create_timm_model('dsgaussderresnet18_stl10', pretrained, **kwargs)
