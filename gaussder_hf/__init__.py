@@ -4,6 +4,10 @@ from .layers import DSGaussDerConv, GaussDerConv
 from .model import GaussDerBlock, GaussDerResNet, pool_scales, spatial_select, transfer_scales
 from .presets import DEFAULT_INITIAL_SCALES, HUB_NAMESPACE, PRESETS, geometric_scales, get_preset
 from . import timm_models  # registers the models with timm
+from .configuration import GaussDerResNetConfig
+from .image_processing import GaussDerResNetImageProcessor
+from .modeling import GaussDerResNetForImageClassification, GaussDerResNetPreTrainedModel
+from .hub import push_to_hub, save_for_hub
 
 __version__ = '0.1.0'
 
@@ -21,8 +25,22 @@ def create_gaussderresnet(name: str, **overrides) -> GaussDerResNet:
     return GaussDerResNet(**args)
 
 
+def _register_with_transformers() -> None:
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+    AutoConfig.register(GaussDerResNetConfig.model_type, GaussDerResNetConfig, exist_ok=True)
+    AutoModelForImageClassification.register(
+        GaussDerResNetConfig, GaussDerResNetForImageClassification, exist_ok=True)
+    AutoImageProcessor.register(
+        GaussDerResNetConfig, image_processor_classes={'torchvision': GaussDerResNetImageProcessor}, exist_ok=True)
+
+
+_register_with_transformers()
+
 __all__ = [
     'DEFAULT_INITIAL_SCALES', 'DSGaussDerConv', 'GaussDerBlock', 'GaussDerConv', 'GaussDerResNet', 'PRESETS',
+    'GaussDerResNetConfig', 'GaussDerResNetForImageClassification', 'GaussDerResNetImageProcessor',
+    'GaussDerResNetPreTrainedModel', 'HUB_NAMESPACE', 'push_to_hub', 'save_for_hub',
     'create_gaussderresnet', 'discrete_gaussian_kernel', 'gaussian_jet', 'gaussian_smooth', 'geometric_scales',
     'get_preset', 'jet_indices', 'pool_scales', 'spatial_select', 'transfer_scales', 'truncation_radius',
 ]

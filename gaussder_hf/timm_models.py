@@ -45,18 +45,31 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: GaussDerRes
     return state_dict
 
 
-def _check_safetensors_overlay(kwargs: dict) -> None:
-    overlay = kwargs.get('pretrained_cfg_overlay') or {}
-    file = overlay.get('file')
-    if file is not None and Path(file).suffix != '.safetensors':
-        raise ValueError(
-            f'gaussder_hf loads weights from safetensors only, got file={str(file)!r}; '
-            'convert a trusted pickle checkpoint with safetensors.torch.save_file first')
+def _check_safetensors_only(kwargs: dict) -> None:
+    """Refuses a pretrained source that is not safetensors, before timm would unpickle it."""
+    files = []
+    for key in ('pretrained_cfg', 'pretrained_cfg_overlay'):
+        cfg = kwargs.get(key)
+        if hasattr(cfg, 'to_dict'):
+            cfg = cfg.to_dict()
+        if isinstance(cfg, dict) and cfg.get('file'):
+            files.append(Path(cfg['file']))
+    for file in files:
+        if file.is_dir():
+            if not (file / WEIGHTS_NAME).is_file():
+                raise ValueError(
+                    f'{str(file)!r} has no {WEIGHTS_NAME}: gaussder_hf loads weights from safetensors only and '
+                    'never unpickles a .bin/.pth file; convert a trusted one with safetensors.torch.save_file')
+        elif file.suffix != '.safetensors':
+            raise ValueError(
+                f'gaussder_hf loads weights from safetensors only, got file={str(file)!r}; '
+                'convert a trusted pickle checkpoint with safetensors.torch.save_file first')
 
 
 def create_timm_model(variant: str, pretrained: bool = False, **kwargs) -> GaussDerResNet:
     """Returns the timm model ``variant``; keyword arguments override preset fields."""
-    _check_safetensors_overlay(kwargs)
+    if pretrained:
+        _check_safetensors_only(kwargs)
     model_args = get_preset(variant)
     model_args.update(kwargs)
     return build_model_with_cfg(

@@ -1,0 +1,217 @@
+"""One checkpoint folder for timm and transformers, and pushing it to the Hugging Face Hub.
+
+:func:`save_for_hub` writes ``model.safetensors`` (timm parameter names), a ``config.json`` that
+both timm's ``hf-hub:``/``local-dir:`` loaders and transformers' ``from_pretrained`` read,
+``preprocessor_config.json`` and a ``README.md`` model card rendered from
+``model_cards/gaussderresnet.md``. Weights are never pickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Mapping
+
+import torch
+from huggingface_hub import EvalResult, HfApi, ModelCardData
+from safetensors.torch import save_file
+
+from .configuration import GaussDerResNetConfig
+from .image_processing import GaussDerResNetImageProcessor
+from .model import GaussDerResNet
+from .presets import DATASET_INFO, HUB_NAMESPACE, PRESETS
+
+__all__ = ['save_for_hub', 'push_to_hub', 'config_from_model', 'render_model_card']
+
+WEIGHTS_NAME = 'model.safetensors'
+CARD_TEMPLATE = 'gaussderresnet.md'
+
+
+def _unwrap(model) -> GaussDerResNet:
+    if isinstance(model, GaussDerResNet):
+        return model
+    inner = getattr(model, 'gaussderresnet', None)
+    if isinstance(inner, GaussDerResNet):
+        return inner
+    raise ValueError(f'expected a GaussDerResNet or GaussDerResNetForImageClassification, got {type(model).__name__}')
+
+
+def _preset_of(model: GaussDerResNet, preset: str | None) -> str | None:
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f'unknown preset {preset!r}; known presets: {", ".join(sorted(PRESETS))}')
+        return preset
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    name = cfg.get('architecture')
+    return name if name in PRESETS else None
+
+
+def config_from_model(
+        model,
+        preset: str | None = None,
+        class_names: list[str] | None = None,
+) -> GaussDerResNetConfig:
+    """Returns the :class:`GaussDerResNetConfig` describing ``model`` (a timm or transformers model)."""
+    hf_config = getattr(model, 'config', None)
+    if isinstance(hf_config, GaussDerResNetConfig) and class_names is None:
+        return hf_config
+    net = _unwrap(model)
+    if net.num_classes < 1:
+        raise ValueError('a model without classifier (num_classes=0) cannot be saved as a classifier checkpoint')
+    preset = _preset_of(net, preset)
+    info = DATASET_INFO[preset.rsplit('_', 1)[1]] if preset else None
+    if class_names is None and info is not None and len(info['class_names']) == net.num_classes:
+        class_names = list(info['class_names'])
+    if class_names is None:
+        class_names = [f'LABEL_{i}' for i in range(net.num_classes)]
+    if len(class_names) != net.num_classes:
+        raise ValueError(f'{len(class_names)} class names given for a model with {net.num_classes} classes')
+    grey = (0.5,) * net.in_chans
+    return GaussDerResNetConfig(
+        num_channels=net.in_chans, channels=list(net.channels), jet_order=net.jet_order, zero_order=net.zero_order,
+        initial_scales=list(net.initial_scales), scale_ratio=net.scale_ratio, eps=net.eps,
+        spatial_pool=net.spatial_pool, scale_pool=net.scale_pool, scale_dropout=net.scale_dropout.p,
+        separable_from_block=net.separable_from_block, preset=preset,
+        image_size=list(info['input_size'][1:]) if info else [72, 72],
+        mean=list(info['mean']) if info and len(info['mean']) == net.in_chans else list(grey),
+        std=list(info['std']) if info and len(info['std']) == net.in_chans else list(grey),
+        id2label=dict(enumerate(class_names)), label2id={n: i for i, n in enumerate(class_names)})
+
+
+def _card_template() -> str:
+    try:  # installed wheel: the templates ship inside the package
+        return resources.files('gaussder_hf.model_cards').joinpath(CARD_TEMPLATE).read_text()
+    except ModuleNotFoundError:  # source checkout / editable install: they stay at the repo root
+        return (Path(__file__).resolve().parent.parent / 'model_cards' / CARD_TEMPLATE).read_text()
+
+
+def _format_size_factor(size_factor: float) -> str:
+    return f'{size_factor:.3f}'.replace('.', 'p')
+
+
+def render_model_card(
+        config: GaussDerResNetConfig,
+        num_parameters: int,
+        repo_id: str,
+        evaluation: Mapping | None = None,
+        summary: str = '',
+) -> str:
+    """Returns the model card (README.md) text for a checkpoint.
+
+    ``evaluation`` is ``{'dataset': name, 'accuracy': {size_factor: accuracy in [0, 1]}}``; it
+    fills the card's table and the Hub's ``model-index`` metadata.
+    """
+    dataset = config.preset and DATASET_INFO[config.preset.rsplit('_', 1)[1]]['dataset']
+    eval_results, table = None, 'Not evaluated yet.'
+    if evaluation:
+        dataset = evaluation.get('dataset', dataset)
+        accuracy = {float(s): float(a) for s, a in evaluation['accuracy'].items()}
+        for s, a in accuracy.items():
+            if not 0.0 <= a <= 1.0:
+                raise ValueError(f'accuracy must be a fraction in [0, 1], got {a!r} at size factor {s}')
+        eval_results = [
+            EvalResult(task_type='image-classification', dataset_type=dataset, dataset_name=dataset,
+                       dataset_split=f'test_s{_format_size_factor(s)}', metric_type='accuracy', metric_value=a,
+                       metric_name=f'accuracy at size factor {s:.3f}')
+            for s, a in sorted(accuracy.items())]
+        rows = '\n'.join(f'| {s:.3f} | {100 * a:.2f}% |' for s, a in sorted(accuracy.items()))
+        table = f'Test accuracy on `{dataset}` per size factor:\n\n| size factor | accuracy |\n|---:|---:|\n{rows}'
+        if evaluation.get('notes'):
+            table += f'\n\n{evaluation["notes"]}'
+    card_data = ModelCardData(
+        library_name='timm', license='mit', pipeline_tag='image-classification', model_name=repo_id.split('/')[-1],
+        datasets=[dataset] if dataset else None, eval_results=eval_results,
+        tags=['image-classification', 'timm', 'transformers', 'gaussder_hf', 'scale-invariance'])
+    template = _card_template()
+    body = template.split('---\n', 2)[2]  # the template's own YAML header is replaced by card_data's
+    fields = dict(
+        model_name=repo_id.split('/')[-1], repo_id=repo_id, summary=summary, preset=config.preset or 'custom',
+        num_parameters=f'{num_parameters:,}', num_channels=config.num_channels,
+        num_blocks=len(config.channels) - 1, channels='-'.join(map(str, config.channels)),
+        jet_order=config.jet_order, zero_order='yes' if config.zero_order else 'no',
+        initial_scales=', '.join(f'{s:.4g}' for s in config.initial_scales), num_scales=len(config.initial_scales),
+        scale_ratio=config.scale_ratio, eps=config.eps, spatial_pool=config.spatial_pool,
+        scale_pool=config.scale_pool, class_names=', '.join(config.id2label[i] for i in range(config.num_labels)),
+        mean=tuple(config.mean), std=tuple(config.std), evaluation=table)
+    return f'---\n{card_data.to_yaml()}\n---\n' + Template(body).substitute(fields)
+
+
+def _atomic_write(path: Path, write) -> None:
+    # Write next to the target, then rename: an interrupted save never leaves a half file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_for_hub(
+        model,
+        folder: str | os.PathLike,
+        *,
+        preset: str | None = None,
+        class_names: list[str] | None = None,
+        repo_id: str | None = None,
+        evaluation: Mapping | None = None,
+        summary: str = '',
+        canvas_size: dict | None = None,
+) -> Path:
+    """Writes a checkpoint folder that timm and transformers both load; returns its path.
+
+    Args:
+        model: a :class:`GaussDerResNet` (e.g. from ``timm.create_model``) or a
+            ``GaussDerResNetForImageClassification``.
+        folder: target folder; created if missing. Other files in it are left alone.
+        preset: preset the model derives from (default: read from ``model.pretrained_cfg``).
+        class_names: one name per class (default: the preset dataset's names).
+        repo_id: Hub id the card refers to (default ``<HUB_NAMESPACE>/<folder name>``).
+        evaluation: ``{'dataset': ..., 'accuracy': {size_factor: accuracy}}`` for the card.
+        summary: free text for the card, e.g. how the model was trained.
+        canvas_size: mirror-extension canvas for the image processor (default: none).
+    """
+    net = _unwrap(model)
+    config = config_from_model(model, preset, class_names)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    repo_id = repo_id or f'{HUB_NAMESPACE}/{folder.resolve().name}'
+
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in net.state_dict().items()}
+    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={'format': 'pt'}))
+    _atomic_write(folder / 'config.json', lambda p: Path(p).write_text(config.to_json_string()))
+    processor = GaussDerResNetImageProcessor(
+        num_channels=config.num_channels, image_mean=list(config.mean), image_std=list(config.std),
+        canvas_size=canvas_size)
+    _atomic_write(folder / 'preprocessor_config.json', lambda p: Path(p).write_text(processor.to_json_string()))
+    num_parameters = sum(p.numel() for p in net.parameters())
+    card = render_model_card(config, num_parameters, repo_id, evaluation, summary)
+    _atomic_write(folder / 'README.md', lambda p: Path(p).write_text(card))
+    if evaluation:
+        _atomic_write(folder / 'evaluation.json', lambda p: Path(p).write_text(json.dumps(evaluation, indent=2)))
+    return folder
+
+
+def push_to_hub(
+        folder: str | os.PathLike,
+        repo_id: str,
+        *,
+        token: str | None = None,
+        private: bool = False,
+        commit_message: str = 'Upload GaussDerResNet checkpoint',
+        api: HfApi | None = None,
+):
+    """Uploads a folder written by :func:`save_for_hub` to the Hub model repo ``repo_id``."""
+    folder = Path(folder)
+    missing = [n for n in (WEIGHTS_NAME, 'config.json', 'README.md') if not (folder / n).is_file()]
+    if missing:
+        raise ValueError(f'{folder} is not a save_for_hub folder: missing {missing}')
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, repo_type='model', private=private, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo_id, folder_path=folder, repo_type='model', commit_message=commit_message,
+        allow_patterns=[WEIGHTS_NAME, 'config.json', 'preprocessor_config.json', 'README.md', 'evaluation.json'])
