@@ -3,12 +3,18 @@ and the scale-normalised N-jet (Perzanowski & Lindeberg, arXiv:2603.02843, §3.9
 
 This module is the bottom of the import graph: it depends on torch, numpy and scipy only.
 
-Everything fixed is computed once and cached: the 1-D kernel per ``(sigma, eps)`` and the
-smoothing operator per ``(sigma, eps, size, device, dtype)``. Nothing is rebuilt in a forward
-pass after the first call with a given image size.
+Everything fixed is computed once and cached: the 1-D kernel per ``(sigma, eps)``, the
+smoothing operator per ``(sigma, eps, size, device, dtype)`` (and, with the mirror extension of
+the difference stencils folded in, per ``(sigma, eps, size, pad, device, dtype)``) and the
+difference stencils of the jet per ``(jet_order, spatial_dims, zero_order, device, dtype)``.
+Nothing is rebuilt in a forward pass after the first call with a given image size.
+
+Cost: smoothing is a dense matrix product along each axis, so its cost depends on the image
+size but not on sigma; the differences of the jet are one small convolution.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import lru_cache
 from itertools import product
@@ -72,6 +78,21 @@ def check_jet_order(jet_order: int) -> int:
     if not 1 <= jet_order <= MAX_JET_ORDER:
         raise ValueError(f'jet_order must be in 1..{MAX_JET_ORDER}, got {jet_order}')
     return int(jet_order)
+
+
+# The cached tensors must be real even when they are first built while tracing (torch.export,
+# torch.compile run the forward under a fake-tensor mode): a fake tensor left in a cache would
+# come back to later eager calls.
+try:
+    from torch._subclasses.fake_tensor import unset_fake_temporarily as _unset_fake_mode
+except ImportError:  # pragma: no cover - older torch
+    _unset_fake_mode = contextlib.nullcontext
+
+
+def _constant(array, device: torch.device | None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Returns ``array`` as a real tensor for a cache, outside any fake-tensor mode."""
+    with _unset_fake_mode():
+        return torch.as_tensor(np.array(array, order='C'), device=device, dtype=dtype)
 
 
 @lru_cache(maxsize=None)
@@ -199,7 +220,7 @@ def reflect_index(size: int, pad: int) -> np.ndarray:
 
 @lru_cache(maxsize=256)
 def _reflect_index_tensor(size: int, pad: int, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(reflect_index(size, pad), device=device)
+    return _constant(reflect_index(size, pad), device)
 
 
 def mirror_pad(x: torch.Tensor, pad: int, dims: Sequence[int]) -> torch.Tensor:
@@ -238,7 +259,7 @@ def _smoothing_matrix_np(sigma: float, eps: float, size: int) -> np.ndarray:
 @lru_cache(maxsize=512)
 def _smoothing_matrix_cached(sigma: float, eps: float, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     # Transposed and contiguous: smoothing along the last axis is then one plain GEMM, x @ M.T.
-    return torch.tensor(_smoothing_matrix_np(sigma, eps, size).T.copy(), device=device, dtype=dtype)
+    return _constant(_smoothing_matrix_np(sigma, eps, size).T, device, dtype)
 
 
 def smoothing_matrix(
@@ -263,6 +284,43 @@ def smoothing_matrix(
     return _smoothing_matrix_cached(sigma, eps, int(size), device, dtype).T
 
 
+@lru_cache(maxsize=512)
+def _padded_smoothing_matrix_cached(
+        sigma: float, eps: float, size: int, pad: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Smoothing followed by mirror extension by ``pad`` as one (size + 2 pad, size) matrix: the
+    # rows of M at the reflected positions. Extending the smoothed signal costs no extra pass.
+    matrix = _smoothing_matrix_np(sigma, eps, size)[reflect_index(size, pad)]
+    return _constant(matrix, device, dtype)
+
+
+def _smoothing_operator(sigma: float, eps: float, size: int, pad: int, device: torch.device, dtype: torch.dtype):
+    """Returns the ``(size + 2 pad, size)`` operator: smoothing, then mirror extension by ``pad``."""
+    if pad == 0:
+        return _smoothing_matrix_cached(sigma, eps, size, device, dtype).mT
+    return _padded_smoothing_matrix_cached(sigma, eps, size, pad, device, dtype)
+
+
+def _smooth_along(x: torch.Tensor, matrix: torch.Tensor, dim: int) -> torch.Tensor:
+    """Returns ``matrix`` applied along ``dim`` of ``x``: ``y[..., i, ...] = sum_j matrix[i, j] x[..., j, ...]``."""
+    if dim == x.ndim - 1:
+        return x @ matrix.mT
+    # (before, size, after) is a view of a contiguous x, and M @ x3 a broadcast batched GEMM:
+    # no transposes.
+    shape = x.shape
+    x3 = x.contiguous().view(math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:]))
+    return torch.matmul(matrix, x3).view(*shape[:dim], matrix.shape[0], *shape[dim + 1:])
+
+
+def _smooth_padded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
+    """Returns ``x`` smoothed along its trailing ``spatial_dims`` dims and mirror-extended by ``pad``."""
+    # The last axis goes last: its backward (a plain GEMM) makes any incoming gradient contiguous.
+    # A batched GEMM fed an expanded gradient (e.g. from ``.sum()``) falls off the BLAS path and
+    # is ~100x slower on CPU.
+    for dim in range(x.ndim - spatial_dims, x.ndim):
+        x = _smooth_along(x, _smoothing_operator(sigma, eps, x.shape[dim], pad, x.device, x.dtype), dim)
+    return x
+
+
 def gaussian_smooth(x: torch.Tensor, sigma: float, eps: float = 0.01, spatial_dims: int | None = None) -> torch.Tensor:
     """Returns ``x`` smoothed separably with the discrete Gaussian along its trailing spatial dims.
 
@@ -271,38 +329,31 @@ def gaussian_smooth(x: torch.Tensor, sigma: float, eps: float = 0.01, spatial_di
     """
     spatial_dims = _check_signal(x, spatial_dims)
     sigma, eps = check_sigma(sigma), check_eps(eps)
-    for dim in range(x.ndim - spatial_dims, x.ndim):
-        # The cached matrix is stored as M.T, contiguous, so the last-axis product is a GEMM.
-        m_t = _smoothing_matrix_cached(sigma, eps, x.shape[dim], x.device, x.dtype)
-        if dim == x.ndim - 1:
-            x = x @ m_t
-        else:
-            x = (x.transpose(dim, -1) @ m_t).transpose(dim, -1)
-    return x
+    return _smooth_padded(x, sigma, eps, spatial_dims, 0)
 
 
-def _apply_stencil(x: torch.Tensor, order: int, dim: int, pad: int) -> torch.Tensor:
-    """Applies the order-``order`` central difference along ``dim`` of ``x`` padded by ``pad``.
+@lru_cache(maxsize=64)
+def _stencil_basis(
+        jet_order: int, spatial_dims: int, zero_order: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # The difference operators delta^alpha of the jet as correlation filters on one common
+    # support of radius (jet_order + 1) // 2, shape (J, *(2 radius + 1,) * spatial_dims).
+    radius = (jet_order + 1) // 2
+    one_d = []
+    for order in range(jet_order + 1):
+        stencil = np.zeros(2 * radius + 1)
+        own = len(_STENCILS[order]) // 2
+        stencil[radius - own: radius + own + 1] = _STENCILS[order]
+        one_d.append(stencil)
+    basis = []
+    for alpha in jet_indices(jet_order, spatial_dims, zero_order):
+        kernel = one_d[alpha[0]]
+        for order in alpha[1:]:
+            kernel = np.multiply.outer(kernel, one_d[order])
+        basis.append(kernel)
+    return _constant(np.stack(basis), device, dtype)
 
-    The result is the valid part: ``pad`` samples shorter on each side along ``dim``.
-    """
-    stencil = _STENCILS[order]
-    radius = len(stencil) // 2
-    size = x.shape[dim] - 2 * pad
-    out = None
-    for k, coefficient in enumerate(stencil):
-        if coefficient == 0.0:
-            continue
-        term = x.narrow(dim, pad - radius + k, size)
-        if out is None:
-            out = term * coefficient if coefficient != 1.0 else term
-        elif coefficient == 1.0:
-            out = out + term
-        elif coefficient == -1.0:
-            out = out - term
-        else:
-            out = out + coefficient * term
-    return out
+
+_CONV = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
 
 
 def _check_signal(x: torch.Tensor, spatial_dims: int | None) -> int:
@@ -346,28 +397,27 @@ def gaussian_jet(
     """
     spatial_dims = _check_signal(x, None)
     sigma, eps = check_sigma(sigma), check_eps(eps)
-    indices = jet_indices(jet_order, spatial_dims, zero_order)
-    spatial = list(range(x.ndim - spatial_dims, x.ndim))
+    check_jet_order(jet_order)
     # Smoothing then differencing the mirror-extended smoothed signal equals differencing the
     # mirror-extended input and then smoothing: the smoothed extension keeps the mirror symmetry.
-    pad = (jet_order + 1) // 2
-    smoothed = mirror_pad(gaussian_smooth(x, sigma, eps, spatial_dims), pad, spatial)
-    # Differentiate one axis at a time, sharing each partial result between the multi-indices
-    # that start with the same orders.
-    partial: dict[tuple[int, ...], torch.Tensor] = {(): smoothed}
-    for axis, dim in enumerate(spatial):
-        wanted = {alpha[: axis + 1] for alpha in indices}
-        partial = {
-            prefix: _apply_stencil(partial[prefix[:-1]], prefix[-1], dim, pad)
-            for prefix in sorted(wanted)
-        }
-    members = []
-    for alpha in indices:
-        member = partial[alpha]
-        if scale_normalised and sum(alpha) > 0:
-            member = member * (sigma ** sum(alpha))
-        members.append(member)
-    return torch.stack(members, dim=x.ndim - spatial_dims)
+    # The extension is folded into the smoothing matrices, and all differences of the jet are
+    # one convolution whose output channels are already laid out as (C, J): no stack.
+    radius = (jet_order + 1) // 2
+    smoothed = _smooth_padded(x, sigma, eps, spatial_dims, radius)
+    basis = _stencil_basis(jet_order, spatial_dims, bool(zero_order), x.device, x.dtype)
+    if scale_normalised:
+        orders = [sum(alpha) for alpha in jet_indices(jet_order, spatial_dims, zero_order)]
+        factors = torch.tensor([sigma ** order for order in orders], device=x.device, dtype=x.dtype)
+        basis = basis * factors.view(-1, *([1] * spatial_dims))
+    batch, channels, jet_size = x.shape[0], x.shape[1], basis.shape[0]
+    conv = _CONV[spatial_dims]
+    if spatial_dims == 3 or channels == 0:
+        # A grouped conv3d with several outputs per group is ~50x slower on CPU than treating
+        # every channel as a batch entry of a single-channel convolution (which also allows C = 0).
+        jet = conv(smoothed.reshape(batch * channels, 1, *smoothed.shape[2:]), basis.unsqueeze(1))
+    else:
+        jet = conv(smoothed, basis.unsqueeze(1).repeat(channels, *([1] * (spatial_dims + 1))), groups=channels)
+    return jet.view(batch, channels, jet_size, *x.shape[2:])
 
 
 def composed_kernel_1d(sigma: float, order: int, eps: float = 0.01, radius: int | None = None) -> torch.Tensor:
