@@ -61,7 +61,7 @@ def test_default_cfg_is_consistent(name):
     assert model.get_classifier() is model.head_conv
 
 
-@pytest.mark.parametrize('name', ['gaussderresnet18_fashionmnist', 'dsgaussderresnet18_stl10'])
+@pytest.mark.parametrize('name', MODELS)
 def test_reset_classifier_and_features(name):
     model = timm.create_model(name, **SMALL).eval()
     x = _input(model)
