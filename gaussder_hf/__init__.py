@@ -8,6 +8,7 @@ from .configuration import GaussDerResNetConfig
 from .image_processing import GaussDerResNetImageProcessor
 from .modeling import GaussDerResNetForImageClassification, GaussDerResNetPreTrainedModel
 from .hub import push_to_hub, save_for_hub
+from . import data  # registers the rescaled datasets with datasets.load_dataset
 
 __version__ = '0.1.0'
 

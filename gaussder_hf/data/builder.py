@@ -1,0 +1,156 @@
+"""The shared Hugging Face ``datasets`` builder of the rescaled benchmarks (paper §4.1, DESIGN.md §4).
+
+Training and validation data at size factor 1; the test set once per size factor
+``s = 2**(k/4)``, ``k = -4..4``, in splits named ``test_s0p500`` ... ``test_s2p000``, plus ``test``
+(s = 1). Each dataset module defines one subclass that fills in the class attributes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from ..dataset_sources import CLASS_NAMES, SOURCES, check_files, verify_md5
+from ..rescaling import SIZE_FACTORS, rescale_batch, size_factor_name
+
+__all__ = ['RescaledConfig', 'RescaledImageBuilder', 'split_names']
+
+_CITATION = """\
+@article{perzanowski2026gaussderresnets,
+  title   = {Scale-invariant Gaussian derivative residual networks},
+  author  = {Perzanowski, Andrzej and Lindeberg, Tony},
+  journal = {arXiv preprint arXiv:2603.02843},
+  year    = {2026}
+}
+"""
+
+
+def split_names() -> list[str]:
+    """Returns every split of a rescaled dataset: train, validation, test and one per size factor."""
+    return ['train', 'validation', 'test'] + [size_factor_name(s) for s in SIZE_FACTORS]
+
+
+@dataclass
+class RescaledConfig(datasets.BuilderConfig):
+    """Configuration of a rescaled dataset.
+
+    Args:
+        max_examples: use only the first ``max_examples`` originals of every split (quick
+            builds and tests); ``None`` uses all.
+        kept_ids: ids of the original images to keep (e.g. a hand-cleaned list), applied
+            before the split; ``None`` keeps all. Ids are dataset specific (see each builder).
+    """
+
+    max_examples: int | None = None
+    kept_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ValueError naming a bad option (datasets sets options after construction, too)."""
+        if self.max_examples is not None and (isinstance(self.max_examples, bool) or not isinstance(
+                self.max_examples, int) or self.max_examples < 1):
+            raise ValueError(f'max_examples must be a positive integer or None, got {self.max_examples!r}')
+        if self.kept_ids is not None:
+            self.kept_ids = tuple(int(i) for i in self.kept_ids)
+
+
+class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
+    """Builds a rescaled benchmark from the original files (``data_dir``) or their official URLs."""
+
+    SOURCE: str = ''                   # key of dataset_sources.SOURCES
+    TRAIN_CANVAS: int = 0              # side of the training / validation images
+    TEST_CANVAS: int = 0               # side of the test images
+    BACKGROUND: str = 'black'          # 'black' or 'mirror' (rescaling.rescale_batch)
+    DESCRIPTION: str = ''
+    HOMEPAGE: str = ''
+    LICENSE: str = ''
+
+    BUILDER_CONFIG_CLASS = RescaledConfig
+    BUILDER_CONFIGS = [RescaledConfig(name='default', version=datasets.Version('1.0.0'))]
+    DEFAULT_CONFIG_NAME = 'default'
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config.validate()
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(
+            description=self.DESCRIPTION,
+            features=datasets.Features({
+                'image': datasets.Image(),
+                'label': datasets.ClassLabel(names=list(CLASS_NAMES[self.SOURCE])),
+                'size_factor': datasets.Value('float32'),
+            }),
+            homepage=self.HOMEPAGE,
+            license=self.LICENSE,
+            citation=_CITATION,
+        )
+
+    # -- subclasses ---------------------------------------------------------------------------
+
+    def read_split(self, data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Returns the original uint8 images and int labels of ``split`` ('train' | 'validation' | 'test')."""
+        raise NotImplementedError
+
+    # -- datasets' builder interface ---------------------------------------------------------
+
+    def _split_generators(self, dl_manager: datasets.DownloadManager) -> list[datasets.SplitGenerator]:
+        data_dir = self._local_files(dl_manager)
+        # Read (and so validate) every original split now: a truncated or corrupt file then fails
+        # with the reader's own message instead of datasets' generic generation error.
+        self._originals = {split: self._limited(*self.read_split(data_dir, split))
+                           for split in ('train', 'validation', 'test')}
+        generators = [
+            datasets.SplitGenerator(name=split, gen_kwargs=dict(
+                data_dir=data_dir, split=split, size_factor=1.0, canvas=self.TRAIN_CANVAS))
+            for split in ('train', 'validation')
+        ]
+        generators.append(datasets.SplitGenerator(name='test', gen_kwargs=dict(
+            data_dir=data_dir, split='test', size_factor=1.0, canvas=self.TEST_CANVAS)))
+        generators += [
+            datasets.SplitGenerator(name=size_factor_name(s), gen_kwargs=dict(
+                data_dir=data_dir, split='test', size_factor=s, canvas=self.TEST_CANVAS))
+            for s in SIZE_FACTORS
+        ]
+        return generators
+
+    def _local_files(self, dl_manager: datasets.DownloadManager) -> Path:
+        if self.config.data_dir:
+            data_dir = Path(self.config.data_dir).expanduser()
+            check_files(self.SOURCE, data_dir)  # a clear error listing what is expected where
+            return data_dir
+        # Download the official files, check their md5 and give them their official names.
+        files = SOURCES[self.SOURCE]
+        downloaded = dl_manager.download({f.name: f.url for f in files})
+        data_dir = Path(dl_manager.download_config.cache_dir or datasets.config.DOWNLOADED_DATASETS_PATH)
+        data_dir = data_dir / 'gaussder_hf' / self.SOURCE
+        data_dir.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            verify_md5(downloaded[f.name], f.md5)
+            target = data_dir / f.name
+            if not target.exists():
+                os.symlink(downloaded[f.name], target)
+        check_files(self.SOURCE, data_dir)
+        return data_dir
+
+    def _limited(self, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.config.max_examples is not None:
+            images, labels = images[: self.config.max_examples], labels[: self.config.max_examples]
+        return images, labels
+
+    def _generate_examples(self, data_dir: Path, split: str, size_factor: float, canvas: int):
+        originals = getattr(self, '_originals', {})
+        images, labels = originals[split] if split in originals else self._limited(*self.read_split(Path(data_dir), split))
+        # Rescale in chunks: vectorised, and bounded in memory for the large training splits.
+        chunk = 4096
+        for start in range(0, len(images), chunk):
+            rescaled = rescale_batch(images[start:start + chunk], size_factor, canvas, self.BACKGROUND)
+            for offset, (image, label) in enumerate(zip(rescaled, labels[start:start + chunk])):
+                index = start + offset
+                yield index, {'image': image, 'label': int(label), 'size_factor': size_factor}
