@@ -190,3 +190,45 @@ def test_corrupt_sources_fail_loudly(tmp_path):
     _write_stl(tmp_path, overrides={'test_X.bin': b'\x00' * 1000})
     with pytest.raises(ValueError, match='test_X.bin: 1000 bytes is not a multiple'):
         load_dataset('rescaled_stl10', data_dir=str(tmp_path), cache_dir=str(tmp_path / 'cache'))
+
+
+def _serve_downloads(monkeypatch, files: dict, md5: dict):
+    """Makes the builders' downloads resolve to local files: url -> path, with the given md5s."""
+    from gaussder_hf.data import builder as builder_module
+    from gaussder_hf.dataset_sources import SourceFile
+
+    sources = {'stl10': tuple(SourceFile(name, f'https://example.invalid/{name}', md5[name]) for name in files)}
+    monkeypatch.setattr(builder_module, 'SOURCES', sources)
+
+    def download(self, url_or_urls):
+        return {name: str(files[url.rsplit('/', 1)[1]]) for name, url in url_or_urls.items()}
+
+    monkeypatch.setattr(datasets.DownloadManager, 'download', download)
+
+
+def test_download_path_checks_md5_and_builds(tmp_path, monkeypatch):
+    import hashlib
+    folder = _write_stl(tmp_path / 'src', n_train=2, n_test=4)
+    archive = tmp_path / 'served' / 'stl10_binary.tar.gz'
+    archive.parent.mkdir()
+    _tar_gz(archive, folder)
+    real_md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setenv('GAUSSDER_HF_CACHE', str(tmp_path / 'extract'))
+    _serve_downloads(monkeypatch, {'stl10_binary.tar.gz': archive}, {'stl10_binary.tar.gz': '0' * 32})
+    with pytest.raises(ValueError, match='stl10_binary.tar.gz.*0{32}'):
+        load_dataset('rescaled_stl10', cache_dir=str(tmp_path / 'cache'))
+    _serve_downloads(monkeypatch, {'stl10_binary.tar.gz': archive}, {'stl10_binary.tar.gz': real_md5})
+    ds = load_dataset('rescaled_stl10', cache_dir=str(tmp_path / 'cache2'))
+    assert (len(ds['train']), len(ds['test_s0p500'])) == (2, 3)
+
+
+@needs_fashion
+def test_cli_builds_and_exports(tmp_path, capsys):
+    from gaussder_hf.cli import main
+    assert main(['datasets', 'export', 'rescaled_fashion_mnist', '--data-dir', FASHION_DIR, '--max-examples', '3',
+                 '--cache-dir', str(tmp_path / 'cache'), '--output', str(tmp_path / 'out')]) == 0
+    printed = capsys.readouterr().out
+    assert 'built rescaled_fashion_mnist' in printed and 'test_s2p000' in printed
+    assert len(list((tmp_path / 'out' / 'data').glob('*.parquet'))) == 12
+    with pytest.raises(SystemExit):
+        main(['datasets', 'build', 'rescaled_mnist'])

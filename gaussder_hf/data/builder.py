@@ -134,8 +134,9 @@ class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
         for f in files:
             verify_md5(downloaded[f.name], f.md5)
             target = data_dir / f.name
-            if not target.exists():
-                os.symlink(downloaded[f.name], target)
+            if target.is_symlink() or target.exists():  # our own link from an earlier download
+                target.unlink()
+            os.symlink(downloaded[f.name], target)
         check_files(self.SOURCE, data_dir)
         return data_dir
 
