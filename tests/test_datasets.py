@@ -109,24 +109,12 @@ def test_export_loads_without_the_package_and_card_describes_it(fashion, tmp_pat
     assert np.array_equal(np.asarray(reloaded['test_s2p000'][3]['image']), np.asarray(fashion['test_s2p000'][3]['image']))
 
 
-class _RecordingApi:
-    def __init__(self):
-        self.calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(('create_repo', repo_id, kwargs))
-
-    def upload_folder(self, **kwargs):
-        self.calls.append(('upload_folder', kwargs['repo_id'], kwargs))
-        return 'commit-url'
-
-
 @needs_fashion
-def test_push_dataset_folder_uploads_the_export(fashion, tmp_path):
+def test_push_dataset_folder_uploads_the_export(fashion, tmp_path, recording_api):
     with pytest.raises(ValueError, match='not an exported dataset folder'):
         push_dataset_folder(tmp_path, 'someone/data')
     folder = export_dataset(fashion, tmp_path / 'out')
-    api = _RecordingApi()
+    api = recording_api
     assert push_dataset_folder(folder, 'someone/rescaled_fashion_mnist', api=api) == 'commit-url'
     (_, repo, create), (_, repo2, upload) = api.calls
     assert repo == repo2 == 'someone/rescaled_fashion_mnist'

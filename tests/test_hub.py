@@ -46,22 +46,10 @@ def test_save_for_hub_leaves_other_files_alone_and_validates(model, tmp_path):
         save_for_hub(torch.nn.Linear(2, 2), folder)
 
 
-class _RecordingApi:
-    def __init__(self):
-        self.calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(('create_repo', repo_id, kwargs))
-
-    def upload_folder(self, **kwargs):
-        self.calls.append(('upload_folder', kwargs['repo_id'], kwargs))
-        return 'commit-url'
-
-
-def test_push_to_hub_uploads_only_the_checkpoint_files(model, tmp_path):
+def test_push_to_hub_uploads_only_the_checkpoint_files(model, tmp_path, recording_api):
     folder = save_for_hub(model, tmp_path / 'ckpt')
     (folder / 'scratch.bin').write_bytes(b'x')
-    api = _RecordingApi()
+    api = recording_api
     assert push_to_hub(folder, 'someone/gdr', private=True, api=api) == 'commit-url'
     (create, repo, create_kwargs), (upload, repo2, upload_kwargs) = api.calls
     assert (create, repo, create_kwargs['private'], create_kwargs['exist_ok']) == ('create_repo', 'someone/gdr', True, True)
