@@ -94,9 +94,22 @@ class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
 
     # -- subclasses ---------------------------------------------------------------------------
 
+    # Reader of the official files, (data_dir, 'train' | 'test', limit) -> (images, labels), and
+    # the share (numerator, denominator) of the official training images that form `train`;
+    # the rest, at the end, is `validation`.
+    READER = None
+    TRAIN_SHARE: tuple[int, int] = (1, 1)
+
     def read_split(self, data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Returns the original uint8 images and int labels of ``split`` ('train' | 'validation' | 'test')."""
-        raise NotImplementedError
+        reader = type(self).READER
+        if split == 'test':
+            return reader(data_dir, 'test', limit=self.config.max_examples)
+        images, labels = reader(data_dir, 'train')
+        numerator, denominator = self.TRAIN_SHARE
+        cut = len(images) * numerator // denominator
+        part = slice(0, cut) if split == 'train' else slice(cut, None)
+        return images[part], labels[part]
 
     # -- datasets' builder interface ---------------------------------------------------------
 

@@ -6,8 +6,6 @@ mirror-extended. Splits: ``train`` = official training batches 1-4 (40,000 image
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..dataset_sources import read_cifar10
 from .builder import RescaledImageBuilder
 
@@ -24,12 +22,6 @@ class RescaledCIFAR10(RescaledImageBuilder):
         'Rescaled CIFAR-10: 32x32 CIFAR-10 images rescaled (bicubic, antialiased) by size factors 2**(k/4), '
         'k = -4..4, and mirror-extended to 64x64; training and validation at size factor 1.')
     HOMEPAGE = 'https://www.cs.toronto.edu/~kriz/cifar.html'
+    READER = staticmethod(read_cifar10)
+    TRAIN_SHARE = (4, 5)  # batches 1-4 of 5: 40,000 of 50,000
     LICENSE = 'unknown (CIFAR-10, Krizhevsky 2009)'
-
-    def read_split(self, data_dir: Path, split: str):
-        if split == 'test':
-            return read_cifar10(data_dir, 'test', limit=self.config.max_examples)
-        images, labels = read_cifar10(data_dir, 'train')
-        cut = len(images) * 4 // 5  # 40,000 of 50,000 (batches 1-4)
-        part = slice(0, cut) if split == 'train' else slice(cut, None)
-        return images[part], labels[part]

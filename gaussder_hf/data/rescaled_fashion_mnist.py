@@ -5,8 +5,6 @@ Splits from the official files: ``train`` = the first 50,000 official training i
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..dataset_sources import read_fashion_mnist
 from .builder import RescaledImageBuilder
 
@@ -23,12 +21,6 @@ class RescaledFashionMNIST(RescaledImageBuilder):
         'Rescaled Fashion-MNIST: 28x28 Fashion-MNIST images rescaled (bicubic, antialiased) by size factors '
         '2**(k/4), k = -4..4, and centred on a 72x72 black canvas; training and validation at size factor 1.')
     HOMEPAGE = 'https://github.com/zalandoresearch/fashion-mnist'
+    READER = staticmethod(read_fashion_mnist)
+    TRAIN_SHARE = (5, 6)  # 50,000 of the 60,000 official training images
     LICENSE = 'MIT (Fashion-MNIST, Zalando SE)'
-
-    def read_split(self, data_dir: Path, split: str):
-        if split == 'test':
-            return read_fashion_mnist(data_dir, 'test', limit=self.config.max_examples)
-        images, labels = read_fashion_mnist(data_dir, 'train')
-        cut = len(images) * 5 // 6  # 50,000 of 60,000
-        part = slice(0, cut) if split == 'train' else slice(cut, None)
-        return images[part], labels[part]
