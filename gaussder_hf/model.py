@@ -230,6 +230,15 @@ class GaussDerResNet(nn.Module):
             raise ValueError(f'layer must be in 1..{self.num_layers}, got {layer!r}')
         return sigma0 * self.scale_ratio ** (layer // 2)
 
+    def gd_layers(self) -> list[nn.Module]:
+        """Returns the GD layers of a scale channel in order: layer ``k`` (1-based) is item ``k - 1``."""
+        layers = [self.stem_conv]
+        for block in self.blocks:
+            layers += [block.conv1, block.conv2]
+        if self.head_conv is not None:
+            layers.append(self.head_conv)
+        return layers
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recomputes each residual block in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
