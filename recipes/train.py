@@ -1,0 +1,429 @@
+"""Train a GaussDerResNet (or any timm model) on a rescaled dataset with accelerate.
+
+    accelerate launch recipes/train.py --config recipes/configs/rescaled_fashion_mnist.yaml
+    accelerate launch recipes/train.py --config recipes/configs/smoke.yaml max_steps=20 output_dir=runs/smoke
+    accelerate launch recipes/train.py --config ... --resume          # continue from the newest checkpoint
+
+Settings come from a YAML file plus ``key=value`` overrides into a typed :class:`TrainConfig`
+that rejects unknown keys; the resolved config is saved next to the checkpoints. One process, one
+GPU or many (DDP through ``accelerate launch``). Checkpoints (``accelerator.save_state``) are
+written under a temporary name and renamed when complete, so ``--resume`` never picks up a
+half-written one, and a resumed run reproduces the uninterrupted one (same seed, same data order).
+At the end the model is saved with ``gaussder_hf.save_for_hub`` (and pushed with ``push_to_hub=true``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+
+# ----------------------------------------------------------------------------------------------
+# config
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (Table 2 / Table 5 of the paper for the presets)."""
+
+    # model
+    model: str = 'gaussderresnet18_fashionmnist'   # timm name (any registered model)
+    model_args: dict = field(default_factory=dict)  # preset overrides, e.g. {initial_scales: [1.0]}
+    init_from: str | None = None                    # checkpoint folder / 'local-dir:' / 'hf-hub:' to start from
+    # data
+    dataset: str = 'rescaled_fashion_mnist'
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    max_examples: int | None = None                 # use only the first N originals of every split
+    train_on_validation: bool = False               # final runs train on train + validation
+    batch_size: int = 64
+    num_workers: int = 0
+    # augmentation (§5.2)
+    hflip: bool = True
+    color_jitter: bool = False                      # (0.2, 0.2, 0.2, 0.05) for RGB
+    random_crop_padding: int = 0                    # 24 for STL-10
+    # optimisation
+    epochs: int = 32
+    max_steps: int | None = None                    # stop after this many optimizer steps
+    lr: float = 0.01
+    weight_decay: float = 0.025
+    warmup_epochs: float = 0.0                      # linear warm-up from 10% of lr
+    label_smoothing: float = 0.1
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = 'no'                     # 'no' | 'fp16' | 'bf16'
+    gradient_checkpointing: bool = False
+    # run
+    seed: int = 0
+    output_dir: str = 'runs/default'
+    save_every: int = 500                           # optimizer steps between checkpoints
+    keep_checkpoints: int = 2
+    resume: bool = False
+    log_with: str | None = None                     # an accelerate tracker, e.g. 'tensorboard'
+    evaluate_every_epoch: bool = True
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _matches(value, hints[f.name]):
+                raise ValueError(f'config key {f.name!r} must be {hints[f.name]}, got {value!r}')
+        for name in ('batch_size', 'epochs', 'gradient_accumulation_steps', 'save_every', 'keep_checkpoints'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'config key {name!r} must be >= 1, got {getattr(self, name)!r}')
+        if self.mixed_precision not in ('no', 'fp16', 'bf16'):
+            raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError('push_to_hub needs hub_model_id')
+
+
+def _matches(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__('types'), 'UnionType', None)):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None, **kwargs) -> TrainConfig:
+    """Returns the config from a YAML file, then ``key=value`` overrides, then keyword arguments."""
+    values = {}
+    if path:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f'{path} must hold a mapping of config keys, got {type(values).__name__}')
+    for item in overrides or []:
+        key, sep, text = item.partition('=')
+        if not sep:
+            raise ValueError(f'overrides are key=value, got {item!r}')
+        values[key.strip()] = yaml.safe_load(text)
+    values.update(kwargs)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f'unknown config key(s) {unknown} (in {path or "overrides"}); known keys: {sorted(known)}')
+    return TrainConfig(**values)
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+
+def image_transform(cfg: TrainConfig, in_chans: int, mean, std, train: bool):
+    """Returns the torchvision v2 pipeline: PIL -> float tensor, augmentation (train only), normalisation."""
+    from torchvision.transforms import v2
+
+    steps = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
+    if train:
+        if cfg.random_crop_padding:
+            steps.append(_RandomCropSameSize(cfg.random_crop_padding))
+        if cfg.hflip:
+            steps.append(v2.RandomHorizontalFlip(0.5))
+        if cfg.color_jitter and in_chans == 3:
+            steps.append(v2.ColorJitter(0.2, 0.2, 0.2, 0.05))
+    steps.append(v2.Normalize(list(mean), list(std)))
+    return v2.Compose(steps)
+
+
+class _RandomCropSameSize(torch.nn.Module):
+    """Random crop back to the input size after zero padding (the STL-10 augmentation)."""
+
+    def __init__(self, padding: int):
+        super().__init__()
+        self.padding = padding
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import v2
+
+        return v2.RandomCrop(tuple(image.shape[-2:]), padding=self.padding)(image)
+
+
+class RescaledSplit(torch.utils.data.Dataset):
+    """A ``datasets`` split as ``{'pixel_values', 'labels'}`` examples, with reproducible augmentation.
+
+    The random augmentation of example ``i`` in epoch ``e`` is drawn from its own generator seeded
+    by ``(seed, e, i)``, not from the global RNG: the result does not depend on how many processes
+    share the data or on batches prefetched before a checkpoint, so a resumed run sees exactly the
+    images of the uninterrupted one.
+    """
+
+    def __init__(self, split, transform, mode: str, seed: int):
+        self.split, self.transform, self.mode, self.seed = split, transform, mode, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.split[int(index)]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, self.epoch, int(index))) & 0x7FFF_FFFF_FFFF_FFFF)
+            pixels = self.transform(example['image'].convert(self.mode))
+        return {'pixel_values': pixels, 'labels': example['label']}
+
+
+def make_dataset(cfg: TrainConfig, split, model, train: bool) -> RescaledSplit:
+    """Returns ``split`` with the model's normalisation (and the augmentation when training)."""
+    mean, std = model.pretrained_cfg.get('mean'), model.pretrained_cfg.get('std')
+    if mean is None or len(mean) != model.in_chans:
+        mean, std = (0.5,) * model.in_chans, (0.5,) * model.in_chans
+    transform = image_transform(cfg, model.in_chans, mean, std, train)
+    return RescaledSplit(split, transform, 'L' if model.in_chans == 1 else 'RGB', cfg.seed)
+
+
+def epoch_loader(cfg: TrainConfig, dataset: RescaledSplit, epoch: int, skip: int = 0):
+    """Returns the training DataLoader of ``epoch``: a fixed shuffle per (seed, epoch), minus ``skip`` examples."""
+    dataset.epoch = epoch
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed * 10_007 + epoch))
+    # An explicit generator: a DataLoader without one draws its worker seed from the global RNG,
+    # which would shift the dropout randomness of a resumed run.
+    return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=order[skip:].tolist(),
+                                       drop_last=True, num_workers=cfg.num_workers,
+                                       generator=torch.Generator().manual_seed(cfg.seed + epoch))
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------------
+
+def newest_checkpoint(output_dir: Path) -> Path | None:
+    """Returns the newest complete checkpoint folder (``checkpoint-<step>``), or None."""
+    done = sorted(output_dir.glob('checkpoint-*'), key=lambda p: int(p.name.split('-')[1]))
+    return done[-1] if done else None
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> Path:
+    """Saves the full training state; the folder appears under its final name only when complete."""
+    final = output_dir / f'checkpoint-{step:08d}'
+    partial = output_dir / f'.partial-checkpoint-{step:08d}'
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        (partial / 'trainer_state.json').write_text(json.dumps({'step': step}))
+        os.replace(partial, final)  # atomic: a crash before this leaves only the .partial folder
+        for old in sorted(output_dir.glob('checkpoint-*'))[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ----------------------------------------------------------------------------------------------
+# model
+# ----------------------------------------------------------------------------------------------
+
+def build_model(cfg: TrainConfig, num_classes: int, in_chans: int):
+    import timm
+
+    import gaussder_hf  # noqa: F401  (registers the models)
+
+    args = dict(cfg.model_args)
+    if cfg.init_from:
+        source = cfg.init_from
+        if not source.startswith(('local-dir:', 'hf-hub:')):
+            source = f'local-dir:{source}'
+        return timm.create_model(source, pretrained=True, num_classes=num_classes, **args)
+    if cfg.model not in gaussder_hf.PRESETS:
+        args.setdefault('in_chans', in_chans)
+    return timm.create_model(cfg.model, num_classes=num_classes, **args)
+
+
+def save_model(model, folder: Path, cfg: TrainConfig, evaluation: dict | None = None) -> Path:
+    """Saves the trained model as a Hub folder (GaussDerResNets: gaussder_hf.save_for_hub)."""
+    import gaussder_hf
+
+    if isinstance(model, gaussder_hf.GaussDerResNet):
+        summary = (f'Trained with `recipes/train.py` on `{cfg.dataset}`: {cfg.epochs} epochs, batch {cfg.batch_size}, '
+                   f'AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}, '
+                   f'max_examples {cfg.max_examples}, max_steps {cfg.max_steps}.')
+        return gaussder_hf.save_for_hub(model, folder, evaluation=evaluation, summary=summary)
+    from timm.models import save_for_hf
+
+    save_for_hf(model, str(folder), safe_serialization='both')
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+# ----------------------------------------------------------------------------------------------
+
+def lr_lambda(cfg: TrainConfig, total_steps: int, steps_per_epoch: int):
+    """Linear warm-up from 10% of the lr over ``warmup_epochs``, then cosine decay to 0 (§5.2)."""
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.1 + 0.9 * step / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@torch.no_grad()
+def evaluate_loader(accelerator, model, loader) -> float:
+    """Returns the accuracy over a (prepared) loader, gathered over all processes."""
+    model.eval()
+    correct = total = 0
+    for batch in loader:
+        prediction = model(batch['pixel_values']).argmax(-1)
+        prediction, labels = accelerator.gather_for_metrics((prediction, batch['labels']))
+        correct += int((prediction == labels).sum())
+        total += len(labels)
+    model.train()
+    return correct / max(1, total)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Trains as configured; returns ``{'step', 'val_accuracy', 'model_dir', 'log'}``."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from datasets import load_dataset
+    from tqdm.auto import tqdm
+
+    import gaussder_hf  # noqa: F401  (registers the datasets and models)
+
+    output_dir = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
+        log_with=cfg.log_with, project_config=ProjectConfiguration(project_dir=str(output_dir)))
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / 'config.yaml').write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+
+    # ---- data
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, max_examples=cfg.max_examples, cache_dir=cfg.cache_dir)
+    train_split = data['train']
+    if cfg.train_on_validation:
+        from datasets import concatenate_datasets
+
+        train_split = concatenate_datasets([data['train'], data['validation']])
+    num_classes = train_split.features['label'].num_classes
+    in_chans = 1 if train_split[0]['image'].mode == 'L' else 3
+
+    # ---- model and optimiser
+    model = build_model(cfg, num_classes, in_chans)
+    if cfg.gradient_checkpointing:
+        model.set_grad_checkpointing(True)
+    train_data = make_dataset(cfg, train_split, model, train=True)
+    val_loader = torch.utils.data.DataLoader(make_dataset(cfg, data['validation'], model, train=False),
+                                             batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                             generator=torch.Generator().manual_seed(cfg.seed))
+    # Optimizer steps per epoch: every process takes batch_size examples per forward pass.
+    per_step = cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
+    steps_per_epoch = len(train_data) // per_step
+    if steps_per_epoch < 1:
+        raise ValueError(f'{len(train_data)} training examples are fewer than one step of {per_step}')
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps, steps_per_epoch))
+    model, optimizer, val_loader, scheduler = accelerator.prepare(model, optimizer, val_loader, scheduler)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    if cfg.log_with:
+        accelerator.init_trackers('gaussder_hf', config=dataclasses.asdict(cfg))
+
+    # ---- resume
+    step = 0
+    checkpoint = newest_checkpoint(output_dir) if cfg.resume else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        step = json.loads((checkpoint / 'trainer_state.json').read_text())['step']
+        accelerator.print(f'resumed from {checkpoint} at step {step}')
+    start_epoch = step // steps_per_epoch
+
+    # ---- loop
+    log_path = output_dir / 'log.jsonl'
+    progress = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc='train')
+    val_accuracy = None
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        if step >= total_steps:
+            break
+        # The same order for this epoch whether resumed or not; a resumed epoch skips what was done.
+        done_in_epoch = step - epoch * steps_per_epoch
+        loader = accelerator.prepare(epoch_loader(cfg, train_data, epoch, skip=done_in_epoch * per_step))
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = loss_fn(model(batch['pixel_values']), batch['labels'])
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.update(1)
+            record = {'step': step, 'epoch': epoch, 'loss': accelerator.gather(loss.detach()).mean().item(),
+                      'lr': scheduler.get_last_lr()[0], 'time': time.time()}
+            if accelerator.is_main_process:
+                with log_path.open('a') as log:
+                    log.write(json.dumps(record) + '\n')
+            if cfg.log_with:
+                accelerator.log({'loss': record['loss'], 'lr': record['lr']}, step=step)
+            progress.set_postfix(loss=f'{record["loss"]:.3f}')
+            if step % cfg.save_every == 0:
+                save_checkpoint(accelerator, output_dir, step, cfg.keep_checkpoints)
+            if step >= total_steps or step == (epoch + 1) * steps_per_epoch:
+                break
+        if cfg.evaluate_every_epoch and (step % steps_per_epoch == 0 or step >= total_steps):
+            val_accuracy = evaluate_loader(accelerator, model, val_loader)
+            accelerator.print(f'epoch {epoch}: validation accuracy (s = 1) {100 * val_accuracy:.2f}%')
+            if accelerator.is_main_process:
+                with log_path.open('a') as log:
+                    log.write(json.dumps({'step': step, 'epoch': epoch, 'val_accuracy': val_accuracy}) + '\n')
+            if cfg.log_with:
+                accelerator.log({'val_accuracy': val_accuracy}, step=step)
+    progress.close()
+
+    # ---- save
+    model_dir = output_dir / 'model'
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(model), model_dir, cfg)
+        if cfg.push_to_hub:
+            import gaussder_hf
+
+            gaussder_hf.push_to_hub(model_dir, cfg.hub_model_id)
+    accelerator.wait_for_everyone()
+    if cfg.log_with:
+        accelerator.end_training()
+    return {'step': step, 'val_accuracy': val_accuracy, 'model_dir': model_dir, 'log': log_path,
+            'model': accelerator.unwrap_model(model)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--config', help='YAML file of TrainConfig keys')
+    parser.add_argument('--resume', action='store_true', help='continue from the newest complete checkpoint')
+    parser.add_argument('overrides', nargs='*', help='key=value overrides of config keys')
+    args = parser.parse_args(argv)
+    extra = {'resume': True} if args.resume else {}
+    cfg = load_config(args.config, args.overrides, **extra)
+    result = train(cfg)
+    print(json.dumps({k: str(v) for k, v in result.items() if k != 'model'}))
+
+
+if __name__ == '__main__':
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
