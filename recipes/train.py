@@ -412,14 +412,33 @@ def train(cfg: TrainConfig) -> dict:
             'model': accelerator.unwrap_model(model)}
 
 
+def _flags_to_overrides(extra: list[str]) -> list[str]:
+    """Turns ``--key value``, ``--key=value`` and bare ``--flag`` (true) into ``key=value`` overrides."""
+    overrides, i = [], 0
+    while i < len(extra):
+        item = extra[i]
+        if not item.startswith('--'):
+            overrides.append(item)
+        elif '=' in item:
+            overrides.append(item[2:])
+        elif i + 1 < len(extra) and not extra[i + 1].startswith('--') and '=' not in extra[i + 1]:
+            overrides.append(f'{item[2:]}={extra[i + 1]}')
+            i += 1
+        else:
+            overrides.append(f'{item[2:]}=true')
+        i += 1
+    return overrides
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0],
+        epilog='Any config key can follow as key=value or --key value, e.g. --push_to_hub --hub_model_id me/model')
     parser.add_argument('--config', help='YAML file of TrainConfig keys')
     parser.add_argument('--resume', action='store_true', help='continue from the newest complete checkpoint')
-    parser.add_argument('overrides', nargs='*', help='key=value overrides of config keys')
-    args = parser.parse_args(argv)
-    extra = {'resume': True} if args.resume else {}
-    cfg = load_config(args.config, args.overrides, **extra)
+    args, extra = parser.parse_known_args(argv)
+    extra_kwargs = {'resume': True} if args.resume else {}
+    cfg = load_config(args.config, _flags_to_overrides(extra), **extra_kwargs)
     result = train(cfg)
     print(json.dumps({k: str(v) for k, v in result.items() if k != 'model'}))
 

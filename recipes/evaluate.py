@@ -1,0 +1,330 @@
+"""Scale generalisation of trained models on a rescaled test set: accuracy and scale selection per size factor.
+
+    accelerate launch recipes/evaluate.py --dataset rescaled_fashion_mnist \\
+        --data_dir /usr/share/datasets/fashion-mnist --out_dir evaluation \\
+        --model gaussderresnet=local-dir:checkpoints/gaussderresnet18_fashionmnist \\
+        --model resnet18=local-dir:checkpoints/resnet18
+    python recipes/evaluate.py --model checkpoints/my_model --model resnet18 \\
+        --dataset rescaled_fashion_mnist --data_dir /usr/share/datasets/fashion-mnist --max_examples 100
+
+Each ``--model`` is ``[LABEL=]SPEC``, SPEC being anything ``timm.create_model`` takes:
+``local-dir:FOLDER`` or ``hf-hub:ORG/NAME`` (loaded with their weights), a folder written by
+``gaussder_hf.save_for_hub`` (read as ``local-dir:``), or a registered timm name (random weights
+unless ``--pretrained``; a name that is not a GaussDerResNet preset gets the dataset's number of
+input channels and classes, so ``resnet18`` is a baseline on 1x72x72 Fashion-MNIST). LABEL names
+the model in the table, the figures and the JSON (default: the folder or model name).
+
+Every model is tested on the nine splits ``test_s0p500`` ... ``test_s2p000`` (size factors
+``2**(k/4)``, k = -4..4). Images are never resized: the networks see the rescaled test images as
+they are, scaled to [0, 1] and normalised with the model's ``pretrained_cfg`` mean and std.
+Writes to ``--out_dir`` (main process only):
+
+- ``evaluation.json``: per model label, ``{'model', 'dataset', 'size_factors', 'num_examples',
+  'accuracy', 'winners', 'initial_scales'}``; size factors are keys written with full precision
+  (``str(2 ** -0.75) == '0.5946035575013605'``); ``winners`` (how often each scale channel wins
+  the scale pooling of the predicted class) and ``initial_scales`` are ``null`` for models that
+  are not GaussDerResNets;
+- ``scale_generalisation.png``: accuracy vs size factor, all models (paper Fig. 7, 8, 10);
+- ``scale_selection_<label>.png``: share of wins per scale channel and size factor, one per
+  GaussDerResNet (paper Fig. 9, 11).
+
+Under ``accelerate launch`` the test sets are sharded over the processes and the predictions
+gathered (``gather_for_metrics`` drops the padding of the last batch), so the numbers are the
+same as with one process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+import gaussder_hf  # registers the GaussDerResNets with timm and the rescaled datasets with load_dataset
+import timm
+from gaussder_hf import GaussDerResNet
+from gaussder_hf.analysis import plot_scale_generalisation, plot_scale_selection, scale_selection
+from gaussder_hf.rescaling import SIZE_FACTORS, size_factor_name
+
+__all__ = ['ModelSpec', 'parse_model_spec', 'evaluate_models', 'main']
+
+_PREFIXES = ('local-dir:', 'hf-hub:')
+SPEC_HELP = ("[LABEL=]SPEC with SPEC a registered timm name, 'local-dir:FOLDER', 'hf-hub:ORG/NAME' or a folder "
+             "written by gaussder_hf.save_for_hub")
+
+
+# ---- model specs -------------------------------------------------------------------------------
+
+class ModelSpec:
+    """A parsed ``--model``: display ``label``, the ``spec`` as given and the ``name`` timm loads."""
+
+    def __init__(self, label: str, spec: str, name: str, from_checkpoint: bool):
+        self.label, self.spec, self.name, self.from_checkpoint = label, spec, name, from_checkpoint
+
+    def __repr__(self) -> str:
+        return f'ModelSpec(label={self.label!r}, name={self.name!r})'
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """Parses ``[LABEL=]SPEC``; raises ValueError for a spec that names no folder and no timm model."""
+    label, spec = None, text
+    head, sep, tail = text.partition('=')
+    if sep and not any(c in head for c in ':/\\'):  # 'label=spec'; a '=' inside a path is not a label
+        if not head.strip():
+            raise ValueError(f'empty label in model spec {text!r}; expected {SPEC_HELP}')
+        label, spec = head.strip(), tail
+    if not spec:
+        raise ValueError(f'empty model spec {text!r}; expected {SPEC_HELP}')
+
+    if spec.startswith('local-dir:'):
+        folder = spec[len('local-dir:'):]
+        if not os.path.isdir(folder):
+            raise ValueError(f'model spec {text!r}: no such folder {folder!r}')
+        name, from_checkpoint = spec, True
+    elif spec.startswith('hf-hub:'):
+        name, from_checkpoint = spec, True
+    elif os.path.isdir(spec):
+        folder = spec
+        name, from_checkpoint = f'local-dir:{spec}', True
+    elif timm.is_model(spec):
+        name, from_checkpoint = spec, False
+    else:
+        looks_like_path = os.sep in spec or '/' in spec or spec.startswith('.')
+        raise ValueError(
+            f'model spec {text!r}: ' + (f'no such folder {spec!r}' if looks_like_path else
+                                        f'unknown model {spec!r} (not a registered timm model)')
+            + f'; expected {SPEC_HELP}')
+
+    if label is None:
+        if spec.startswith('hf-hub:'):
+            label = spec.rstrip('/').rsplit('/', 1)[-1].split('@')[0]
+        elif from_checkpoint:
+            label = Path(folder).resolve().name
+        else:
+            label = spec
+    return ModelSpec(label, spec, name, from_checkpoint)
+
+
+def _create_model(spec: ModelSpec, in_chans: int, num_classes: int, pretrained: bool) -> torch.nn.Module:
+    kwargs = {}
+    if not spec.from_checkpoint and spec.name.split('.')[0] not in gaussder_hf.PRESETS:
+        kwargs = dict(in_chans=in_chans, num_classes=num_classes)  # e.g. a timm resnet18 baseline
+    model = timm.create_model(spec.name, pretrained=pretrained or spec.from_checkpoint, **kwargs)
+    model_classes = getattr(model, 'num_classes', num_classes)
+    if model_classes != num_classes:
+        raise ValueError(f'model {spec.spec!r} has {model_classes} classes but the dataset has {num_classes}')
+    return model.eval()
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+def _load_test_splits(dataset: str, data_dir, max_examples, cache_dir) -> dict[float, datasets.Dataset]:
+    kwargs = dict(cache_dir=cache_dir)
+    if data_dir is not None:
+        kwargs['data_dir'] = data_dir
+    if max_examples is not None:
+        kwargs['max_examples'] = max_examples  # an option of the rescaled builders
+    try:
+        ds = datasets.load_dataset(dataset, **kwargs)
+    except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:
+        raise ValueError(
+            f'could not load dataset {dataset!r} ({error}); the rescaled datasets are '
+            f'{", ".join(gaussder_hf.data.BUILDERS)}, or give a folder written by `gaussder-hf datasets export`'
+        ) from error
+    names = {s: size_factor_name(s) for s in SIZE_FACTORS}
+    missing = [n for n in names.values() if n not in ds]
+    if missing:
+        raise ValueError(f'dataset {dataset!r} has no split(s) {missing}: not a rescaled dataset (splits: {list(ds)})')
+    return {s: ds[name] for s, name in names.items()}
+
+
+def _normalisation(model: torch.nn.Module, in_chans: int) -> tuple[torch.Tensor, torch.Tensor]:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    mean, std = cfg.get('mean'), cfg.get('std')
+    if mean is None or std is None or len(mean) != in_chans or len(std) != in_chans:
+        mean, std = (0.5,) * in_chans, (0.5,) * in_chans  # e.g. ImageNet RGB stats of a 1-channel baseline
+    return (torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1),
+            torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
+
+
+def _to_tensors(in_chans: int, mean: torch.Tensor, std: torch.Tensor):
+    """Returns the batch transform: PIL images -> normalised float tensors (C, H, W), never resized."""
+    mode = 'L' if in_chans == 1 else 'RGB'
+
+    def transform(batch: dict) -> dict:
+        images = []
+        for image in batch['image']:
+            array = np.asarray(image.convert(mode), dtype=np.float32) / 255.0  # [0, 1]
+            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+            images.append((torch.from_numpy(array) - mean) / std)
+        return {'pixel_values': images, 'labels': torch.as_tensor(batch['label'], dtype=torch.long)}
+
+    return transform
+
+
+def _dataset_shape(split: datasets.Dataset) -> tuple[int, int]:
+    """Returns (input channels, classes) of a split: grey images -> 1 channel, anything else -> 3."""
+    in_chans = 1 if split[0]['image'].mode in ('L', 'I', 'I;16', 'F', '1') else 3
+    label = split.features['label']
+    num_classes = label.num_classes if hasattr(label, 'num_classes') else int(max(split['label'])) + 1
+    return in_chans, num_classes
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+
+def _evaluate_one(accelerator: Accelerator, model: torch.nn.Module, splits: dict[float, datasets.Dataset],
+                  batch_size: int, num_workers: int, label: str) -> dict:
+    """Accuracy, example count and (GaussDerResNet) winner counts per size factor."""
+    in_chans = getattr(model, 'in_chans', None) or model.pretrained_cfg['input_size'][0]
+    mean, std = _normalisation(model, in_chans)
+    transform = _to_tensors(in_chans, mean, std)
+    is_gaussder = isinstance(model, GaussDerResNet)
+    num_scales = len(model.initial_scales) if is_gaussder else 0
+    prepared = accelerator.prepare(model)
+    net = accelerator.unwrap_model(prepared)
+
+    accuracy, counts, winners = {}, {}, {} if is_gaussder else None
+    for s in tqdm(SIZE_FACTORS, desc=label, unit='split', disable=not accelerator.is_local_main_process):
+        loader = accelerator.prepare(torch.utils.data.DataLoader(
+            splits[s].with_transform(transform), batch_size=batch_size, shuffle=False, num_workers=num_workers))
+        predictions, labels, winning = [], [], []
+        with torch.inference_mode():
+            for batch in loader:
+                images, targets = batch['pixel_values'], batch['labels']
+                if is_gaussder:
+                    selection = scale_selection(net, images)
+                    gathered = accelerator.gather_for_metrics((selection.prediction, targets, selection.winner))
+                    winning.append(gathered[2].cpu())
+                else:
+                    gathered = accelerator.gather_for_metrics((prepared(images).argmax(dim=-1), targets))
+                predictions.append(gathered[0].cpu())
+                labels.append(gathered[1].cpu())
+        prediction, target = torch.cat(predictions), torch.cat(labels)
+        if len(target) == 0:
+            raise ValueError(f'split {size_factor_name(s)} has no examples')
+        accuracy[s] = int((prediction == target).sum()) / len(target)
+        counts[s] = len(target)
+        if is_gaussder:
+            winners[s] = torch.bincount(torch.cat(winning), minlength=num_scales).tolist()
+    accelerator.free_memory(prepared)  # drop the accelerator's references before the next model
+    return dict(accuracy=accuracy, num_examples=counts, winners=winners,
+                initial_scales=list(model.initial_scales) if is_gaussder else None)
+
+
+def _file_label(label: str) -> str:
+    return re.sub(r'[^A-Za-z0-9._-]+', '_', label).strip('_') or 'model'
+
+
+def _print_table(results: dict) -> None:
+    labels = list(results)
+    widths = [max(len(label), 7) for label in labels]
+    print('size factor | ' + ' | '.join(label.rjust(w) for label, w in zip(labels, widths)))
+    print('-' * 11 + '-+-' + '-+-'.join('-' * w for w in widths))
+    for s in SIZE_FACTORS:
+        key = str(s)
+        cells = [f'{100 * results[label]["accuracy"][key]:6.2f}%'.rjust(w) for label, w in zip(labels, widths)]
+        print(f'{s:11.3f} | ' + ' | '.join(cells))
+
+
+def evaluate_models(
+        models: list[str],
+        dataset: str,
+        data_dir: str | None = None,
+        max_examples: int | None = None,
+        batch_size: int = 64,
+        out_dir: str = 'evaluation',
+        cache_dir: str | None = None,
+        pretrained: bool = False,
+        num_workers: int = 0,
+        seed: int = 0,
+) -> dict:
+    """Evaluates every model on the nine rescaled test splits of ``dataset``; returns the evaluation.json dict.
+
+    Args:
+        models: model specs ``[LABEL=]SPEC`` (see the module docstring).
+        dataset: a ``datasets.load_dataset`` name or folder with splits ``test_s0p500`` ... ``test_s2p000``.
+        data_dir: folder of the original files (rescaled builders); ``None`` downloads them.
+        max_examples: originals per split (quick runs); ``None`` uses all.
+        batch_size: images per batch and process.
+        out_dir: folder for evaluation.json and the PNGs (written by the main process).
+        cache_dir: ``datasets`` cache folder (default: datasets' own).
+        pretrained: load the weights of registered timm names (checkpoint folders and ``hf-hub:`` always are).
+        num_workers: DataLoader worker processes.
+        seed: random seed set before creating each model, so a randomly initialised baseline is
+            reproducible (and the same in every process).
+    """
+    if not models:
+        raise ValueError('no model given')
+    specs = [parse_model_spec(m) for m in models]  # fail on a bad spec before building any data
+    labels = [spec.label for spec in specs]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ValueError(f'duplicate model label(s) {duplicates}: name them with LABEL=SPEC')
+
+    accelerator = Accelerator()
+    with accelerator.main_process_first():  # one process builds the dataset cache, the others read it
+        splits = _load_test_splits(dataset, data_dir, max_examples, cache_dir)
+    in_chans, num_classes = _dataset_shape(splits[1.0])
+
+    results = {}
+    for spec in specs:
+        set_seed(seed)
+        model = _create_model(spec, in_chans, num_classes, pretrained)
+        result = _evaluate_one(accelerator, model, splits, batch_size, num_workers, spec.label)
+        results[spec.label] = {
+            'model': spec.spec,
+            'dataset': dataset,
+            'size_factors': list(SIZE_FACTORS),
+            'num_examples': {str(s): n for s, n in result['num_examples'].items()},
+            'accuracy': {str(s): a for s, a in result['accuracy'].items()},
+            'winners': None if result['winners'] is None else {str(s): w for s, w in result['winners'].items()},
+            'initial_scales': result['initial_scales'],
+        }
+        del model
+
+    if accelerator.is_main_process:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / 'evaluation.json').write_text(json.dumps(results, indent=2))
+        curves = {label: {float(s): a for s, a in r['accuracy'].items()} for label, r in results.items()}
+        plot_scale_generalisation(curves, out / 'scale_generalisation.png', title=f'Scale generalisation: {dataset}')
+        for label, r in results.items():
+            if r['winners'] is not None:
+                plot_scale_selection({float(s): w for s, w in r['winners'].items()}, r['initial_scales'],
+                                     out / f'scale_selection_{_file_label(label)}.png',
+                                     title=f'Scale selection: {label}')
+        _print_table(results)
+        print(f'wrote {out / "evaluation.json"} and the figures to {out}/')
+    accelerator.wait_for_everyone()
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog='\n'.join(__doc__.split('\n')[1:]))
+    parser.add_argument('--model', action='append', required=True, help=SPEC_HELP + ' (repeat for several)')
+    parser.add_argument('--dataset', default='rescaled_fashion_mnist', help='rescaled dataset name or folder')
+    parser.add_argument('--data_dir', '--data-dir', help='folder of the original dataset files')
+    parser.add_argument('--max_examples', '--max-examples', type=int, help='originals per split (quick runs)')
+    parser.add_argument('--batch_size', '--batch-size', type=int, default=64, help='images per batch and process')
+    parser.add_argument('--out_dir', '--out-dir', default='evaluation', help='folder for evaluation.json and PNGs')
+    parser.add_argument('--cache_dir', '--cache-dir', help='datasets cache folder')
+    parser.add_argument('--pretrained', action='store_true', help='load the weights of registered timm names')
+    parser.add_argument('--num_workers', '--num-workers', type=int, default=0, help='DataLoader workers')
+    parser.add_argument('--seed', type=int, default=0, help='seed of randomly initialised models')
+    args = parser.parse_args(argv)
+    evaluate_models(args.model, args.dataset, data_dir=args.data_dir, max_examples=args.max_examples,
+                    batch_size=args.batch_size, out_dir=args.out_dir, cache_dir=args.cache_dir,
+                    pretrained=args.pretrained, num_workers=args.num_workers, seed=args.seed)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,124 @@
+"""recipes/train.py on real Fashion-MNIST subsets: learning, exact resume, two processes, configs."""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION_DIR = '/usr/share/datasets/fashion-mnist'
+needs_fashion = pytest.mark.skipif(
+    not os.path.isdir(FASHION_DIR) and not os.environ.get('CI'),
+    reason="Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
+
+spec = importlib.util.spec_from_file_location('train_recipe', ROOT / 'recipes' / 'train.py')
+recipe = importlib.util.module_from_spec(spec)
+sys.modules['train_recipe'] = recipe  # dataclasses resolve the config's annotations through it
+spec.loader.exec_module(recipe)
+
+SMOKE = str(ROOT / 'recipes' / 'configs' / 'smoke.yaml')
+
+
+def _losses(log: Path) -> list[float]:
+    return [r['loss'] for r in map(json.loads, log.read_text().splitlines()) if 'loss' in r]
+
+
+def test_config_rejects_typos_and_bad_values(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['lr_rate'\]"):
+        recipe.load_config(SMOKE, ['lr_rate=0.1'])
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('model: gaussderresnet18_fashionmnist\nbatchsize: 8\n')
+    with pytest.raises(ValueError, match="'batchsize'"):
+        recipe.load_config(str(bad))
+    with pytest.raises(ValueError, match="'batch_size' must be.*'eight'"):
+        recipe.load_config(SMOKE, ['batch_size=eight'])
+    with pytest.raises(ValueError, match="mixed_precision.*'fp8'"):
+        recipe.load_config(SMOKE, ['mixed_precision=fp8'])
+    cfg = recipe.load_config(SMOKE, ['lr=0.02', 'model_args={initial_scales: [1.0]}'])
+    assert cfg.lr == 0.02 and cfg.model_args == {'initial_scales': [1.0]}
+    overrides = recipe._flags_to_overrides(['--push_to_hub', '--hub_model_id', 'me/m', '--lr=0.5', 'epochs=2'])
+    assert overrides == ['push_to_hub=true', 'hub_model_id=me/m', 'lr=0.5', 'epochs=2']
+    with pytest.raises(ValueError, match='push_to_hub needs hub_model_id'):
+        recipe.load_config(SMOKE, ['push_to_hub=true'])
+
+
+@pytest.mark.parametrize('name', ['rescaled_fashion_mnist', 'rescaled_cifar10', 'rescaled_stl10',
+                                  'rescaled_fashion_mnist_stage1', 'rescaled_fashion_mnist_stage2'])
+def test_preset_configs_load_and_follow_table_2(name):
+    cfg = recipe.load_config(str(ROOT / 'recipes' / 'configs' / f'{name}.yaml'))
+    assert cfg.weight_decay == 0.025 and cfg.label_smoothing == 0.1
+    table2 = {'rescaled_fashion_mnist': (64, 32, 0.0, 0.01), 'rescaled_cifar10': (45, 90, 8.0, 0.01),
+              'rescaled_stl10': (17, 119, 8.0, 0.01), 'rescaled_fashion_mnist_stage1': (128, 16, 0.0, 0.01),
+              'rescaled_fashion_mnist_stage2': (64, 16, 0.0, 0.005)}
+    assert (cfg.batch_size, cfg.epochs, cfg.warmup_epochs, cfg.lr) == table2[name]
+
+
+@needs_fashion
+def test_smoke_training_learns_and_saves_a_loadable_model(tmp_path):
+    import timm
+
+    cfg = recipe.load_config(SMOKE, [f'output_dir={tmp_path / "run"}', f'cache_dir={tmp_path / "cache"}'])
+    result = recipe.train(cfg)
+    losses = _losses(result['log'])
+    assert len(losses) == result['step'] == 16
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4  # the loss goes down
+    assert result['val_accuracy'] > 0.2  # ten classes: chance is 0.1
+    assert (tmp_path / 'run' / 'config.yaml').is_file()
+    reloaded = timm.create_model(f'local-dir:{result["model_dir"]}', pretrained=True).eval()
+    x = torch.rand(2, 1, 72, 72)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), result['model'].eval()(x))
+
+
+@needs_fashion
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    common = [f'cache_dir={tmp_path / "cache"}', 'max_examples=64', 'batch_size=16', 'epochs=3', 'save_every=2',
+              'keep_checkpoints=10']
+    full = recipe.train(recipe.load_config(SMOKE, common + [f'output_dir={tmp_path / "a"}']))
+    # A crash after step 6 (mid-epoch) leaves checkpoint 6 and a half-written save of step 8.
+    crashed = tmp_path / 'b'
+    crashed.mkdir()
+    shutil.copytree(tmp_path / 'a' / 'checkpoint-00000006', crashed / 'checkpoint-00000006')
+    (crashed / '.partial-checkpoint-00000008').mkdir()
+    resumed = recipe.train(recipe.load_config(SMOKE, common + [f'output_dir={crashed}'], resume=True))
+    assert resumed['step'] == full['step'] == 12
+    a, b = full['model'].state_dict(), resumed['model'].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _losses(crashed / 'log.jsonl') == _losses(tmp_path / 'a' / 'log.jsonl')[6:]
+    assert recipe.newest_checkpoint(crashed).name == 'checkpoint-00000012'
+
+
+@needs_fashion
+def test_two_processes_gather_the_same_validation_accuracy(tmp_path):
+    run = tmp_path / 'ddp'
+    env = dict(os.environ, ACCELERATE_USE_CPU='1', OMP_NUM_THREADS='1')
+    command = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+               '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
+               str(ROOT / 'recipes' / 'train.py'), '--config', SMOKE, f'output_dir={run}',
+               f'cache_dir={tmp_path / "cache"}', 'max_examples=96', 'batch_size=8', 'epochs=1']
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
+    # 96 examples, 2 processes x 8 per step: 6 steps, each logged once (main process only).
+    assert [r['step'] for r in records if 'loss' in r] == [1, 2, 3, 4, 5, 6]
+    gathered = [r['val_accuracy'] for r in records if 'val_accuracy' in r][-1]
+    # The same weights evaluated in one process give the same accuracy over all 96 images.
+    import timm
+    from datasets import load_dataset
+
+    import gaussder_hf  # noqa: F401
+
+    model = timm.create_model(f'local-dir:{run / "model"}', pretrained=True).eval()
+    cfg = recipe.load_config(SMOKE, [f'cache_dir={tmp_path / "cache"}', 'max_examples=96'])
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, max_examples=96, cache_dir=cfg.cache_dir)
+    dataset = recipe.make_dataset(cfg, data['validation'], model, train=False)
+    with torch.no_grad():
+        batch = torch.stack([dataset[i]['pixel_values'] for i in range(len(dataset))])
+        labels = torch.tensor([dataset[i]['labels'] for i in range(len(dataset))])
+        single = float((model(batch).argmax(-1) == labels).float().mean())
+    assert len(dataset) == 96 and gathered == pytest.approx(single, abs=1e-9)
