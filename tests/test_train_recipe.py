@@ -122,3 +122,20 @@ def test_two_processes_gather_the_same_validation_accuracy(tmp_path):
         labels = torch.tensor([dataset[i]['labels'] for i in range(len(dataset))])
         single = float((model(batch).argmax(-1) == labels).float().mean())
     assert len(dataset) == 96 and gathered == pytest.approx(single, abs=1e-9)
+
+
+def test_init_from_a_checkpoint_with_other_classes_keeps_every_other_weight(tmp_path):
+    import timm
+
+    import gaussder_hf
+
+    source = timm.create_model('gaussderresnet18_fashionmnist', num_classes=5, channels=(4, 4, 6),
+                               initial_scales=(1.0,))
+    folder = gaussder_hf.save_for_hub(source, tmp_path / 'five', class_names=list('abcde'))
+    cfg = recipe.load_config(SMOKE, [f'init_from={folder}', 'model_args={initial_scales: [1.0, 2.0]}'])
+    model = recipe.build_model(cfg, num_classes=10, in_chans=1)
+    assert model.num_classes == 10 and model.initial_scales == (1.0, 2.0)
+    before, after = source.state_dict(), model.state_dict()
+    kept = [k for k in before if not k.startswith(('head_conv.', 'head_norm.'))]
+    assert kept and all(torch.equal(before[k], after[k]) for k in kept)
+    assert after['head_conv.weight'].shape[0] == 10
