@@ -55,7 +55,6 @@ from gaussder_hf.rescaling import SIZE_FACTORS, size_factor_name
 
 __all__ = ['ModelSpec', 'parse_model_spec', 'evaluate_models', 'main']
 
-_PREFIXES = ('local-dir:', 'hf-hub:')
 SPEC_HELP = ("[LABEL=]SPEC with SPEC a registered timm name, 'local-dir:FOLDER', 'hf-hub:ORG/NAME' or a folder "
              "written by gaussder_hf.save_for_hub")
 

@@ -1,0 +1,147 @@
+"""recipes/evaluate.py on real rescaled Fashion-MNIST: JSON, figures, and accuracies recomputed directly."""
+import importlib.util
+import json
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import datasets
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import timm
+import torch
+from accelerate.utils import set_seed
+from datasets import load_dataset
+
+import gaussder_hf
+from gaussder_hf.analysis import evaluate
+from gaussder_hf.rescaling import SIZE_FACTORS, size_factor_name
+
+RECIPE = Path(__file__).resolve().parents[1] / 'recipes' / 'evaluate.py'
+FASHION_DIR = '/usr/share/datasets/fashion-mnist'
+LIMIT = 16        # originals per split: the whole file stays fast on 2 CPU cores
+BATCH_SIZE = 7    # several batches per split, the last one partial
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+needs_fashion = pytest.mark.skipif(
+    not os.path.isdir(FASHION_DIR) and not os.environ.get('CI'),
+    reason="Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location('evaluate_recipe', RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe = _load_recipe()
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    """Evaluates a tiny saved GaussDerResNet and a random timm resnet18 baseline once for the module."""
+    tmp = tmp_path_factory.mktemp('evaluate')
+    torch.manual_seed(0)
+    tiny = timm.create_model('gaussderresnet18_fashionmnist', channels=(4, 4, 6), initial_scales=(1.0, 2.0))
+    checkpoint = gaussder_hf.save_for_hub(tiny, tmp / 'ckpt' / 'tiny')
+    results = recipe.evaluate_models(
+        [str(checkpoint), 'baseline=resnet18'], 'rescaled_fashion_mnist', data_dir=FASHION_DIR,
+        max_examples=LIMIT, batch_size=BATCH_SIZE, out_dir=str(tmp / 'out'), cache_dir=str(tmp / 'cache'))
+    return dict(results=results, checkpoint=checkpoint, out=tmp / 'out', cache=tmp / 'cache')
+
+
+def _images(split, mean, std):
+    x = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) / 255 for im in split['image']]))[:, None]
+    return (x - mean) / std, torch.tensor(split['label'])
+
+
+@needs_fashion
+def test_json_structure_and_figures(run):
+    out = run['out']
+    on_disk = json.loads((out / 'evaluation.json').read_text())
+    assert on_disk == run['results']
+    assert list(on_disk) == ['tiny', 'baseline']
+    keys = [str(s) for s in SIZE_FACTORS]
+    assert '0.5946035575013605' in keys
+    for label, entry in on_disk.items():
+        assert set(entry) == {'model', 'dataset', 'size_factors', 'num_examples', 'accuracy', 'winners',
+                              'initial_scales'}
+        assert entry['dataset'] == 'rescaled_fashion_mnist'
+        assert entry['size_factors'] == list(SIZE_FACTORS)
+        assert list(entry['accuracy']) == keys and list(entry['num_examples']) == keys
+        assert all(n == LIMIT for n in entry['num_examples'].values())
+        assert all(0.0 <= a <= 1.0 for a in entry['accuracy'].values())
+    assert on_disk['tiny']['model'] == str(run['checkpoint'])
+    assert on_disk['tiny']['initial_scales'] == [1.0, 2.0]
+    assert list(on_disk['tiny']['winners']) == keys
+    for counts in on_disk['tiny']['winners'].values():
+        assert len(counts) == 2 and sum(counts) == LIMIT
+    assert on_disk['baseline']['model'] == 'resnet18'
+    assert on_disk['baseline']['winners'] is None and on_disk['baseline']['initial_scales'] is None
+    figures = sorted(p.name for p in out.glob('*.png'))
+    assert figures == ['scale_generalisation.png', 'scale_selection_tiny.png']  # none for the baseline
+    for name in figures:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+@needs_fashion
+def test_accuracies_and_winners_equal_a_direct_computation(run):
+    ds = load_dataset('rescaled_fashion_mnist', data_dir=FASHION_DIR, max_examples=LIMIT, cache_dir=str(run['cache']))
+    tiny = timm.create_model(f'local-dir:{run["checkpoint"]}', pretrained=True).eval()
+    set_seed(0)  # the recipe seeds 0 before creating each model
+    baseline = timm.create_model('resnet18', in_chans=1, num_classes=10).eval()
+    for s in SIZE_FACTORS:
+        x, y = _images(ds[size_factor_name(s)], 0.5, 0.5)  # the tiny net's cfg; the fallback for resnet18's RGB cfg
+        with torch.no_grad():
+            for label, model in (('tiny', tiny), ('baseline', baseline)):
+                prediction = torch.cat([model(chunk).argmax(-1) for chunk in x.split(BATCH_SIZE)])
+                expected = Fraction(int((prediction == y).sum()), len(y))
+                assert Fraction(run['results'][label]['accuracy'][str(s)]) == expected, (label, s)
+            batches = list(zip(x.split(BATCH_SIZE), y.split(BATCH_SIZE)))
+            assert run['results']['tiny']['winners'][str(s)] == evaluate(tiny, batches)['winners'], s
+
+
+@needs_fashion
+def test_main_with_a_labelled_spec_prints_the_table(run, tmp_path, capsys):
+    recipe.main(['--model', 'rn18=resnet18', '--dataset', 'rescaled_fashion_mnist', '--data_dir', FASHION_DIR,
+                 '--max_examples', str(LIMIT), '--out_dir', str(tmp_path), '--cache_dir', str(run['cache'])])
+    printed = capsys.readouterr().out
+    assert 'size factor' in printed and 'rn18' in printed and '0.595' in printed
+    written = json.loads((tmp_path / 'evaluation.json').read_text())
+    assert list(written) == ['rn18']
+    assert written['rn18']['accuracy'] == run['results']['baseline']['accuracy']  # same seed, same weights
+
+
+@pytest.mark.parametrize('spec, message', [
+    ('no_such_model_xyz', 'unknown model'),
+    ('local-dir:/no/such/folder', 'no such folder'),
+    ('./no/such/checkpoint', 'no such folder'),
+    ('=resnet18', 'empty label'),
+])
+def test_a_bad_model_spec_fails_before_any_data_is_built(spec, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        recipe.evaluate_models([spec], 'rescaled_fashion_mnist', data_dir=str(tmp_path), cache_dir=str(tmp_path))
+
+
+def test_labels_must_be_unique(tmp_path):
+    with pytest.raises(ValueError, match='duplicate model label'):
+        recipe.evaluate_models(['resnet18', 'resnet18'], 'rescaled_fashion_mnist', cache_dir=str(tmp_path))
+
+
+def test_an_unknown_dataset_fails_clearly(tmp_path, monkeypatch):
+    # Offline, so the Hub look-up fails at once instead of retrying.
+    monkeypatch.setattr(datasets.config, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    with pytest.raises(ValueError, match="could not load dataset 'no_such_dataset_xyz'.*rescaled_fashion_mnist"):
+        recipe.evaluate_models(['resnet18'], 'no_such_dataset_xyz', cache_dir=str(tmp_path / 'cache'),
+                               out_dir=str(tmp_path / 'out'))
+    # A dataset that loads but has no rescaled test splits.
+    folder = tmp_path / 'plain'
+    folder.mkdir()
+    (folder / 'train.csv').write_text('image,label\na,0\n')
+    with pytest.raises(ValueError, match='has no split'):
+        recipe.evaluate_models(['resnet18'], str(folder), cache_dir=str(tmp_path / 'cache'),
+                               out_dir=str(tmp_path / 'out'))
+    assert not (tmp_path / 'out').exists()
