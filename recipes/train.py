@@ -71,6 +71,7 @@ class TrainConfig:
     resume: bool = False
     log_with: str | None = None                     # an accelerate tracker, e.g. 'tensorboard'
     evaluate_every_epoch: bool = True
+    evaluate_at_end: bool = True                    # accuracy per size factor on the test splits
     push_to_hub: bool = False
     hub_model_id: str | None = None
 
@@ -261,6 +262,25 @@ def save_model(model, folder: Path, cfg: TrainConfig, evaluation: dict | None = 
     return folder
 
 
+def _sibling(name: str):
+    """Imports another recipe of this folder by path (the name 'evaluate' is taken by a PyPI package)."""
+    import importlib.util
+
+    module_name = f'gaussder_hf_recipe_{name}'
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, Path(__file__).resolve().parent / f'{name}.py')
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+def _evaluation_notes(cfg: TrainConfig) -> str:
+    subset = f'the first {cfg.max_examples} test images' if cfg.max_examples else 'the full test set'
+    return (f'Measured by `recipes/evaluate.py` on {subset} of `{cfg.dataset}` at each size factor, '
+            f'after training at size factor 1 only.')
+
+
 # ----------------------------------------------------------------------------------------------
 # train
 # ----------------------------------------------------------------------------------------------
@@ -396,20 +416,32 @@ def train(cfg: TrainConfig) -> dict:
                 accelerator.log({'val_accuracy': val_accuracy}, step=step)
     progress.close()
 
-    # ---- save
+    # ---- save, evaluate on every test split, save again with the evaluation in the card, push
     model_dir = output_dir / 'model'
     accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), model_dir, cfg)
-        if cfg.push_to_hub:
-            import gaussder_hf
+        save_model(unwrapped, model_dir, cfg)
+    accelerator.wait_for_everyone()
+    evaluation = None
+    if cfg.evaluate_at_end:
+        evaluate_recipe = _sibling('evaluate')
+        results = evaluate_recipe.evaluate_models(
+            [f'model={model_dir}'], cfg.dataset, data_dir=cfg.data_dir, max_examples=cfg.max_examples,
+            batch_size=cfg.batch_size, out_dir=str(output_dir / 'evaluation'), cache_dir=cfg.cache_dir)
+        evaluation = {'dataset': cfg.dataset, 'accuracy': results['model']['accuracy'],
+                      'notes': _evaluation_notes(cfg)}
+        if accelerator.is_main_process:
+            save_model(unwrapped, model_dir, cfg, evaluation)
+    if accelerator.is_main_process and cfg.push_to_hub:
+        import gaussder_hf
 
-            gaussder_hf.push_to_hub(model_dir, cfg.hub_model_id)
+        gaussder_hf.push_to_hub(model_dir, cfg.hub_model_id)
     accelerator.wait_for_everyone()
     if cfg.log_with:
         accelerator.end_training()
     return {'step': step, 'val_accuracy': val_accuracy, 'model_dir': model_dir, 'log': log_path,
-            'model': accelerator.unwrap_model(model)}
+            'evaluation': evaluation, 'model': unwrapped}
 
 
 def _flags_to_overrides(extra: list[str]) -> list[str]:

@@ -59,26 +59,52 @@ def test_preset_configs_load_and_follow_table_2(name):
 
 
 @needs_fashion
-def test_smoke_training_learns_and_saves_a_loadable_model(tmp_path):
+def test_smoke_training_learns_evaluates_and_pushes_a_loadable_model(tmp_path, monkeypatch, recording_api):
     import timm
+    from datasets import load_dataset
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForImageClassification
 
-    cfg = recipe.load_config(SMOKE, [f'output_dir={tmp_path / "run"}', f'cache_dir={tmp_path / "cache"}'])
+    import gaussder_hf
+
+    monkeypatch.setattr(gaussder_hf.hub, 'HfApi', lambda token=None: recording_api)  # no network here
+    flags = ['--push_to_hub', '--hub_model_id', 'someone/smoke']  # as on the command line
+    cfg = recipe.load_config(SMOKE, [f'output_dir={tmp_path / "run"}', f'cache_dir={tmp_path / "cache"}']
+                             + recipe._flags_to_overrides(flags))
     result = recipe.train(cfg)
     losses = _losses(result['log'])
     assert len(losses) == result['step'] == 16
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4  # the loss goes down
     assert result['val_accuracy'] > 0.2  # ten classes: chance is 0.1
     assert (tmp_path / 'run' / 'config.yaml').is_file()
-    reloaded = timm.create_model(f'local-dir:{result["model_dir"]}', pretrained=True).eval()
-    x = torch.rand(2, 1, 72, 72)
+
+    # The pushed folder: what would be uploaded, with the evaluation in its card.
+    model_dir = result['model_dir']
+    (_, repo, _), (_, _, upload) = recording_api.calls
+    assert repo == 'someone/smoke' and Path(upload['folder_path']) == model_dir
+    accuracy = result['evaluation']['accuracy']
+    assert len(accuracy) == 9 and (tmp_path / 'run' / 'evaluation' / 'scale_generalisation.png').is_file()
+    card = ModelCard.load(model_dir / 'README.md')
+    assert sorted(r.metric_value for r in card.data.eval_results) == sorted(accuracy.values())
+
+    # It loads back in timm and transformers and reproduces the accuracy at s = 1.
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, max_examples=cfg.max_examples, cache_dir=cfg.cache_dir)
+    split = data['test_s1p000']
+    in_timm = timm.create_model(f'local-dir:{model_dir}', pretrained=True).eval()
+    in_transformers = AutoModelForImageClassification.from_pretrained(model_dir).eval()
+    dataset = recipe.make_dataset(cfg, split, in_timm, train=False)
+    pixels = torch.stack([dataset[i]['pixel_values'] for i in range(len(dataset))])
+    labels = torch.tensor(split['label'])
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(x), result['model'].eval()(x))
+        for model in (in_timm, lambda x: in_transformers(pixel_values=x).logits):
+            got = float((model(pixels).argmax(-1) == labels).float().mean())
+            assert got == pytest.approx(accuracy['1.0'], abs=1e-9)
 
 
 @needs_fashion
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     common = [f'cache_dir={tmp_path / "cache"}', 'max_examples=64', 'batch_size=16', 'epochs=3', 'save_every=2',
-              'keep_checkpoints=10']
+              'keep_checkpoints=10', 'evaluate_at_end=false']
     full = recipe.train(recipe.load_config(SMOKE, common + [f'output_dir={tmp_path / "a"}']))
     # A crash after step 6 (mid-epoch) leaves checkpoint 6 and a half-written save of step 8.
     crashed = tmp_path / 'b'
@@ -100,7 +126,8 @@ def test_two_processes_gather_the_same_validation_accuracy(tmp_path):
     command = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
                '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
                str(ROOT / 'recipes' / 'train.py'), '--config', SMOKE, f'output_dir={run}',
-               f'cache_dir={tmp_path / "cache"}', 'max_examples=96', 'batch_size=8', 'epochs=1']
+               f'cache_dir={tmp_path / "cache"}', 'max_examples=96', 'batch_size=8', 'epochs=1',
+               'evaluate_at_end=false']
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
