@@ -90,8 +90,10 @@ except ImportError:  # pragma: no cover - older torch
 
 
 def _constant(array, device: torch.device | None, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Returns ``array`` as a real tensor for a cache, outside any fake-tensor mode."""
-    with _unset_fake_mode():
+    """Returns ``array`` as a real, ordinary tensor for a cache: outside any fake-tensor mode and
+    outside inference mode (a tensor first built under ``torch.inference_mode`` could never be
+    used again in a computation that autograd records)."""
+    with _unset_fake_mode(), torch.inference_mode(False):
         return torch.as_tensor(np.array(array, order='C'), device=device, dtype=dtype)
 
 

@@ -193,3 +193,13 @@ def test_bad_signal_shape_is_rejected():
         gaussian_jet(torch.rand(5), 1.0)
     with pytest.raises(ValueError, match='1-D, 2-D or 3-D'):
         gaussian_jet(torch.rand(1, 1, 2, 2, 2, 2), 1.0)
+
+
+def test_kernels_first_built_in_inference_mode_still_train():
+    from gaussder_hf.layers import GaussDerConv
+    layer = GaussDerConv(2, 3)
+    x = torch.rand(1, 2, 23, 17)  # a size and sigma no other test uses: the caches start here
+    with torch.inference_mode():
+        layer(x, 1.37)
+    layer(x.requires_grad_(), 1.37).sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
