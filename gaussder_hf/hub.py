@@ -15,7 +15,6 @@ from pathlib import Path
 from string import Template
 from typing import Mapping
 
-import torch
 from huggingface_hub import EvalResult, HfApi, ModelCardData
 from safetensors.torch import save_file
 

@@ -4,7 +4,6 @@ import timm
 import torch
 from huggingface_hub import ModelCard
 
-import gaussder_hf
 from gaussder_hf import push_to_hub, save_for_hub
 
 
