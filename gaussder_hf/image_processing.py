@@ -11,7 +11,7 @@ from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import PILImageResampling
 
-from .kernels import reflect_index
+from .kernels import centred_reflect_index
 from .presets import DATASET_INFO
 
 __all__ = ['GaussDerResNetImageProcessor', 'mirror_extend_to_canvas']
@@ -20,19 +20,12 @@ __all__ = ['GaussDerResNetImageProcessor', 'mirror_extend_to_canvas']
 def mirror_extend_to_canvas(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Returns ``images (..., H, W)`` centred on an ``height x width`` canvas by mirror extension.
 
-    Images larger than the canvas are centre-cropped along that axis.
+    The same centring rule as the rescaled datasets (``kernels.centred_reflect_index``); images
+    larger than the canvas are centre-cropped along that axis.
     """
     for dim, target in ((-2, height), (-1, width)):
-        size = images.shape[dim]
-        if size >= target:
-            start = (size - target) // 2
-            images = images.narrow(dim, start, target)
-            continue
-        before = (target - size) // 2
-        # reflect_index pads symmetrically; take the window that centres the image.
-        pad = target - size - before
-        index = reflect_index(size, pad)[pad - before: pad - before + target]
-        images = images.index_select(dim, torch.as_tensor(index, device=images.device))
+        index = torch.as_tensor(centred_reflect_index(images.shape[dim], target), device=images.device)
+        images = images.index_select(dim, index)
     return images
 
 

@@ -34,6 +34,7 @@ __all__ = [
     'jet_indices',
     'jet_normalisation',
     'reflect_index',
+    'centred_reflect_index',
     'mirror_pad',
     'smoothing_matrix',
     'gaussian_smooth',
@@ -218,6 +219,18 @@ def reflect_index(size: int, pad: int) -> np.ndarray:
     period = 2 * (size - 1)
     positions = np.mod(positions, period)
     return np.where(positions < size, positions, period - positions)
+
+
+def centred_reflect_index(size: int, target: int) -> np.ndarray:
+    """Returns source indices that centre a signal of length ``size`` on ``target`` samples by mirror extension.
+
+    The signal starts at ``offset = (target - size) // 2`` (an odd extra sample goes after it);
+    a negative offset centre-crops. Used wherever an image is mirror-extended onto a canvas.
+    """
+    offset = (target - size) // 2
+    pad = max(abs(offset), abs(target - size - offset))
+    start = pad - offset  # position -offset of the signal, in reflect_index's coordinates
+    return reflect_index(size, pad)[start:start + target]
 
 
 @lru_cache(maxsize=256)

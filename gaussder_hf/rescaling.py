@@ -37,7 +37,7 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .kernels import reflect_index
+from .kernels import centred_reflect_index
 
 __all__ = ['SIZE_FACTORS', 'BACKGROUNDS', 'size_factor_name', 'rescaled_size', 'rescale_batch']
 
@@ -127,12 +127,9 @@ def _placement_index(n: int, m: int, mirror: bool) -> tuple[np.ndarray | None, s
     With ``mirror``: ``(index, ...)`` where canvas sample ``i`` is image sample ``index[i]``.
     Otherwise ``(None, dst, src)``: canvas slice ``dst`` receives image slice ``src`` (zeros elsewhere).
     """
-    offset = (m - n) // 2
     if mirror:
-        pad = max(abs(offset), abs(m - n - offset))
-        start = pad - offset  # position -offset of the image axis, in reflect_index's coordinates
-        index = reflect_index(n, pad)[start:start + m]
-        return index, slice(None), slice(None)
+        return centred_reflect_index(n, m), slice(None), slice(None)
+    offset = (m - n) // 2
     lo, hi = max(offset, 0), min(offset + n, m)
     return None, slice(lo, hi), slice(lo - offset, hi - offset)
 
