@@ -81,6 +81,12 @@ def _build_presets() -> dict[str, MappingProxyType]:
         common = dict(arch, initial_scales=DEFAULT_INITIAL_SCALES)
         presets[f'gaussderresnet18_{dataset}'] = MappingProxyType(dict(common, separable_from_block=None))
         presets[f'dsgaussderresnet18_{dataset}'] = MappingProxyType(dict(common, separable_from_block=_DS_FROM_BLOCK))
+    # Not in the paper: a 10-layer variant (first layer, 4 residual blocks of 24 channels, last
+    # layer) with Table 1's Fashion-MNIST settings, small enough to train on a laptop CPU. It is
+    # the model of the CPU experiment in results/ and of the fast tests and demos.
+    presets['gaussderresnet10_fashionmnist'] = MappingProxyType(dict(
+        _ARCHITECTURES['fashionmnist'], channels=(24,) * 5, initial_scales=DEFAULT_INITIAL_SCALES,
+        separable_from_block=None))
     return presets
 
 

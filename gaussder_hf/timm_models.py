@@ -127,6 +127,12 @@ def gaussderresnet18_stl10(pretrained: bool = False, **kwargs) -> GaussDerResNet
 
 
 @register_model
+def gaussderresnet10_fashionmnist(pretrained: bool = False, **kwargs) -> GaussDerResNet:
+    """A small CPU-trainable GaussDerResNet-10 for rescaled Fashion-MNIST (4 blocks x 24 channels, 25k parameters)."""
+    return create_timm_model('gaussderresnet10_fashionmnist', pretrained, **kwargs)
+
+
+@register_model
 def dsgaussderresnet18_fashionmnist(pretrained: bool = False, **kwargs) -> GaussDerResNet:
     """Depthwise-separable GaussDerResNet-18 for rescaled Fashion-MNIST (120k parameters)."""
     return create_timm_model('dsgaussderresnet18_fashionmnist', pretrained, **kwargs)

@@ -23,7 +23,9 @@ Writes to ``--out_dir`` (main process only):
   'accuracy', 'winners', 'initial_scales'}``; size factors are keys written with full precision
   (``str(2 ** -0.75) == '0.5946035575013605'``); ``winners`` (how often each scale channel wins
   the scale pooling of the predicted class) and ``initial_scales`` are ``null`` for models that
-  are not GaussDerResNets;
+  are not GaussDerResNets; with ``--save_predictions`` also ``predictions``, the predicted class
+  of every test image per size factor (in split order), so that a later run can be checked
+  image by image;
 - ``scale_generalisation.png``: accuracy vs size factor, all models (paper Fig. 7, 8, 10);
 - ``scale_selection_<label>.png``: share of wins per scale channel and size factor, one per
   GaussDerResNet (paper Fig. 9, 11).
@@ -189,7 +191,7 @@ def _evaluate_one(accelerator: Accelerator, model: torch.nn.Module, splits: dict
     prepared = accelerator.prepare(model)
     net = accelerator.unwrap_model(prepared)
 
-    accuracy, counts, winners = {}, {}, {} if is_gaussder else None
+    accuracy, counts, winners, predicted = {}, {}, {} if is_gaussder else None, {}
     for s in tqdm(SIZE_FACTORS, desc=label, unit='split', disable=not accelerator.is_local_main_process):
         loader = accelerator.prepare(torch.utils.data.DataLoader(
             splits[s].with_transform(transform), batch_size=batch_size, shuffle=False, num_workers=num_workers))
@@ -209,11 +211,12 @@ def _evaluate_one(accelerator: Accelerator, model: torch.nn.Module, splits: dict
         if len(target) == 0:
             raise ValueError(f'split {size_factor_name(s)} has no examples')
         accuracy[s] = int((prediction == target).sum()) / len(target)
+        predicted[s] = prediction.tolist()
         counts[s] = len(target)
         if is_gaussder:
             winners[s] = torch.bincount(torch.cat(winning), minlength=num_scales).tolist()
     accelerator.free_memory(prepared)  # drop the accelerator's references before the next model
-    return dict(accuracy=accuracy, num_examples=counts, winners=winners,
+    return dict(accuracy=accuracy, num_examples=counts, winners=winners, predictions=predicted,
                 initial_scales=list(model.initial_scales) if is_gaussder else None)
 
 
@@ -243,6 +246,7 @@ def evaluate_models(
         pretrained: bool = False,
         num_workers: int = 0,
         seed: int = 0,
+        save_predictions: bool = False,
 ) -> dict:
     """Evaluates every model on the nine rescaled test splits of ``dataset``; returns the evaluation.json dict.
 
@@ -258,6 +262,7 @@ def evaluate_models(
         num_workers: DataLoader worker processes.
         seed: random seed set before creating each model, so a randomly initialised baseline is
             reproducible (and the same in every process).
+        save_predictions: also store every predicted class (``'predictions'``) in the JSON.
     """
     if not models:
         raise ValueError('no model given')
@@ -286,6 +291,8 @@ def evaluate_models(
             'winners': None if result['winners'] is None else {str(s): w for s, w in result['winners'].items()},
             'initial_scales': result['initial_scales'],
         }
+        if save_predictions:
+            results[spec.label]['predictions'] = {str(s): p for s, p in result['predictions'].items()}
         del model
 
     if accelerator.is_main_process:
@@ -319,10 +326,13 @@ def main(argv=None) -> None:
     parser.add_argument('--pretrained', action='store_true', help='load the weights of registered timm names')
     parser.add_argument('--num_workers', '--num-workers', type=int, default=0, help='DataLoader workers')
     parser.add_argument('--seed', type=int, default=0, help='seed of randomly initialised models')
+    parser.add_argument('--save_predictions', '--save-predictions', action='store_true',
+                        help='store the predicted class of every test image in evaluation.json')
     args = parser.parse_args(argv)
     evaluate_models(args.model, args.dataset, data_dir=args.data_dir, max_examples=args.max_examples,
                     batch_size=args.batch_size, out_dir=args.out_dir, cache_dir=args.cache_dir,
-                    pretrained=args.pretrained, num_workers=args.num_workers, seed=args.seed)
+                    pretrained=args.pretrained, num_workers=args.num_workers, seed=args.seed,
+                    save_predictions=args.save_predictions)
 
 
 if __name__ == '__main__':

@@ -53,6 +53,7 @@ class TrainConfig:
     hflip: bool = True
     color_jitter: bool = False                      # (0.2, 0.2, 0.2, 0.05) for RGB
     random_crop_padding: int = 0                    # 24 for STL-10
+    crop_size: int | None = None                    # centre-crop train/validation images to this side
     # optimisation
     epochs: int = 32
     max_steps: int | None = None                    # stop after this many optimizer steps
@@ -84,6 +85,8 @@ class TrainConfig:
         for name in ('batch_size', 'epochs', 'gradient_accumulation_steps', 'save_every', 'keep_checkpoints'):
             if getattr(self, name) < 1:
                 raise ValueError(f'config key {name!r} must be >= 1, got {getattr(self, name)!r}')
+        if self.crop_size is not None and self.crop_size < 1:
+            raise ValueError(f'config key \'crop_size\' must be None or >= 1, got {self.crop_size!r}')
         if self.mixed_precision not in ('no', 'fp16', 'bf16'):
             raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
         if self.push_to_hub and not self.hub_model_id:
@@ -132,6 +135,10 @@ def image_transform(cfg: TrainConfig, in_chans: int, mean, std, train: bool):
     from torchvision.transforms import v2
 
     steps = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
+    if cfg.crop_size:
+        # The networks are fully convolutional: at size factor 1 a Fashion-MNIST object (28 px)
+        # fits in a 48 px crop of its 72 px canvas, and training on the crop costs 2.25x less.
+        steps.append(v2.CenterCrop(cfg.crop_size))
     if train:
         if cfg.random_crop_padding:
             steps.append(_RandomCropSameSize(cfg.random_crop_padding))
@@ -185,6 +192,10 @@ def make_dataset(cfg: TrainConfig, split, model, train: bool) -> RescaledSplit:
     mean, std = model.pretrained_cfg.get('mean'), model.pretrained_cfg.get('std')
     if mean is None or len(mean) != model.in_chans:
         mean, std = (0.5,) * model.in_chans, (0.5,) * model.in_chans
+    if cfg.crop_size and len(split):
+        width, height = split[0]['image'].size
+        if cfg.crop_size > min(width, height):
+            raise ValueError(f'crop_size {cfg.crop_size} is larger than the {width}x{height} images of {cfg.dataset}')
     transform = image_transform(cfg, model.in_chans, mean, std, train)
     return RescaledSplit(split, transform, 'L' if model.in_chans == 1 else 'RGB', cfg.seed)
 

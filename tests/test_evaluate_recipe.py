@@ -112,6 +112,23 @@ def test_main_with_a_labelled_spec_prints_the_table(run, tmp_path, capsys):
     written = json.loads((tmp_path / 'evaluation.json').read_text())
     assert list(written) == ['rn18']
     assert written['rn18']['accuracy'] == run['results']['baseline']['accuracy']  # same seed, same weights
+    assert 'predictions' not in written['rn18']  # only on request
+
+
+@needs_fashion
+def test_saved_predictions_are_the_per_image_classes_behind_the_accuracy(run, tmp_path):
+    ds = load_dataset('rescaled_fashion_mnist', data_dir=FASHION_DIR, max_examples=LIMIT, cache_dir=str(run['cache']))
+    recipe.main(['--model', f'tiny={run["checkpoint"]}', '--dataset', 'rescaled_fashion_mnist', '--data_dir',
+                 FASHION_DIR, '--max_examples', str(LIMIT), '--out_dir', str(tmp_path), '--cache_dir',
+                 str(run['cache']), '--batch_size', str(BATCH_SIZE), '--save_predictions'])
+    written = json.loads((tmp_path / 'evaluation.json').read_text())['tiny']
+    tiny = timm.create_model(f'local-dir:{run["checkpoint"]}', pretrained=True).eval()
+    for s in SIZE_FACTORS:
+        x, y = _images(ds[size_factor_name(s)], 0.5, 0.5)
+        with torch.no_grad():
+            direct = torch.cat([tiny(chunk).argmax(-1) for chunk in x.split(BATCH_SIZE)])
+        assert written['predictions'][str(s)] == direct.tolist(), s
+        assert Fraction(written['accuracy'][str(s)]) == Fraction(int((direct == y).sum()), LIMIT)
 
 
 @pytest.mark.parametrize('spec, message', [

@@ -166,3 +166,35 @@ def test_init_from_a_checkpoint_with_other_classes_keeps_every_other_weight(tmp_
     kept = [k for k in before if not k.startswith(('head_conv.', 'head_norm.'))]
     assert kept and all(torch.equal(before[k], after[k]) for k in kept)
     assert after['head_conv.weight'].shape[0] == 10
+
+
+def test_crop_size_centre_crops_train_and_validation_images_and_rejects_bad_values():
+    import datasets
+    import numpy as np
+    import timm
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, size=(72, 72), dtype=np.uint8)
+    split = datasets.Dataset.from_dict({'image': [Image.fromarray(pixels)], 'label': [3]},
+                                       features=datasets.Features({'image': datasets.Image(),
+                                                                   'label': datasets.Value('int64')}))
+    model = timm.create_model('gaussderresnet10_fashionmnist')
+    full = recipe.make_dataset(recipe.load_config(SMOKE), split, model, train=False)[0]['pixel_values']
+    for train in (False, True):
+        cfg = recipe.load_config(SMOKE, ['crop_size=48', 'hflip=false'])
+        cropped = recipe.make_dataset(cfg, split, model, train=train)[0]['pixel_values']
+        assert cropped.shape == (1, 48, 48)
+        torch.testing.assert_close(cropped, full[:, 12:60, 12:60], rtol=0, atol=0)
+    with pytest.raises(ValueError, match='crop_size 80 is larger than the 72x72 images'):
+        recipe.make_dataset(recipe.load_config(SMOKE, ['crop_size=80']), split, model, train=True)
+    with pytest.raises(ValueError, match="'crop_size' must be None or >= 1, got 0"):
+        recipe.load_config(SMOKE, ['crop_size=0'])
+
+
+def test_cpu_experiment_configs_train_the_small_variant_and_resnet18_alike():
+    gd = recipe.load_config(str(ROOT / 'recipes' / 'configs' / 'rescaled_fashion_mnist_cpu.yaml'))
+    r18 = recipe.load_config(str(ROOT / 'recipes' / 'configs' / 'rescaled_fashion_mnist_resnet18_cpu.yaml'))
+    assert gd.model == 'gaussderresnet10_fashionmnist' and gd.model_args == {'initial_scales': [1.0]}
+    assert r18.model == 'resnet18' and r18.crop_size is None
+    same = ('dataset', 'batch_size', 'epochs', 'lr', 'warmup_epochs', 'weight_decay', 'label_smoothing', 'hflip')
+    assert [getattr(gd, k) for k in same] == [getattr(r18, k) for k in same]

@@ -1,0 +1,85 @@
+"""Move a trained GaussDerResNet to another grid of scale channels, without retraining (App. A.4, A.5).
+
+    # single-scale-channel training -> the six default channels 1/2 ... 2 sqrt2 (ratio sqrt2)
+    python recipes/transfer.py runs/single/model checkpoints/multi
+    # the denser grid of App. A.5: ratio 2**(1/4) over the same range, plus a boundary channel
+    python recipes/transfer.py runs/single/model runs/dense --grid 0.5 1.189207115002721 11 --boundary 4
+    python recipes/transfer.py SRC DST --initial_scales 0.5,1,2
+
+All scale channels share their weights, so the trained weights serve any set of initial scales
+``sigma0``. SRC is a folder written by ``gaussder_hf.save_for_hub`` (or ``local-dir:`` /
+``hf-hub:``); DST gets a new ``save_for_hub`` folder with the same weights and the new
+``initial_scales``. An existing checkpoint in DST is only replaced with ``--overwrite``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import timm
+
+import gaussder_hf
+from gaussder_hf.hub import WEIGHTS_NAME
+
+
+def transfer(source: str, destination: str, initial_scales=None, summary: str = '',
+             overwrite: bool = False) -> gaussder_hf.GaussDerResNet:
+    """Loads ``source``, puts its weights on ``initial_scales`` (default: the presets' six) and saves to ``destination``."""
+    dest = Path(destination)
+    if (dest / WEIGHTS_NAME).exists() and not overwrite:
+        raise FileExistsError(f'{dest / WEIGHTS_NAME} exists; pass overwrite=True (--overwrite) to replace it')
+    name = source if source.startswith(('local-dir:', 'hf-hub:')) else f'local-dir:{source}'
+    if name.startswith('local-dir:') and not Path(name[len('local-dir:'):]).is_dir():
+        raise ValueError(f'no such checkpoint folder {name[len("local-dir:"):]!r}')
+    model = timm.create_model(name, pretrained=True)
+    if not isinstance(model, gaussder_hf.GaussDerResNet):
+        raise ValueError(f'{source!r} is not a GaussDerResNet checkpoint')
+    scales = gaussder_hf.DEFAULT_INITIAL_SCALES if initial_scales is None else initial_scales
+    transferred = model.with_initial_scales(scales).eval()
+    transferred.pretrained_cfg = model.pretrained_cfg
+    from_scales = ', '.join(f'{s:.4g}' for s in model.initial_scales)
+    to_scales = ', '.join(f'{s:.4g}' for s in transferred.initial_scales)
+    note = (f'Weights transferred without retraining (App. A.4/A.5 of the paper) from `{source}` '
+            f'(initial scales {from_scales}) to the initial scales {to_scales}.')
+    gaussder_hf.save_for_hub(transferred, dest, summary=f'{summary} {note}'.strip())
+    return transferred
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'initial scales are comma-separated numbers, got {text!r}') from None
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog='\n'.join(__doc__.split('\n')[1:]))
+    parser.add_argument('source', help="checkpoint folder, 'local-dir:FOLDER' or 'hf-hub:ORG/NAME'")
+    parser.add_argument('destination', help='folder for the transferred checkpoint')
+    scales = parser.add_mutually_exclusive_group()
+    scales.add_argument('--initial_scales', '--initial-scales', type=_scales, help='e.g. 0.5,0.7071,1,1.4142,2')
+    scales.add_argument('--grid', nargs=3, type=float, metavar=('FIRST', 'RATIO', 'COUNT'),
+                        help='geometric grid FIRST * RATIO**i, i < COUNT')
+    parser.add_argument('--boundary', type=float, action='append', default=[],
+                        help='extra boundary channel(s) appended to --grid (App. A.5)')
+    parser.add_argument('--summary', default='', help='text for the model card (how the source was trained)')
+    parser.add_argument('--overwrite', action='store_true', help='replace a checkpoint already in DESTINATION')
+    args = parser.parse_args(argv)
+    initial_scales = args.initial_scales
+    if args.grid:
+        first, ratio, count = args.grid
+        if count != int(count):
+            parser.error(f'--grid COUNT must be a whole number, got {count}')
+        initial_scales = gaussder_hf.geometric_scales(first, ratio, int(count))
+    if args.boundary:
+        if initial_scales is None:
+            parser.error('--boundary needs --grid or --initial_scales')
+        initial_scales = tuple(initial_scales) + tuple(args.boundary)
+    model = transfer(args.source, args.destination, initial_scales, args.summary, args.overwrite)
+    print(f'wrote {args.destination} (initial scales {", ".join(f"{s:.4g}" for s in model.initial_scales)})')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,62 @@
+"""recipes/transfer.py: the same weights on another grid of scale channels (App. A.4, A.5)."""
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import gaussder_hf
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location('transfer_recipe', ROOT / 'recipes' / 'transfer.py')
+recipe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(recipe)
+
+
+@pytest.fixture()
+def single(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model('gaussderresnet10_fashionmnist', channels=(4, 4, 6), initial_scales=(1.0,)).eval()
+    return model, gaussder_hf.save_for_hub(model, tmp_path / 'single')
+
+
+def test_transfer_to_the_default_grid_keeps_every_weight_and_the_matching_channel(single, tmp_path):
+    model, folder = single
+    before = (folder / 'model.safetensors').read_bytes()
+    recipe.main([str(folder), str(tmp_path / 'multi')])
+    multi = timm.create_model(f'local-dir:{tmp_path / "multi"}', pretrained=True).eval()
+    assert multi.initial_scales == pytest.approx(gaussder_hf.DEFAULT_INITIAL_SCALES)
+    assert (folder / 'model.safetensors').read_bytes() == before  # the source is untouched
+    source, target = load_file(folder / 'model.safetensors'), load_file(tmp_path / 'multi' / 'model.safetensors')
+    assert source.keys() == target.keys() and all(torch.equal(source[k], target[k]) for k in source)
+    x = torch.rand(2, 1, 20, 20)
+    with torch.no_grad():
+        channels = multi.forward_scale_channels(x)
+        assert channels.shape == (2, 6, 10)
+        torch.testing.assert_close(channels[:, 2], model.forward_scale_channels(x)[:, 0])  # sigma0 = 1
+    assert 'transferred without retraining' in (tmp_path / 'multi' / 'README.md').read_text()
+
+
+def test_denser_grid_with_a_boundary_channel_and_bad_arguments(single, tmp_path, capsys):
+    _, folder = single
+    recipe.main([str(folder), str(tmp_path / 'dense'), '--grid', '0.5', str(2 ** 0.25), '11', '--boundary', '4'])
+    dense = timm.create_model(f'local-dir:{tmp_path / "dense"}', pretrained=True)
+    expected = [0.5 * 2 ** (i / 4) for i in range(11)] + [4.0]
+    assert dense.initial_scales == pytest.approx(expected)
+    assert math.isclose(dense.initial_scales[10], 2 * math.sqrt(2))
+    assert 'initial scales 0.5, 0.5946' in capsys.readouterr().out
+    with pytest.raises(FileExistsError, match='dense.*model.safetensors exists'):
+        recipe.main([str(folder), str(tmp_path / 'dense')])
+    recipe.main([str(folder), str(tmp_path / 'dense'), '--overwrite', '--initial_scales', '1,2'])
+    assert timm.create_model(f'local-dir:{tmp_path / "dense"}').initial_scales == (1.0, 2.0)
+    with pytest.raises(ValueError, match="no such checkpoint folder '.*nowhere'"):
+        recipe.transfer(str(tmp_path / 'nowhere'), str(tmp_path / 'x'))
+    with pytest.raises(SystemExit):
+        recipe.main([str(folder), str(tmp_path / 'x'), '--initial_scales', '1,two'])
+    assert "comma-separated numbers, got '1,two'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"initial scale must be a finite number > 0, got -1.0"):
+        recipe.main([str(folder), str(tmp_path / 'y'), '--initial_scales', '1,-1'])
+    assert not (tmp_path / 'y' / 'model.safetensors').exists()
