@@ -24,7 +24,7 @@ from gaussder_hf.hub import WEIGHTS_NAME
 
 def transfer(source: str, destination: str, initial_scales=None, summary: str = '',
              overwrite: bool = False) -> gaussder_hf.GaussDerResNet:
-    """Loads ``source``, puts its weights on ``initial_scales`` (default: the presets' six) and saves to ``destination``."""
+    """Saves ``source``'s weights on ``initial_scales`` (default: the presets' six) to ``destination``."""
     dest = Path(destination)
     if (dest / WEIGHTS_NAME).exists() and not overwrite:
         raise FileExistsError(f'{dest / WEIGHTS_NAME} exists; pass overwrite=True (--overwrite) to replace it')
