@@ -202,7 +202,8 @@ def jet_normalisation(alpha: Sequence[int], sigma: float = 1.0) -> float:
     ``1 / alpha!`` factor of eq. (3) is our reconstruction (DESIGN.md §2); the weights are
     learned, so it only affects initialisation.
     """
-    factorial = math.prod(math.factorial(a) for a in alpha)
+    # A list, not a generator: torch.compile traces a generator argument of math.prod only with a graph break.
+    factorial = math.prod([math.factorial(a) for a in alpha])
     return sigma ** sum(alpha) / factorial
 
 
@@ -310,9 +311,44 @@ def _padded_smoothing_matrix_cached(
 
 def _smoothing_operator(sigma: float, eps: float, size: int, pad: int, device: torch.device, dtype: torch.dtype):
     """Returns the ``(size + 2 pad, size)`` operator: smoothing, then mirror extension by ``pad``."""
+    if torch.compiler.is_compiling():
+        return _traced_smoothing_operator(sigma, eps, size, pad, device, dtype)
     if pad == 0:
         return _smoothing_matrix_cached(sigma, eps, size, device, dtype).mT
     return _padded_smoothing_matrix_cached(sigma, eps, size, pad, device, dtype)
+
+
+# Under torch.compile the numpy/scipy code that builds the operators cannot be traced (and the
+# eager caches cannot be consulted), so the graph builds them from Python constants that Dynamo
+# evaluates once while tracing: the kernel taps and the stencil basis. Building a matrix is one
+# scatter of size * (2N + 1) taps, negligible next to the products it feeds.
+
+@torch.compiler.assume_constant_result
+def _kernel_taps(sigma: float, eps: float) -> tuple[float, ...]:
+    return tuple(_kernel_np(sigma, eps).tolist())
+
+
+def _traced_reflect_index(size: int, pad: int, device: torch.device) -> torch.Tensor:
+    """:func:`reflect_index` in torch operations, for traced code."""
+    positions = torch.arange(-pad, size + pad, device=device)
+    if size == 1:
+        return torch.zeros_like(positions)
+    period = 2 * (size - 1)
+    positions = torch.remainder(positions, period)
+    return torch.where(positions < size, positions, period - positions)
+
+
+def _traced_smoothing_operator(sigma: float, eps: float, size: int, pad: int, device: torch.device,
+                               dtype: torch.dtype) -> torch.Tensor:
+    taps = _kernel_taps(sigma, eps)
+    width = len(taps)
+    source = _traced_reflect_index(size, (width - 1) // 2, device)
+    columns = source[torch.arange(size, device=device)[:, None] + torch.arange(width, device=device)[None, :]]
+    values = torch.tensor(taps, device=device, dtype=torch.float64).expand(size, width)
+    matrix = torch.zeros(size, size, device=device, dtype=torch.float64).scatter_add(1, columns, values)
+    if pad:
+        matrix = matrix[_traced_reflect_index(size, pad, device)]
+    return matrix.to(dtype)
 
 
 def _smooth_along(x: torch.Tensor, matrix: torch.Tensor, dim: int) -> torch.Tensor:
@@ -348,7 +384,7 @@ def gaussian_smooth(x: torch.Tensor, sigma: float, eps: float = 0.01, spatial_di
 
 
 @lru_cache(maxsize=64)
-def _stencil_basis(
+def _stencil_basis_cached(
         jet_order: int, spatial_dims: int, zero_order: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     # The difference operators delta^alpha of the jet as correlation filters on one common
     # support of radius (jet_order + 1) // 2, shape (J, *(2 radius + 1,) * spatial_dims).
@@ -366,6 +402,19 @@ def _stencil_basis(
             kernel = np.multiply.outer(kernel, one_d[order])
         basis.append(kernel)
     return _constant(np.stack(basis), device, dtype)
+
+
+def _stencil_basis(
+        jet_order: int, spatial_dims: int, zero_order: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        values = _stencil_basis_values(jet_order, spatial_dims, zero_order)
+        return torch.tensor(values, device=device, dtype=dtype)
+    return _stencil_basis_cached(jet_order, spatial_dims, zero_order, device, dtype)
+
+
+@torch.compiler.assume_constant_result
+def _stencil_basis_values(jet_order: int, spatial_dims: int, zero_order: bool) -> list:
+    return _stencil_basis_cached(jet_order, spatial_dims, zero_order, torch.device('cpu'), torch.float64).tolist()
 
 
 _CONV = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}

@@ -12,6 +12,12 @@ one small convolution of the smoothed input: ``sum_alpha w[j, i, alpha] delta^al
 which on CPU costs less than the 1x1 mix over ``C_in * J`` channels alone. The dense form (one
 convolution with the composed kernel, whose size grows with sigma) is kept only as a
 reference, :func:`dense_reference`, for tests and benchmarks.
+
+Low precision (``torch.autocast`` with bfloat16 or float16): the differences of the jet
+subtract nearby smoothed values, so smoothed maps rounded to 8 mantissa bits first leave the
+``sigma**|alpha|``-normalised derivatives mostly rounding noise at sigma >= 2 (relative error
+0.5 at sigma 2, > 1 beyond). Under autocast the jet is therefore computed in float32 and only
+the channel mix, the part that carries the FLOPs, runs in the autocast dtype.
 """
 from __future__ import annotations
 
@@ -87,6 +93,12 @@ class _GaussDerBase(nn.Module):
         """Returns the un-normalised jet ``delta^alpha T_sigma * x``, shape ``(B, C_in, J, *spatial)``."""
         return gaussian_jet(
             x, sigma, self.jet_order, zero_order=self.zero_order, eps=self.eps, scale_normalised=False)
+
+    def float32_jet(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Returns :meth:`jet` computed in float32 outside autocast, flattened to ``(B, C_in * J, *spatial)``."""
+        with torch.autocast(x.device.type, enabled=False):
+            jet = self.jet(x.float(), sigma)
+        return jet.flatten(1, 2)
 
     def smoothed(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """Returns ``T_sigma * x`` mirror-extended by the radius of the difference stencils."""
@@ -180,6 +192,10 @@ class GaussDerConv(_GaussDerBase):
         # delta^alpha) * (T * f_i): the central differences and the channel mix fold into one
         # small dense convolution (3x3 in 2-D) of the smoothed, mirror-extended input. The jet
         # itself is never materialised.
+        if torch.is_autocast_enabled(x.device.type):
+            # Low precision: the jet in float32, the mix as a 1x1 convolution in the autocast dtype.
+            weight = self.mixing_weight(sigma).view(self.out_channels, -1, *([1] * self.spatial_dims))
+            return _CONV[self.spatial_dims](self.float32_jet(x, sigma), weight, self.bias)
         weight = self.mixing_weight(sigma).view(self.out_channels, self.in_channels, self.jet_size)
         return _CONV[self.spatial_dims](self.smoothed(x, sigma), self.difference_filters(weight), self.bias)
 
@@ -236,13 +252,22 @@ class DSGaussDerConv(_GaussDerBase):
         batch, spatial = x.shape[0], x.shape[2:]
         # The depthwise combination over the jet is one small filter per channel (a grouped
         # convolution of the smoothed input), then the pointwise mix is a batched GEMM.
-        depthwise = self.depthwise_weight * self.jet_factors(sigma, x.device, self.depthwise_weight.dtype)
-        filters = self.difference_filters(depthwise).unsqueeze(1)  # (C_in, 1, *K)
-        combined = _CONV[self.spatial_dims](self.smoothed(x, sigma), filters, groups=self.in_channels)
+        if torch.is_autocast_enabled(x.device.type):
+            # Low precision: the depthwise stage (where the differences cancel, and whose filters
+            # must keep their zero sum) in float32, the pointwise mix in the autocast dtype.
+            with torch.autocast(x.device.type, enabled=False):
+                combined = self._depthwise(x.float(), sigma)
+        else:
+            combined = self._depthwise(x, sigma)
         out = torch.matmul(self.pointwise_weight, combined.view(batch, self.in_channels, -1))
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1)
         return out.view(batch, self.out_channels, *spatial)
+
+    def _depthwise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        depthwise = self.depthwise_weight * self.jet_factors(sigma, x.device, self.depthwise_weight.dtype)
+        filters = self.difference_filters(depthwise).unsqueeze(1)  # (C_in, 1, *K)
+        return _CONV[self.spatial_dims](self.smoothed(x, sigma), filters, groups=self.in_channels)
 
     def composed_kernel(self, sigma: float) -> torch.Tensor:
         """Returns the dense filter of the layer at ``sigma``, shape ``(C_out, C_in, *K)``."""
