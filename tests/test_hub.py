@@ -1,4 +1,6 @@
 """save_for_hub's model card and metadata, and push_to_hub up to the upload (no network here)."""
+import os
+
 import pytest
 import timm
 import torch
@@ -35,6 +37,10 @@ def test_save_for_hub_leaves_other_files_alone_and_validates(model, tmp_path):
     save_for_hub(model, folder)
     assert (folder / 'notes.txt').read_text() == 'mine'
     assert not [p for p in folder.iterdir() if p.name.endswith('.tmp')]
+    # Written through a private temporary file, saved with the permissions the umask allows.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all((p.stat().st_mode & 0o777) == 0o666 & ~umask for p in folder.iterdir() if p.name != 'notes.txt')
     with pytest.raises(ValueError, match='accuracy must be a fraction.*81.2'):
         save_for_hub(model, folder, evaluation={'dataset': 'rescaled_stl10', 'accuracy': {1.0: 81.2}})
     with pytest.raises(ValueError, match='3 class names'):
