@@ -187,11 +187,18 @@ class RescaledSplit(torch.utils.data.Dataset):
         return {'pixel_values': pixels, 'labels': example['label']}
 
 
+def normalisation(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Returns the ``(mean, std)`` the model is trained with: its own, or 0.5 where they don't fit its channels."""
+    mean, std = model.pretrained_cfg.get('mean'), model.pretrained_cfg.get('std')
+    if mean is None or std is None or len(mean) != model.in_chans or len(std) != model.in_chans:
+        # e.g. ImageNet's RGB statistics on a 1-channel timm baseline
+        return (0.5,) * model.in_chans, (0.5,) * model.in_chans
+    return tuple(mean), tuple(std)
+
+
 def make_dataset(cfg: TrainConfig, split, model, train: bool) -> RescaledSplit:
     """Returns ``split`` with the model's normalisation (and the augmentation when training)."""
-    mean, std = model.pretrained_cfg.get('mean'), model.pretrained_cfg.get('std')
-    if mean is None or len(mean) != model.in_chans:
-        mean, std = (0.5,) * model.in_chans, (0.5,) * model.in_chans
+    mean, std = normalisation(model)
     if cfg.crop_size and len(split):
         width, height = split[0]['image'].size
         if cfg.crop_size > min(width, height):
@@ -269,7 +276,12 @@ def save_model(model, folder: Path, cfg: TrainConfig, evaluation: dict | None = 
         return gaussder_hf.save_for_hub(model, folder, evaluation=evaluation, summary=summary)
     from timm.models import save_for_hf
 
-    save_for_hf(model, str(folder), safe_serialization='both')
+    # The saved config must carry the normalisation the model was trained with: timm would
+    # otherwise write its pretrained statistics adapted to in_chans (for a 1-channel resnet18 the
+    # mean of ImageNet's, 0.449 / 0.226), and every later evaluation would see shifted inputs.
+    mean, std = normalisation(model)
+    model.pretrained_cfg = {**model.pretrained_cfg, 'mean': mean, 'std': std}
+    save_for_hf(model, str(folder), safe_serialization=True)  # safetensors only, never a pickle
     return folder
 
 

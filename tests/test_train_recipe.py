@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,3 +199,15 @@ def test_cpu_experiment_configs_train_the_small_variant_and_resnet18_alike():
     assert r18.model == 'resnet18' and r18.crop_size is None
     same = ('dataset', 'batch_size', 'epochs', 'lr', 'warmup_epochs', 'weight_decay', 'label_smoothing', 'hflip')
     assert [getattr(gd, k) for k in same] == [getattr(r18, k) for k in same]
+
+
+def test_a_timm_baseline_is_saved_with_its_training_normalisation_and_no_pickle(tmp_path):
+    # A 1-channel resnet18 trains on (x - 0.5) / 0.5 (ImageNet's RGB statistics don't fit it);
+    # its saved config must say so, or every evaluation of the checkpoint sees shifted inputs.
+    model = timm.create_model('resnet18', in_chans=1, num_classes=10)
+    used = recipe.normalisation(model)
+    assert used == ((0.5,), (0.5,))
+    folder = recipe.save_model(model, tmp_path / 'resnet18', recipe.load_config(None))
+    assert (folder / 'model.safetensors').is_file() and not list(folder.glob('*.bin'))
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert (tuple(loaded.pretrained_cfg['mean']), tuple(loaded.pretrained_cfg['std'])) == used
