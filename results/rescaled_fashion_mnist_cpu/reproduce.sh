@@ -27,7 +27,7 @@ python recipes/transfer.py $RUNS/gaussderresnet10_single/model $RUNS/dense --ove
 python recipes/evaluate.py --dataset rescaled_fashion_mnist --data_dir /usr/share/datasets/fashion-mnist \
   --max_examples 1000 --save_predictions --out_dir $OUT \
   --model "multi-scale (6 channels)=$CKPT" \
-  --model "single-scale (sigma0 = 1)=$RUNS/gaussderresnet10_single/model" \
+  --model "single-scale (1 channel, sigma0 1)=$RUNS/gaussderresnet10_single/model" \
   --model "denser grid (12 channels, A.5)=$RUNS/dense" \
   --model "resnet18=$RUNS/resnet18/model"
 
@@ -37,7 +37,9 @@ import json, os, timm, gaussder_hf
 ckpt, out = 'checkpoints/gaussderresnet10_fashionmnist', 'results/rescaled_fashion_mnist_cpu'
 result = json.load(open(f'{out}/evaluation.json'))['multi-scale (6 channels)']
 model = timm.create_model(f'local-dir:{ckpt}', pretrained=True)
-gaussder_hf.save_for_hub(model, ckpt, summary=os.environ['SUMMARY'] + (
+# canvas_size: the image processor puts a raw 28x28 Fashion-MNIST image on the 72x72 canvas of the
+# rescaled datasets, so that pipeline('image-classification') sees what the evaluation saw.
+gaussder_hf.save_for_hub(model, ckpt, canvas_size={'height': 72, 'width': 72}, summary=os.environ['SUMMARY'] + (
     ' Its weights were then transferred without retraining to the six scale channels below (App. A.4).'), evaluation={
     'dataset': 'rescaled_fashion_mnist', 'accuracy': result['accuracy'],
     'notes': 'Measured by `recipes/evaluate.py` on the first 1000 test images of each size factor '

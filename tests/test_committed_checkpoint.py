@@ -1,0 +1,90 @@
+"""The committed checkpoint loads both ways and reproduces its committed results on real data.
+
+``checkpoints/gaussderresnet10_fashionmnist`` and ``results/rescaled_fashion_mnist_cpu`` are
+written by ``results/rescaled_fashion_mnist_cpu/reproduce.sh``. Here the weights are run again
+on the first images of the s = 1 and s = 2 test splits of rescaled Fashion-MNIST (built from
+Debian's files) and compared with the per-image predictions and accuracies that the evaluation
+committed beside them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from datasets import load_dataset
+from transformers import AutoModelForImageClassification
+
+import gaussder_hf  # noqa: F401  (registers the models and datasets)
+from gaussder_hf.rescaling import size_factor_name
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / 'checkpoints' / 'gaussderresnet10_fashionmnist'
+EVALUATION = ROOT / 'results' / 'rescaled_fashion_mnist_cpu' / 'evaluation.json'
+LABEL = 'multi-scale (6 channels)'
+FASHION_DIR = '/usr/share/datasets/fashion-mnist'
+SUBSET = 200
+
+needs_fashion = pytest.mark.skipif(
+    not os.path.isdir(FASHION_DIR) and not os.environ.get('CI'),
+    reason="Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
+
+
+@pytest.fixture(scope='module')
+def committed():
+    return json.loads(EVALUATION.read_text())[LABEL]
+
+
+@pytest.fixture(scope='module')
+def model():
+    return timm.create_model(f'local-dir:{CHECKPOINT}', pretrained=True).eval()
+
+
+def test_the_checkpoint_folder_is_what_save_for_hub_writes():
+    names = {p.name for p in CHECKPOINT.iterdir()}
+    assert {'model.safetensors', 'config.json', 'README.md'} <= names
+    assert not any(name.endswith(('.bin', '.pkl', '.pt', '.pth')) for name in names), names
+
+
+def test_timm_and_transformers_load_the_same_network(model):
+    hf = AutoModelForImageClassification.from_pretrained(CHECKPOINT).eval()
+    assert model.initial_scales == tuple(hf.config.initial_scales)
+    assert len(model.initial_scales) == 6
+    x = torch.rand(2, 1, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(pixel_values=x).logits, model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_model_card_carries_the_committed_accuracies(committed):
+    card = (CHECKPOINT / 'README.md').read_text()
+    for s in ('0.5', '1.0', '2.0'):
+        assert f'{100 * committed["accuracy"][s]:.2f}%' in card, s
+
+
+@needs_fashion
+@pytest.mark.parametrize('size_factor', [1.0, 2.0])
+def test_committed_weights_reproduce_committed_predictions(size_factor, model, committed, tmp_path_factory):
+    data = load_dataset('rescaled_fashion_mnist', data_dir=FASHION_DIR, max_examples=SUBSET,
+                        cache_dir=str(tmp_path_factory.mktemp('cache')))
+    split = data[size_factor_name(size_factor)]
+    mean, std = model.pretrained_cfg['mean'][0], model.pretrained_cfg['std'][0]
+    x = torch.from_numpy(np.stack([np.asarray(image, dtype=np.float32) / 255 for image in split['image']]))
+    x = ((x - mean) / std)[:, None]
+    labels = torch.tensor(split['label'])
+    with torch.no_grad():
+        predictions = torch.cat([model(chunk).argmax(-1) for chunk in x.split(50)])
+
+    expected = torch.tensor(committed['predictions'][str(size_factor)][:SUBSET])
+    # Another BLAS may flip an image whose top two logits nearly tie; no more than one in 200.
+    assert (predictions == expected).sum().item() >= SUBSET - 1
+    accuracy = (predictions == labels).float().mean().item()
+    committed_subset = (expected == labels).float().mean().item()
+    assert abs(accuracy - committed_subset) <= 1 / SUBSET + 1e-9
+    # The subset is a sample of the committed 1000: within 3 standard errors of its accuracy.
+    full = committed['accuracy'][str(size_factor)]
+    assert abs(accuracy - full) <= 3 * math.sqrt(full * (1 - full) / SUBSET) + 1 / SUBSET
