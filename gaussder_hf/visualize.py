@@ -111,6 +111,8 @@ def plot_receptive_fields(
         max_inputs: int = 8,
 ):
     """Writes a grid of the composed filters (rows: output channels, columns: input channels); returns the figure."""
+    if sigma0 is None:
+        sigma0 = model.initial_scales[len(model.initial_scales) // 2]
     kernels = receptive_fields(model, layer, sigma0)[:max_outputs, :max_inputs].float()
     rows, cols = kernels.shape[:2]
     plt = _pyplot()
@@ -121,7 +123,8 @@ def plot_receptive_fields(
             limit = float(kernel.abs().max()) or 1.0
             axes[i, j].imshow(kernel.numpy(), cmap='RdBu_r', vmin=-limit, vmax=limit)
             axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
-    fig.suptitle(f'layer {layer} receptive fields (out x in)')
+    fig.suptitle(f'layer {layer} receptive fields (out x in), scale channel sigma0 = {sigma0:.3g}, '
+                 f'sigma = {model.layer_scale(layer, sigma0):.3g}')
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
