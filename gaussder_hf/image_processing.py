@@ -14,7 +14,22 @@ from transformers.image_utils import PILImageResampling
 from .kernels import centred_reflect_index
 from .presets import DATASET_INFO
 
-__all__ = ['GaussDerResNetImageProcessor', 'mirror_extend_to_canvas']
+__all__ = ['GaussDerResNetImageProcessor', 'mirror_extend_to_canvas', 'model_normalisation']
+
+
+def model_normalisation(
+        model: torch.nn.Module, in_chans: int | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Returns the ``(mean, std)`` a timm model's inputs are normalised with, in training and evaluation alike.
+
+    The model's ``pretrained_cfg`` statistics where they have one value per input channel, else
+    0.5 per channel (e.g. ImageNet's RGB statistics on a 1-channel timm baseline).
+    """
+    in_chans = in_chans if in_chans is not None else getattr(model, 'in_chans', 3)
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    mean, std = cfg.get('mean'), cfg.get('std')
+    if mean is None or std is None or len(mean) != in_chans or len(std) != in_chans:
+        return (0.5,) * in_chans, (0.5,) * in_chans
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
 def mirror_extend_to_canvas(images: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -53,6 +53,7 @@ import gaussder_hf  # registers the GaussDerResNets with timm and the rescaled d
 import timm
 from gaussder_hf import GaussDerResNet
 from gaussder_hf.analysis import plot_scale_generalisation, plot_scale_selection, scale_selection
+from gaussder_hf.image_processing import model_normalisation
 from gaussder_hf.rescaling import SIZE_FACTORS, size_factor_name
 
 __all__ = ['ModelSpec', 'parse_model_spec', 'evaluate_models', 'main']
@@ -147,10 +148,7 @@ def _load_test_splits(dataset: str, data_dir, max_examples, cache_dir) -> dict[f
 
 
 def _normalisation(model: torch.nn.Module, in_chans: int) -> tuple[torch.Tensor, torch.Tensor]:
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    mean, std = cfg.get('mean'), cfg.get('std')
-    if mean is None or std is None or len(mean) != in_chans or len(std) != in_chans:
-        mean, std = (0.5,) * in_chans, (0.5,) * in_chans  # e.g. ImageNet RGB stats of a 1-channel baseline
+    mean, std = model_normalisation(model, in_chans)  # the rule recipes/train.py trains with
     return (torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1),
             torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
 

@@ -188,12 +188,10 @@ class RescaledSplit(torch.utils.data.Dataset):
 
 
 def normalisation(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Returns the ``(mean, std)`` the model is trained with: its own, or 0.5 where they don't fit its channels."""
-    mean, std = model.pretrained_cfg.get('mean'), model.pretrained_cfg.get('std')
-    if mean is None or std is None or len(mean) != model.in_chans or len(std) != model.in_chans:
-        # e.g. ImageNet's RGB statistics on a 1-channel timm baseline
-        return (0.5,) * model.in_chans, (0.5,) * model.in_chans
-    return tuple(mean), tuple(std)
+    """Returns the ``(mean, std)`` the model is trained with (the rule evaluation uses too)."""
+    from gaussder_hf.image_processing import model_normalisation
+
+    return model_normalisation(model)
 
 
 def make_dataset(cfg: TrainConfig, split, model, train: bool) -> RescaledSplit:
