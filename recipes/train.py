@@ -278,8 +278,8 @@ def save_model(model, folder: Path, cfg: TrainConfig, evaluation: dict | None = 
     # otherwise write its pretrained statistics adapted to in_chans (for a 1-channel resnet18 the
     # mean of ImageNet's, 0.449 / 0.226), and every later evaluation would see shifted inputs.
     mean, std = normalisation(model)
-    model.pretrained_cfg = {**model.pretrained_cfg, 'mean': mean, 'std': std}
-    save_for_hf(model, str(folder), safe_serialization=True)  # safetensors only, never a pickle
+    save_for_hf(model, str(folder), safe_serialization=True,  # safetensors only, never a pickle
+                data_config={'mean': mean, 'std': std})
     return folder
 
 
