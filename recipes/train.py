@@ -234,6 +234,8 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> Path
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    # Every rank writes its own RNG state into the folder: rename only after all of them finished.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (partial / 'trainer_state.json').write_text(json.dumps({'step': step}))
         os.replace(partial, final)  # atomic: a crash before this leaves only the .partial folder
