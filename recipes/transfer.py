@@ -41,8 +41,21 @@ def transfer(source: str, destination: str, initial_scales=None, summary: str = 
     to_scales = ', '.join(f'{s:.4g}' for s in transferred.initial_scales)
     note = (f'Weights transferred without retraining (App. A.4/A.5 of the paper) from `{source}` '
             f'(initial scales {from_scales}) to the initial scales {to_scales}.')
-    gaussder_hf.save_for_hub(transferred, dest, summary=f'{summary} {note}'.strip())
+    gaussder_hf.save_for_hub(transferred, dest, summary=f'{summary} {note}'.strip(),
+                             canvas_size=_source_canvas_size(name))
     return transferred
+
+
+def _source_canvas_size(name: str) -> dict | None:
+    """The source's image-processor canvas, so that pipelines of the transfer see the same inputs."""
+    from transformers import AutoImageProcessor
+
+    location = name.split(':', 1)[1]
+    try:
+        processor = AutoImageProcessor.from_pretrained(location)
+    except OSError:  # a checkpoint without preprocessor_config.json (e.g. one saved by timm alone)
+        return None
+    return getattr(processor, 'canvas_size', None)
 
 
 def _scales(text: str) -> tuple[float, ...]:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import transformers
 from safetensors.torch import load_file
 
 import gaussder_hf
@@ -20,7 +21,7 @@ spec.loader.exec_module(recipe)
 def single(tmp_path):
     torch.manual_seed(0)
     model = timm.create_model('gaussderresnet10_fashionmnist', channels=(4, 4, 6), initial_scales=(1.0,)).eval()
-    return model, gaussder_hf.save_for_hub(model, tmp_path / 'single')
+    return model, gaussder_hf.save_for_hub(model, tmp_path / 'single', canvas_size={'height': 72, 'width': 72})
 
 
 def test_transfer_to_the_default_grid_keeps_every_weight_and_the_matching_channel(single, tmp_path):
@@ -38,6 +39,11 @@ def test_transfer_to_the_default_grid_keeps_every_weight_and_the_matching_channe
         assert channels.shape == (2, 6, 10)
         torch.testing.assert_close(channels[:, 2], model.forward_scale_channels(x)[:, 0])  # sigma0 = 1
     assert 'transferred without retraining' in (tmp_path / 'multi' / 'README.md').read_text()
+    # the image processor keeps the source's 72x72 canvas: a raw 28x28 image is padded as before
+    processor = transformers.AutoImageProcessor.from_pretrained(tmp_path / 'multi')
+    assert processor.canvas_size == {'height': 72, 'width': 72}
+    from PIL import Image
+    assert processor(Image.new('L', (28, 28)), return_tensors='pt')['pixel_values'].shape == (1, 1, 72, 72)
 
 
 def test_denser_grid_with_a_boundary_channel_and_bad_arguments(single, tmp_path, capsys):
