@@ -56,7 +56,7 @@ from gaussder_hf.analysis import plot_scale_generalisation, plot_scale_selection
 from gaussder_hf.image_processing import model_normalisation
 from gaussder_hf.rescaling import SIZE_FACTORS, size_factor_name
 
-__all__ = ['ModelSpec', 'parse_model_spec', 'evaluate_models', 'main']
+__all__ = ['ModelSpec', 'parse_model_spec', 'evaluate_models', 'write_evaluation', 'main']
 
 SPEC_HELP = ("[LABEL=]SPEC with SPEC a registered timm name, 'local-dir:FOLDER', 'hf-hub:ORG/NAME' or a folder "
              "written by gaussder_hf.save_for_hub")
@@ -294,20 +294,25 @@ def evaluate_models(
         del model
 
     if accelerator.is_main_process:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / 'evaluation.json').write_text(json.dumps(results, indent=2))
-        curves = {label: {float(s): a for s, a in r['accuracy'].items()} for label, r in results.items()}
-        plot_scale_generalisation(curves, out / 'scale_generalisation.png', title=f'Scale generalisation: {dataset}')
-        for label, r in results.items():
-            if r['winners'] is not None:
-                plot_scale_selection({float(s): w for s, w in r['winners'].items()}, r['initial_scales'],
-                                     out / f'scale_selection_{_file_label(label)}.png',
-                                     title=f'Scale selection: {label}')
-        _print_table(results)
-        print(f'wrote {out / "evaluation.json"} and the figures to {out}/')
+        write_evaluation(results, out_dir, dataset)
     accelerator.wait_for_everyone()
     return results
+
+
+def write_evaluation(results: dict, out_dir: str | Path, dataset: str) -> None:
+    """Writes evaluation.json, the scale-generalisation plot and one scale-selection plot per GaussDerResNet."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'evaluation.json').write_text(json.dumps(results, indent=2))
+    curves = {label: {float(s): a for s, a in r['accuracy'].items()} for label, r in results.items()}
+    plot_scale_generalisation(curves, out / 'scale_generalisation.png', title=f'Scale generalisation: {dataset}')
+    for label, r in results.items():
+        if r['winners'] is not None:
+            plot_scale_selection({float(s): w for s, w in r['winners'].items()}, r['initial_scales'],
+                                 out / f'scale_selection_{_file_label(label)}.png',
+                                 title=f'Scale selection: {label}')
+    _print_table(results)
+    print(f'wrote {out / "evaluation.json"} and the figures to {out}/')
 
 
 def main(argv=None) -> None:
