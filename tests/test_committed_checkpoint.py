@@ -26,7 +26,7 @@ from gaussder_hf.rescaling import size_factor_name
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / 'checkpoints' / 'gaussderresnet10_fashionmnist'
 EVALUATION = ROOT / 'results' / 'rescaled_fashion_mnist_cpu' / 'evaluation.json'
-LABEL = 'multi-scale (6 channels)'
+LABEL = 'multi-scale (6 channels, two-stage)'
 FASHION_DIR = '/usr/share/datasets/fashion-mnist'
 SUBSET = 200
 
