@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 import transformers
+from PIL import Image
 from safetensors.torch import load_file
 
 import gaussder_hf
@@ -42,7 +43,6 @@ def test_transfer_to_the_default_grid_keeps_every_weight_and_the_matching_channe
     # the image processor keeps the source's 72x72 canvas: a raw 28x28 image is padded as before
     processor = transformers.AutoImageProcessor.from_pretrained(tmp_path / 'multi')
     assert processor.canvas_size == {'height': 72, 'width': 72}
-    from PIL import Image
     assert processor(Image.new('L', (28, 28)), return_tensors='pt')['pixel_values'].shape == (1, 1, 72, 72)
 
 
