@@ -7,6 +7,8 @@ compilation):
 * ``eager fp32``: the plain module;
 * ``compiled fp32``: ``torch.compile(model, fullgraph=True)`` with the default Inductor backend
   (one graph for the whole forward; compile time is printed separately);
+* ``compiled, no layout opt`` (with ``--no-layout-opt-case``): the same with Inductor's
+  channels-last layout optimisation switched off;
 * ``eager bf16``: the plain module under ``torch.autocast(device, dtype=torch.bfloat16)``; the
   GD layers keep their jet in float32 and mix in bfloat16 (see ``gaussder_hf.layers``).
 
@@ -42,6 +44,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=os.cpu_count())
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--no-train', action='store_true', help='time inference only')
+    parser.add_argument('--no-layout-opt-case', action='store_true',
+                        help="also time torch.compile with options={'layout_optimization': False} (one more compile)")
     return parser.parse_args(argv)
 
 
@@ -102,6 +106,12 @@ def main(argv=None) -> None:
         _Case('compiled fp32', compiled_model, torch.compile(compiled_model, fullgraph=True), x, y),
         _Case('eager bf16 autocast', bf16, bf16, x, y, torch.bfloat16),
     ]
+    if args.no_layout_opt_case:
+        # On CPU Inductor runs every graph with convolutions channels-last; this case keeps the
+        # eager (contiguous) layout, to separate the layout's effect from the rest of compilation.
+        plain = fresh()
+        compiled_plain = torch.compile(plain, fullgraph=True, options={'layout_optimization': False})
+        cases.insert(2, _Case('compiled, no layout opt', plain, compiled_plain, x, y))
     kinds = ['infer'] + ([] if args.no_train else ['train'])
     print(f'torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads; {args.model} with '
           f'{len(initial_scales)} scale channel(s), batch {args.batch}, {in_chans}x{args.size}x{args.size}; '
@@ -127,16 +137,16 @@ def main(argv=None) -> None:
             for case in cases:
                 case.times[kind].append(case.run(kind))
 
-    print(f'\n{"case":22s} | {"max|d| logits":>13s} {"rel L2":>8s} {"top-1 =":>8s} | '
+    print(f'\n{"case":24s} | {"max|d| logits":>13s} {"rel L2":>8s} {"top-1 =":>8s} | '
           f'{"infer img/s":>11s} {"x eager":>7s} | {"train img/s":>11s} {"x eager":>7s} | first calls s')
-    print('-' * 110)
+    print('-' * 112)
     base = {k: args.batch / statistics.median(cases[0].times[k]) for k in kinds}
     for case in cases:
         rates = {k: args.batch / statistics.median(case.times[k]) for k in kinds}
         max_abs, rel, top1 = agreement[case.label]
         cols = ' | '.join(f'{rates[k]:11.2f} {rates[k] / base[k]:7.2f}' for k in kinds)
         first = ', '.join(f'{k} {case.compile_s[k]:.1f}' for k in ['infer'] + kinds[1:])
-        print(f'{case.label:22s} | {max_abs:13.2e} {rel:8.1e} {top1:8.2f} | {cols} | {first}')
+        print(f'{case.label:24s} | {max_abs:13.2e} {rel:8.1e} {top1:8.2f} | {cols} | {first}')
 
 
 if __name__ == '__main__':
