@@ -17,7 +17,7 @@ weights. Kernels and smoothing matrices are cached on their first call, so every
 ``--warmup`` times before timing; the cases are then timed round-robin (``--repeats`` rounds,
 which spreads slow drifts of the machine over all cases) and the median is reported.
 
-Run: ``python benchmarks/layer_speed.py`` (see ``--help``).
+Run: ``python benchmarks/layer_speed.py`` (see ``--help``; ``--device cuda`` on a GPU).
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
                         help='seconds a dense run may take; longer ones are extrapolated instead')
     parser.add_argument('--no-dense', action='store_true', help='skip the dense reference')
     parser.add_argument('--no-ds', action='store_true', help='skip DSGaussDerConv')
+    parser.add_argument('--device', default='cpu', help="e.g. 'cuda' (every case is synchronised before timing)")
     return parser.parse_args(argv)
 
 
@@ -63,9 +64,17 @@ def _step(fn, inputs):
     fn().sum().backward()
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
 def _time_once(fn, inputs) -> float:
+    device = inputs[0].device
+    _sync(device)
     start = time.perf_counter()
     _step(fn, inputs)
+    _sync(device)
     return time.perf_counter() - start
 
 
@@ -74,19 +83,23 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit(f'--device {args.device}: no CUDA device is available here')
     c_in, c_out = args.channels, args.out_channels or args.channels
     batch, size = args.batch, args.size
-    layer_kw = dict(jet_order=args.jet_order, zero_order=args.zero_order, eps=args.eps, dtype=dtype)
+    layer_kw = dict(jet_order=args.jet_order, zero_order=args.zero_order, eps=args.eps, dtype=dtype, device=device)
     gd = GaussDerConv(c_in, c_out, **layer_kw)
     ds = DSGaussDerConv(c_in, c_out, **layer_kw)
     jet_size = gd.jet_size
-    x = torch.randn(batch, c_in, size, size, dtype=dtype, requires_grad=True)
+    x = torch.randn(batch, c_in, size, size, dtype=dtype, device=device, requires_grad=True)
 
     # Floors: the channel mix alone, on an input that already has C_in * J channels.
-    mixed = torch.randn(batch, c_in * jet_size, size, size, dtype=dtype, requires_grad=True)
-    w_conv = torch.randn(c_out, c_in * jet_size, 1, 1, dtype=dtype, requires_grad=True)
-    w_gemm = torch.randn(c_out, c_in * jet_size, dtype=dtype, requires_grad=True)
-    b = torch.zeros(c_out, dtype=dtype, requires_grad=True)
+    factory = dict(dtype=dtype, device=device, requires_grad=True)
+    mixed = torch.randn(batch, c_in * jet_size, size, size, **factory)
+    w_conv = torch.randn(c_out, c_in * jet_size, 1, 1, **factory)
+    w_gemm = torch.randn(c_out, c_in * jet_size, **factory)
+    b = torch.zeros(c_out, **factory)
     cases = {
         'conv1x1': (lambda: F.conv2d(mixed, w_conv, b), [mixed, w_conv, b]),
         'gemm': (lambda: torch.matmul(w_gemm, mixed.view(batch, c_in * jet_size, -1)) + b.view(1, -1, 1),
@@ -97,8 +110,11 @@ def main(argv=None) -> None:
         if not args.no_ds:
             cases[f'ds@{sigma:g}'] = ((lambda s=sigma: ds(x, s)), [x, *ds.parameters()])
 
-    print(f'# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
-          f'torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}')
+    where = (torch.cuda.get_device_name(device) if device.type == 'cuda' else
+             f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores')
+    print(f'# {where}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}'
+          + (f', TF32 matmul {torch.backends.cuda.matmul.allow_tf32} / cuDNN {torch.backends.cudnn.allow_tf32}'
+             if device.type == 'cuda' else ''))
     print(f'# batch {batch}, {c_in}->{c_out} channels, {size}x{size}, jet_order={args.jet_order} '
           f'(J={jet_size}), zero_order={args.zero_order}, eps={args.eps}; forward + backward '
           f'(loss = out.sum(), grads to input and weights); median of {args.repeats} round-robin '
@@ -158,7 +174,8 @@ def _time_dense(gd: GaussDerConv, args: argparse.Namespace, dtype: torch.dtype) 
     """Times ``dense_reference`` once per sigma at ``--dense-batch``, scaled to the full batch."""
     dense_batch = min(args.dense_batch, args.batch)
     scale = args.batch / dense_batch
-    x = torch.randn(dense_batch, gd.in_channels, args.size, args.size, dtype=dtype, requires_grad=True)
+    x = torch.randn(dense_batch, gd.in_channels, args.size, args.size, dtype=dtype, device=gd.weight.device,
+                    requires_grad=True)
     inputs = [x, *gd.parameters()]
     result: dict[float, tuple[float, str]] = {}
     last = None  # (sigma, filter area, seconds at dense_batch) of the largest measured sigma

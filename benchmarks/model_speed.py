@@ -20,11 +20,13 @@ in_chans=C, num_classes=10)`` at the SAME input size, in one run:
   scale channels), with and without gradient checkpointing. Each case runs in a fresh
   subprocess: the peak RSS is reset (``/proc/self/clear_refs``) after model, optimizer and
   input construction, and the peak RSS (``VmHWM``) after one training step minus the RSS
-  before it, divided by the batch, is reported (falls back to ``ru_maxrss`` growth). This includes the weight gradients and AdamW
-  state (a few MB) and allocator slack; CPU only.
+  before it, divided by the batch, is reported (falls back to ``ru_maxrss`` growth). This
+  includes the weight gradients and AdamW state (a few MB) and allocator slack.
 
 Run: ``python benchmarks/model_speed.py`` (see ``--help``; the full presets are slow on a few
-cores, so ``--scales``, ``--batch`` and ``--repeats`` shrink the run).
+cores, so ``--scales``, ``--batch`` and ``--repeats`` shrink the run). ``--device cuda`` runs it
+on a GPU; memory is then the peak of ``torch.cuda.max_memory_allocated`` over a training step
+(after one step that allocates AdamW's state), in this process.
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--mem-budget-gb', type=float, default=80.0, help='memory to extrapolate the batch to')
     parser.add_argument('--no-memory', action='store_true', help='skip the memory runs')
     parser.add_argument('--no-speed', action='store_true', help='skip the throughput and FLOP runs')
+    parser.add_argument('--device', default='cpu', help="e.g. 'cuda' (memory then from torch.cuda's allocator)")
     parser.add_argument('--memory-child', nargs=2, metavar=('CKPT', 'BATCH'), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -85,7 +88,7 @@ def _flops(model: torch.nn.Module, shape) -> tuple[float, float, float]:
     """Returns forward FLOPs per image: (total, convolution, matrix products)."""
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.rand(1, *shape))
+        model(torch.rand(1, *shape, device=next(model.parameters()).device))
     counts = {str(op): n for op, n in counter.get_flop_counts()['Global'].items()}
     conv = sum(n for op, n in counts.items() if 'convolution' in op)
     total = counter.get_total_flops()
@@ -95,26 +98,36 @@ def _flops(model: torch.nn.Module, shape) -> tuple[float, float, float]:
 class _Case:
     def __init__(self, label, model, shape, batch):
         self.label, self.model, self.shape, self.batch = label, model, shape, batch
-        self.x = torch.rand(batch, *shape)
-        self.y = torch.randint(0, 10, (batch,))
+        self.device = next(model.parameters()).device
+        self.x = torch.rand(batch, *shape, device=self.device)
+        self.y = torch.randint(0, 10, (batch,), device=self.device)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         self.infer_times: list[float] = []
         self.train_times: list[float] = []
 
     def infer(self) -> float:
         self.model.eval()
+        _sync(self.device)
         start = time.perf_counter()
         with torch.no_grad():
             self.model(self.x)
+        _sync(self.device)
         return time.perf_counter() - start
 
     def train(self) -> float:
         self.model.train()
+        _sync(self.device)
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(self.model(self.x), self.y).backward()
         self.optimizer.step()
+        _sync(self.device)
         return time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
 
 
 def _status_kb(field: str) -> int:
@@ -164,7 +177,40 @@ def _memory_child(preset: str, scales: int, ckpt: bool, batch: int) -> None:
     print(json.dumps(dict(base_kb=base, peak_kb=peak, seconds=seconds)))
 
 
+def _memory_cuda(args) -> list[dict]:
+    """Peak allocated CUDA memory over one training step, per sample, checkpointing off and on."""
+    device = torch.device(args.device)
+    results = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = _ours(args.mem_preset, args.mem_scales).to(device).train()
+        model.set_grad_checkpointing(ckpt)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x = torch.rand(args.mem_batch, *_input_size(args.mem_preset), device=device)
+        y = torch.randint(0, 10, (args.mem_batch,), device=device)
+        for step in range(2):  # the first step also allocates AdamW's state and cuDNN workspaces
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated(device)
+        record = dict(base_kb=base // 1024, peak_kb=peak // 1024, seconds=seconds, ckpt=ckpt,
+                      per_sample_gb=(peak - base) / args.mem_batch / 1e9)
+        results.append(record)
+        print(f'  memory ckpt={ckpt}: {record}', flush=True)
+        del model, optimizer
+        torch.cuda.empty_cache()
+    return results
+
+
 def _memory(args) -> list[dict]:
+    if torch.device(args.device).type == 'cuda':
+        return _memory_cuda(args)
     results = []
     for ckpt in (False, True):
         command = [sys.executable, os.path.abspath(__file__), '--memory-child', str(int(ckpt)), str(args.mem_batch),
@@ -186,7 +232,12 @@ def main(argv=None) -> None:
         _memory_child(args.mem_preset, args.mem_scales, bool(int(args.memory_child[0])), int(args.memory_child[1]))
         return
     torch.manual_seed(0)
-    print(f'torch {torch.__version__}, timm {timm.__version__}, {platform.machine()}, '
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit(f'--device {args.device}: no CUDA device is available here')
+    where = (f'{torch.cuda.get_device_name(device)}, TF32 matmul {torch.backends.cuda.matmul.allow_tf32} / cuDNN '
+             f'{torch.backends.cudnn.allow_tf32}' if device.type == 'cuda' else platform.machine())
+    print(f'torch {torch.__version__}, timm {timm.__version__}, {where}, '
           f'{torch.get_num_threads()} threads; batch {args.batch}, {args.scales} scale channel(s), '
           f'median of {args.repeats} after {args.warmup} warm-up', flush=True)
 
@@ -197,6 +248,7 @@ def main(argv=None) -> None:
             shape = _input_size(preset)
             for label, model in ((preset, _ours(preset, args.scales)), (f'resnet18 ({preset.rsplit("_", 1)[1]})',
                                                                       _resnet18(shape[0]))):
+                model = model.to(device)
                 flops[label] = _flops(model, shape)
                 cases.append(_Case(label, model, shape, args.batch))
         for case in cases:  # warm-up: kernels and smoothing matrices are cached on the first call
@@ -242,12 +294,15 @@ def main(argv=None) -> None:
     if memory:
         plain, ckpt = memory
         print()
+        how = ('CUDA (peak allocated over one step / batch)' if device.type == 'cuda'
+               else 'CPU (peak RSS growth over one step / batch)')
         print(f'peak training memory per sample, {args.mem_preset} {"x".join(map(str, _input_size(args.mem_preset)))}, '
-              f'{args.mem_scales} scale channels, batch {args.mem_batch}, CPU (peak RSS growth over one step / batch):')
+              f'{args.mem_scales} scale channels, batch {args.mem_batch}, {how}:')
         for rec in memory:
             fits = int(args.mem_budget_gb // max(rec['per_sample_gb'], 1e-9))
             print(f'  checkpointing {"on " if rec["ckpt"] else "off"}: {rec["per_sample_gb"]:6.2f} GB/sample '
-                  f'(step {rec["seconds"]:.1f} s) -> extrapolated from CPU: ~{fits} samples in {args.mem_budget_gb:g} GB')
+                  f'(step {rec["seconds"]:.1f} s) -> extrapolated from {device.type.upper()}: ~{fits} samples in '
+                  f'{args.mem_budget_gb:g} GB (benchmarks/max_batch.py measures it on a GPU)')
         print(f'  checkpointing saves x{plain["per_sample_gb"] / ckpt["per_sample_gb"]:.1f} '
               f'(step time x{ckpt["seconds"] / plain["seconds"]:.2f})')
 
