@@ -1,21 +1,49 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 7, one step per call so that each fits a 10-minute device command.
+# The GPU checks of issue 7 and chunks of the paper-preset Fashion-MNIST run, one step per call
+# so that each fits a 10-minute device command.
 # Usage: bash benchmarks/gpu_session.sh STEP [extra args for that step's script]
-#   STEP: agreement | layer | model | maxbatch | compile
+#   STEP: agreement | layer | model | maxbatch | compile | train | fetch
 # Output goes to the terminal and to ${OUT:-benchmarks/gpu_logs}/STEP.txt.
+# Packages the GPU image lacks (datasets, and the transformers/timm versions pyproject.toml
+# pins) travel as wheels in .whl/ (see benchmarks/README.md, "On a GPU"); Fashion-MNIST's four
+# .gz files travel in .data/fashion-mnist/.
 set -euo pipefail
-step=${1:?usage: bash benchmarks/gpu_session.sh agreement|layer|model|maxbatch|compile [args]}
+step=${1:?usage: bash benchmarks/gpu_session.sh agreement|layer|model|maxbatch|compile|train|fetch [args]}
 shift
 here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
 logs=${OUT:-$here/gpu_logs}
 mkdir -p "$logs"
+if compgen -G "$root/.whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$root"/.whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+run_dir="$root/runs/rescaled_fashion_mnist_gpu"
+if [ "$step" = fetch ]; then
+  # The newest complete checkpoint, its config and log back through $OUT (7 files; the device
+  # returns at most 8), to be carried as runs/rescaled_fashion_mnist_gpu by the next session.
+  newest=$(ls -d "$run_dir"/checkpoint-* 2>/dev/null | sort | tail -1)
+  [ -n "$newest" ] || { echo "no checkpoint under $run_dir" >&2; exit 1; }
+  mkdir -p "$logs/$(basename "$newest")"
+  cp "$newest"/* "$logs/$(basename "$newest")/"
+  cp "$run_dir/config.yaml" "$run_dir/log.jsonl" "$logs/" 2>/dev/null || true
+  ls -la "$logs" "$logs/$(basename "$newest")"
+  exit 0
+fi
 case "$step" in
-  agreement) command=(python "$here/device_agreement.py" --device cuda) ;;
-  layer)     command=(python "$here/layer_speed.py" --device cuda --repeats 11) ;;
-  model)     command=(python "$here/model_speed.py" --device cuda --batch 16 --mem-batch 4) ;;
-  maxbatch)  command=(python "$here/max_batch.py" --device cuda) ;;
-  compile)   command=(python "$here/compile_speed.py" --device cuda --no-layout-opt-case) ;;
-  *) echo "unknown step '$step' (expected agreement, layer, model, maxbatch or compile)" >&2; exit 2 ;;
+  agreement) command=(python3 "$here/device_agreement.py" --device cuda) ;;
+  layer)     command=(python3 "$here/layer_speed.py" --device cuda --repeats 11) ;;
+  model)     command=(python3 "$here/model_speed.py" --device cuda --batch 16 --mem-batch 4) ;;
+  maxbatch)  command=(python3 "$here/max_batch.py" --device cuda) ;;
+  compile)   command=(python3 "$here/compile_speed.py" --device cuda --no-layout-opt-case) ;;
+  # One resumable chunk (the recipe checkpoints atomically every save_every steps and --resume
+  # continues from the newest complete one); stopped after CHUNK_SECONDS so the command ends in time.
+  train)     command=(timeout --signal=INT "${CHUNK_SECONDS:-480}" python3 "$root/recipes/train.py"
+                      --config "$root/recipes/configs/rescaled_fashion_mnist.yaml" --resume
+                      "data_dir=$root/.data/fashion-mnist" "output_dir=$run_dir"
+                      save_every=250) ;;
+  *) echo "unknown step '$step' (expected agreement, layer, model, maxbatch, compile, train or fetch)" >&2; exit 2 ;;
 esac
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; } | tee "$logs/$step.txt"
 "${command[@]}" "$@" 2>&1 | tee -a "$logs/$step.txt"
