@@ -3,6 +3,7 @@
     accelerate launch recipes/train.py --config recipes/configs/rescaled_fashion_mnist.yaml
     accelerate launch recipes/train.py --config recipes/configs/smoke.yaml max_steps=20 output_dir=runs/smoke
     accelerate launch recipes/train.py --config ... --resume          # continue from the newest checkpoint
+    accelerate launch recipes/train.py --config ... dynamo_backend=inductor   # torch.compile the model
 
 Settings come from a YAML file plus ``key=value`` overrides into a typed :class:`TrainConfig`
 that rejects unknown keys; the resolved config is saved next to the checkpoints. One process, one
@@ -64,6 +65,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     mixed_precision: str = 'no'                     # 'no' | 'fp16' | 'bf16'
     gradient_checkpointing: bool = False
+    dynamo_backend: str = 'no'                      # torch.compile backend through accelerate, e.g. 'inductor'
     # run
     seed: int = 0
     output_dir: str = 'runs/default'
@@ -89,8 +91,17 @@ class TrainConfig:
             raise ValueError(f'config key \'crop_size\' must be None or >= 1, got {self.crop_size!r}')
         if self.mixed_precision not in ('no', 'fp16', 'bf16'):
             raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
+        backends = [backend.value.lower() for backend in _dynamo_backends()]
+        if self.dynamo_backend.lower() not in backends:
+            raise ValueError(f'dynamo_backend must be one of {backends}, got {self.dynamo_backend!r}')
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError('push_to_hub needs hub_model_id')
+
+
+def _dynamo_backends():
+    from accelerate.utils import DynamoBackend
+
+    return list(DynamoBackend)
 
 
 def _matches(value, hint) -> bool:
@@ -347,7 +358,14 @@ def train(cfg: TrainConfig) -> dict:
     output_dir = Path(cfg.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
+        # 'no' leaves the choice to `accelerate launch --dynamo_backend` / `accelerate config`.
+        dynamo_backend=None if cfg.dynamo_backend.lower() == 'no' else cfg.dynamo_backend.upper(),
         log_with=cfg.log_with, project_config=ProjectConfiguration(project_dir=str(output_dir)))
+    backend = accelerator.state.dynamo_plugin.backend.value.lower()
+    if cfg.dynamo_backend.lower() != 'no' and backend != cfg.dynamo_backend.lower():
+        # accelerate keeps one state per process and silently ignores a new backend once it exists.
+        raise ValueError(f'dynamo_backend={cfg.dynamo_backend!r} cannot take effect: this process already runs '
+                         f'accelerate with dynamo backend {backend!r}; train in a fresh process')
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -442,7 +460,8 @@ def train(cfg: TrainConfig) -> dict:
     # ---- save, evaluate on every test split, save again with the evaluation in the card, push
     model_dir = output_dir / 'model'
     accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
+    # Without the compile wrapper: its state-dict keys carry an '_orig_mod.' prefix.
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     if accelerator.is_main_process:
         save_model(unwrapped, model_dir, cfg)
     accelerator.wait_for_everyone()

@@ -40,6 +40,8 @@ def test_config_rejects_typos_and_bad_values(tmp_path):
         recipe.load_config(SMOKE, ['batch_size=eight'])
     with pytest.raises(ValueError, match="mixed_precision.*'fp8'"):
         recipe.load_config(SMOKE, ['mixed_precision=fp8'])
+    with pytest.raises(ValueError, match="dynamo_backend must be one of .*'inductor'.*got 'inductr'"):
+        recipe.load_config(SMOKE, ['dynamo_backend=inductr'])
     cfg = recipe.load_config(SMOKE, ['lr=0.02', 'model_args={initial_scales: [1.0]}'])
     assert cfg.lr == 0.02 and cfg.model_args == {'initial_scales': [1.0]}
     overrides = recipe._flags_to_overrides(['--push_to_hub', '--hub_model_id', 'me/m', '--lr=0.5', 'epochs=2'])
@@ -118,6 +120,53 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _losses(crashed / 'log.jsonl') == _losses(tmp_path / 'a' / 'log.jsonl')[6:]
     assert recipe.newest_checkpoint(crashed).name == 'checkpoint-00000012'
+
+
+@pytest.fixture
+def restore_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(True)  # the other tests run without compilation
+    torch._dynamo.reset()
+
+
+@needs_fashion
+def test_compiled_training_matches_eager_resumes_and_saves_plain_weights(tmp_path, restore_accelerate_state):
+    # aot_eager: Dynamo's capture and AOTAutograd's joint trace, no C++ compiler needed.
+    common = [f'cache_dir={tmp_path / "cache"}', 'max_examples=64', 'batch_size=16', 'epochs=2', 'save_every=2',
+              'keep_checkpoints=10', 'evaluate_at_end=false', 'evaluate_every_epoch=false']
+    torch._dynamo.reset()
+    eager = recipe.train(recipe.load_config(SMOKE, common + [f'output_dir={tmp_path / "eager"}']))
+    from accelerate.state import AcceleratorState
+    from torch._dynamo.utils import counters
+
+    # accelerate keeps one state per process: a different backend in the same process is refused...
+    with pytest.raises(ValueError, match="dynamo_backend='aot_eager' cannot take effect"):
+        recipe.train(recipe.load_config(SMOKE, common + [f'output_dir={tmp_path / "x"}', 'dynamo_backend=aot_eager']))
+    # ...and takes effect in a fresh one (here: a fresh state).
+    AcceleratorState._reset_state(True)
+    counters.clear()
+    compiled = recipe.train(recipe.load_config(SMOKE, common + [f'output_dir={tmp_path / "compiled"}',
+                                                                'dynamo_backend=aot_eager']))
+    assert counters['stats']['unique_graphs'] >= 1  # the model did go through torch.compile
+    assert compiled['step'] == eager['step'] == 8
+    torch.testing.assert_close(_losses(compiled['log']), _losses(eager['log']), rtol=1e-4, atol=1e-5)
+    a, b = eager['model'].state_dict(), compiled['model'].state_dict()
+    assert sorted(a) == sorted(b)  # no '_orig_mod.' prefix from the compile wrapper
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
+    saved = timm.create_model(f'local-dir:{compiled["model_dir"]}', pretrained=True)
+    assert all(torch.equal(saved.state_dict()[k], b[k]) for k in b)
+
+    # A compiled run resumes from its own checkpoint and ends where the uninterrupted one did.
+    crashed = tmp_path / 'crashed'
+    crashed.mkdir()
+    shutil.copytree(tmp_path / 'compiled' / 'checkpoint-00000004', crashed / 'checkpoint-00000004')
+    resumed = recipe.train(recipe.load_config(SMOKE, common + [f'output_dir={crashed}', 'dynamo_backend=aot_eager'],
+                                              resume=True))
+    c = resumed['model'].state_dict()
+    assert all(torch.equal(c[k], b[k]) for k in b)
 
 
 @needs_fashion
