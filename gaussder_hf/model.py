@@ -318,7 +318,7 @@ class GaussDerResNet(nn.Module):
         self.num_features = self.head_hidden_size = channels[-1]
         # Dropout2d drops whole maps: since spatial selection commutes with zeroing a map, this is
         # timm's dropout of pooled features before the classifier, moved in front of the GD layer.
-        self.head_drop = nn.Dropout2d(drop_rate)
+        self.head_drop = nn.Dropout2d(drop_rate) if drop_rate > 0 else nn.Identity()
         self.head_conv: GaussDerConv | None = None
         self.head_norm: nn.BatchNorm2d | None = None
         self.reset_classifier(num_classes)

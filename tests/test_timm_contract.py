@@ -45,8 +45,8 @@ def _script_kwargs(script, file, set_values):
     if script == 'validate':
         return dict(pretrained=False, num_classes=10 if set_values else None, in_chans=1 if set_values else None,
                     global_pool='max' if set_values else None, scriptable=set_values)
-    if script == 'benchmark':
-        return dict(num_classes=10 if set_values else None, in_chans=1 if set_values else None, global_pool='fast',
+    if script == 'benchmark':  # it hard-codes in_chans=3 and reads the input size from the data config
+        return dict(num_classes=10 if set_values else None, in_chans=3, global_pool='fast',
                     scriptable=set_values, drop_rate=0.1 if set_values else 0.0,
                     drop_path_rate=0.1 if set_values else None, drop_block_rate=0.0 if set_values else None)
     assert script == 'inference'
@@ -63,12 +63,15 @@ def test_every_script_keyword_set_builds_a_trainable_model(script, set_values, c
     if kwargs.get('checkpoint_path'):
         loaded = model.state_dict()
         assert all(torch.equal(loaded[k], v) for k, v in state.items())
-    out = model.train()(_input())
+    # the scripts size their inputs (and pick 'L' or 'RGB' images) from the data config
+    channels = resolve_data_config({}, model=model)['input_size'][0]
+    assert channels == (kwargs['in_chans'] or 1)
+    out = model.train()(_input(channels))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     out.logsumexp(-1).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     with torch.no_grad():
-        assert model.eval()(_input()).shape == (2, 10)
+        assert model.eval()(_input(channels)).shape == (2, 10)
 
 
 def test_layer_config_keywords_are_accepted_by_the_entrypoint():
