@@ -573,7 +573,8 @@ class GaussDerResNet(nn.Module):
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """Returns regexes grouping parameters into stem and blocks (timm's layer-wise lr decay)."""
-        return dict(stem=r'^stem_', blocks=r'^blocks\.(\d+)' if coarse else [(r'^blocks\.(\d+)', None), (r'^head_', (99999,))])
+        blocks = r'^blocks\.(\d+)' if coarse else [(r'^blocks\.(\d+)', None), (r'^head_', (99999,))]
+        return dict(stem=r'^stem_', blocks=blocks)
 
     def with_initial_scales(self, initial_scales: float | Sequence[float]) -> 'GaussDerResNet':
         """Returns a copy of this network with the same weights on another grid of scale channels."""

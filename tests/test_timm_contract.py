@@ -205,7 +205,8 @@ def test_bn_momentum_and_eps_reach_every_batch_norm():
     torch.testing.assert_close(model.stem_norm.running_mean, 0.25 * seen[0].mean(dim=(0, 2, 3)))
 
 
-@pytest.mark.parametrize('name, in_chans', [(NAME, 3), ('gaussderresnet18_cifar10', 1), ('gaussderresnet18_cifar10', 2)])
+@pytest.mark.parametrize('name, in_chans', [
+    (NAME, 3), ('gaussderresnet18_cifar10', 1), ('gaussderresnet18_cifar10', 2)])
 def test_data_config_follows_in_chans(name, in_chans):
     model = timm.create_model(name, in_chans=in_chans, initial_scales=(1.0,))
     for config in (resolve_data_config({}, model=model), resolve_model_data_config(model)):
