@@ -4,6 +4,9 @@ Each expectation is computed here from the definitions (timm's stochastic-depth 
 reductions over the class maps, the layer scales of eq. 28-29), not read back from the model.
 """
 import math
+import os
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -13,6 +16,11 @@ from timm.data import resolve_data_config, resolve_model_data_config
 
 import gaussder_hf  # noqa: F401  (registers the models)
 from gaussder_hf.model import GaussDerBlock
+
+sys.path.insert(0, os.path.dirname(__file__))
+from fashion_mnist import fashion_mnist_available, load_fashion_mnist  # noqa: E402
+
+CHECKPOINT = Path(__file__).resolve().parents[1] / 'checkpoints' / 'gaussderresnet10_fashionmnist'
 
 NAME = 'gaussderresnet10_fashionmnist'
 SMALL = dict(initial_scales=(1.0, 1.5), scale_dropout=0.0)  # two scale channels, no random scale dropout
@@ -332,3 +340,30 @@ def test_drop_rates_keep_the_state_dict_keys():
     regularised = timm.create_model(NAME, drop_rate=0.2, drop_path_rate=0.2, **SMALL)
     assert plain.state_dict().keys() == regularised.state_dict().keys()
     assert math.isclose(regularised.blocks[-1].drop_path.drop_prob, 0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not fashion_mnist_available(), reason='Fashion-MNIST IDX files are not installed')
+def test_pooled_features_of_the_trained_network_follow_a_rescaling_better_than_one_scale_channel():
+    # 8 test images pasted on a 48x48 canvas, and the same canvas enlarged by s = 2. Pooled over a
+    # grid of scale channels, the last stage's features of the enlarged image, averaged over 2x2
+    # blocks, should be closer to those of the original than one fixed scale channel manages; the
+    # single channel matched to the size (sigma0 = 1 vs 2) is the bound the finite grid cannot reach.
+    images, _ = load_fashion_mnist('test', limit=8)
+    small = torch.nn.functional.pad(torch.tensor(images).float()[:, None] / 255, (10, 10, 10, 10))
+    big = torch.nn.functional.interpolate(small, scale_factor=2, mode='bicubic', antialias=True)
+    model = timm.create_model(f'local-dir:{CHECKPOINT}', pretrained=True).eval()
+
+    def error(small_model, big_model):
+        with torch.no_grad():
+            a = small_model.forward_intermediates(small, indices=1, intermediates_only=True)[0]
+            b = big_model.forward_intermediates(big, indices=1, intermediates_only=True)[0]
+        b = torch.nn.functional.avg_pool2d(b, 2)
+        return ((a - b).norm() / a.norm()).item()
+
+    grid = model.with_initial_scales(gaussder_hf.geometric_scales(0.5, math.sqrt(2), 8))
+    pooled = error(grid, grid)
+    unmatched = error(model.with_initial_scales(1.0), model.with_initial_scales(1.0))
+    matched = error(model.with_initial_scales(1.0), model.with_initial_scales(2.0))
+    print(f'relative error: matched {matched:.3f}, pooled {pooled:.3f}, unmatched {unmatched:.3f}')
+    assert matched < pooled < 0.6 * unmatched, (matched, pooled, unmatched)
