@@ -258,6 +258,21 @@ def test_features_only_on_an_18_layer_preset_and_backward():
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_a_pretrained_backbone_gives_the_trained_networks_features():
+    # Weights load before timm wraps and prunes the network: the backbone keeps the trained stages.
+    full = timm.create_model(f'local-dir:{CHECKPOINT}', pretrained=True).eval()
+    backbone = timm.create_model(f'local-dir:{CHECKPOINT}', pretrained=True, features_only=True,
+                                 out_indices=(1, 3)).eval()
+    x = _input()
+    with torch.no_grad():
+        features = backbone(x)
+        expected = full.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
+    assert len(features) == 2
+    for got, want in zip(features, expected):
+        torch.testing.assert_close(got, want)
+    assert not torch.allclose(features[1], timm.create_model(NAME, features_only=True, out_indices=(1, 3))(x)[1])
+
+
 def test_last_feature_is_forward_features_pooled_over_scale_channels():
     torch.manual_seed(0)
     model = timm.create_model(NAME, **SMALL).eval()
