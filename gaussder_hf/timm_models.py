@@ -66,19 +66,62 @@ def _check_safetensors_only(kwargs: dict) -> None:
                 'convert a trusted pickle checkpoint with safetensors.torch.save_file first')
 
 
+# Layer-config switches of timm.create_model (``set_layer_config``): they choose among timm's
+# layer implementations, of which a GaussDerResNet uses none, so they change nothing here.
+_LAYER_CONFIG_KEYWORDS = ('scriptable', 'exportable', 'no_jit')
+
+
+def _data_config_for_channels(cfg: dict, in_chans: int) -> dict:
+    """Returns ``cfg`` with ``input_size``, ``test_input_size``, ``mean`` and ``std`` for ``in_chans`` channels.
+
+    timm's scripts read the data config from ``model.pretrained_cfg``; when they build the model
+    with another ``in_chans`` than the preset's, the loader must produce that many channels. A
+    per-channel statistic is repeated from one channel, averaged otherwise.
+    """
+    cfg = dict(cfg)
+    for key in ('input_size', 'test_input_size'):
+        if cfg.get(key) is not None:
+            cfg[key] = (in_chans, *tuple(cfg[key])[1:])
+    for key in ('mean', 'std'):
+        values = cfg.get(key)
+        if values is not None and len(values) != in_chans:
+            values = tuple(values)
+            fill = values[0] if len(set(values)) == 1 else sum(values) / len(values)
+            cfg[key] = (fill,) * in_chans
+    return cfg
+
+
 def create_timm_model(variant: str, pretrained: bool = False, **kwargs) -> GaussDerResNet:
-    """Returns the timm model ``variant``; keyword arguments override preset fields."""
+    """Returns the timm model ``variant``; keyword arguments override preset fields.
+
+    Takes every keyword timm's train/validate/benchmark/inference scripts pass (``drop_rate``,
+    ``drop_path_rate``, ``drop_block_rate``, ``global_pool``, ``bn_momentum``, ``bn_eps``,
+    ``scriptable``, ...), and ``features_only=True`` with ``out_indices`` (default: every stage)
+    for a backbone returning one map per stage; see docs/features.md.
+    """
     if pretrained:
         _check_safetensors_only(kwargs)
+    for key in _LAYER_CONFIG_KEYWORDS:
+        kwargs.pop(key, None)
+    feature_cls = kwargs.pop('feature_cls', 'getter')
+    if feature_cls != 'getter':
+        raise ValueError(
+            f"feature_cls must be 'getter' for a GaussDerResNet, got {feature_cls!r}: its blocks run once per "
+            'scale channel, so hooks would see every scale channel separately; forward_intermediates pools them')
     model_args = get_preset(variant)
     model_args.update(kwargs)
-    return build_model_with_cfg(
+    num_stages = len(tuple(model_args['channels']))
+    model = build_model_with_cfg(
         GaussDerResNet,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls='getter', out_indices=tuple(range(num_stages))),
         **model_args,
     )
+    # The data config follows the channels the model was built with (a script's --in-chans).
+    model.pretrained_cfg = model.default_cfg = _data_config_for_channels(model.pretrained_cfg, model_args['in_chans'])
+    return model
 
 
 def _cfg(variant: str) -> dict:

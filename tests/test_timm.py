@@ -78,6 +78,22 @@ def test_reset_classifier_and_features(name):
         assert isinstance(model.get_classifier(), torch.nn.Identity)
 
 
+@pytest.mark.parametrize('name', MODELS)
+def test_features_only_backbone(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, **SMALL).eval()
+    backbone = timm.create_model(name, features_only=True, out_indices=(0, -1), **SMALL).eval()
+    backbone.model.load_state_dict(model.state_dict(), strict=False)  # the classifier is pruned away
+    assert backbone.feature_info.channels() == [model.channels[0], model.channels[-1]]
+    assert backbone.feature_info.reduction() == [1, 1]
+    x = _input(model)
+    with torch.no_grad():
+        first, last = backbone(x)
+        assert first.shape == (2, model.channels[0], 16, 16)
+        # scale_pool is 'max' in every preset: the last map is forward_features maxed over scale channels
+        torch.testing.assert_close(last, model.forward_features(x).amax(dim=1))
+
+
 def test_preset_fields_are_overridable_by_kwargs():
     model = timm.create_model('gaussderresnet18_stl10', initial_scales=[1.0, 2.0], scale_pool='avg', num_classes=4,
                               in_chans=1)
