@@ -30,7 +30,7 @@ from .model import GaussDerResNet
 from .modeling import GaussDerResNetForImageClassification
 from .presets import DATASET_INFO, HUB_NAMESPACE, PRESETS
 
-__all__ = ['save_for_hub', 'push_to_hub', 'config_from_model', 'render_model_card']
+__all__ = ['save_for_hub', 'push_to_hub', 'config_from_model', 'render_model_card', 'write_model_code']
 
 WEIGHTS_NAME = 'model.safetensors'
 CARD_TEMPLATE = 'gaussderresnet.md'
@@ -173,6 +173,12 @@ def _write_folder(folder: Path, write) -> None:
     old = None
     try:
         write(tmp)
+        # mkdtemp makes the folder private (0700), safetensors its file (0600): a saved
+        # checkpoint gets the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in (tmp, *tmp.iterdir()):
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
         owned = set(OWNED_FILES) | set(_code_files())
         if folder.exists():
             for entry in folder.iterdir():
@@ -182,10 +188,6 @@ def _write_folder(folder: Path, write) -> None:
                     shutil.copytree(entry, tmp / entry.name, symlinks=True, copy_function=_link_or_copy)
                 else:
                     _link_or_copy(entry, tmp / entry.name, follow_symlinks=False)
-        # mkdtemp makes the folder private (0700); a saved checkpoint gets the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
         if folder.exists():
             old = Path(tempfile.mkdtemp(dir=parent, prefix=f'.{folder.name}{_TEMP_MARK}old-'))
             os.replace(folder, old / folder.name)
@@ -271,6 +273,24 @@ def save_for_hub(
             (tmp / 'evaluation.json').write_text(json.dumps(evaluation, indent=2))
 
     _write_folder(folder, write)
+    return folder
+
+
+def write_model_code(folder: str | os.PathLike) -> Path:
+    """Writes this package's model code and the ``auto_map`` naming it into the checkpoint ``folder``.
+
+    For a folder written before the code travelled with it: afterwards transformers loads it
+    with ``trust_remote_code=True`` where gaussder_hf is not installed. Rewrites ``config.json``
+    (through :class:`GaussDerResNetConfig`, which checks it first) and the module files only.
+    """
+    folder = Path(folder)
+    config = GaussDerResNetConfig.from_pretrained(folder)
+    with torch.device('meta'):
+        code_owner = GaussDerResNetForImageClassification(config)
+    custom_object_save(code_owner, folder, config=config)
+    custom_object_save(GaussDerResNetImageProcessor(num_channels=config.num_channels), folder, config=config)
+    config.architectures = [type(code_owner).__name__]
+    config.save_pretrained(folder)
     return folder
 
 

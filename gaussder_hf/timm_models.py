@@ -15,7 +15,6 @@ ever read from safetensors, and a missing, extra or mis-shaped tensor is an erro
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -37,10 +36,10 @@ HF_PREFIX = 'gaussderresnet.'
 
 
 def _checkpoints_root() -> Path:
-    try:  # installed wheel: the committed checkpoints ship inside the package
-        return Path(str(resources.files('gaussder_hf.checkpoints')))
-    except ModuleNotFoundError:  # source checkout: they stay at the repo root
-        return Path(__file__).resolve().parent.parent / 'checkpoints'
+    package = Path(__file__).resolve().parent
+    if (package / 'checkpoints').is_dir():  # installed wheel: the committed checkpoints ship inside
+        return package / 'checkpoints'
+    return package.parent / 'checkpoints'  # source checkout: they stay at the repo root
 
 
 def _packaged_checkpoints() -> dict[str, Path]:

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,8 +89,16 @@ def test_forward_returns_transformers_output_with_loss():
 
 def test_checkpoint_folder_contents(checkpoint):
     _, folder = checkpoint
-    assert sorted(os.listdir(folder)) == ['README.md', 'config.json', 'model.safetensors', 'preprocessor_config.json']
+    code = ['configuration.py', 'image_processing.py', 'kernels.py', 'layers.py', 'model.py', 'modeling.py', 'presets.py']
+    assert sorted(os.listdir(folder)) == sorted(
+        ['README.md', 'config.json', 'model.safetensors', 'preprocessor_config.json', *code])
+    for name in code:  # the package's own modules, for trust_remote_code
+        assert (folder / name).read_bytes() == (Path(gaussder_hf.__file__).parent / name).read_bytes()
     config = json.loads((folder / 'config.json').read_text())
+    assert config['auto_map'] == {
+        'AutoConfig': 'configuration.GaussDerResNetConfig',
+        'AutoImageProcessor': 'image_processing.GaussDerResNetImageProcessor',
+        'AutoModelForImageClassification': 'modeling.GaussDerResNetForImageClassification'}
     assert config['model_type'] == 'gaussderresnet'
     assert config['architecture'] == 'gaussderresnet18_fashionmnist' and config['num_classes'] == 10
     assert config['label_names'] == FASHION_CLASSES
