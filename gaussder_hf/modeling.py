@@ -1,8 +1,9 @@
 """GaussDerResNets as transformers models: ``GaussDerResNetForImageClassification``.
 
 The transformers model wraps the same :class:`~gaussder_hf.GaussDerResNet` that timm builds, under
-``base_model_prefix``; checkpoints store the bare timm names and transformers adds the prefix
-on loading, so one ``model.safetensors`` serves both libraries.
+``base_model_prefix``. :func:`~gaussder_hf.save_for_hub` stores the bare timm names, to which
+transformers adds the prefix on loading; ``save_pretrained`` and ``Trainer`` store the prefixed
+names, which timm's loader strips. Either ``model.safetensors`` serves both libraries.
 """
 from __future__ import annotations
 

@@ -211,6 +211,8 @@ def _pretrained_kwargs(variant: str, kwargs: dict) -> dict:
                                  kwargs.pop('pretrained_cfg_overlay', None)).to_dict()
     if not (cfg.get('state_dict') or cfg.get('file') or cfg.get('url') or cfg.get('hf_hub_id')):
         raise ValueError(_no_weights_message(variant))
+    if cfg.get('source') == 'hf-hub':
+        cfg['hf_hub_filename'] = WEIGHTS_NAME  # never timm's fallback to a pickled pytorch_model.bin
     folder_config = _read_folder_config(cfg, kwargs.get('cache_dir'))
     if folder_config is not None:
         # timm pre-fills the keyword arguments with the folder's model_args: those are not the

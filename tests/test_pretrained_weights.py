@@ -66,17 +66,18 @@ def test_a_weights_file_loads_for_a_model_without_published_weights(tmp_path):
 
 def test_the_committed_folder_carries_the_package_model_code():
     # Its copies serve trust_remote_code; after a change to the model code, refresh them with
-    # python -c "from gaussder_hf.hub import write_model_code; write_model_code('checkpoints/gaussderresnet10_fashionmnist')"
+    #   python -c "from gaussder_hf.hub import write_model_code as w; w('checkpoints/gaussderresnet10_fashionmnist')"
     package = Path(gaussder_hf.__file__).parent
     stale = [n for n in _code_files() if (CHECKPOINT / n).read_bytes() != (package / n).read_bytes()]
-    assert not stale, f'stale model code in {CHECKPOINT}: {stale}'
+    assert not stale, f'stale model code in {CHECKPOINT}: {stale}; refresh it with gaussder_hf.hub.write_model_code'
 
 
 @pytest.mark.slow
 def test_the_wheel_ships_the_checkpoint(tmp_path):
     # Built from a copy: setuptools leaves build/ and *.egg-info beside the sources.
     source = tmp_path / 'src'
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns('.git', 'build', '*.egg-info', '__pycache__', 'results'))
+    ignore = shutil.ignore_patterns('.git', 'build', '*.egg-info', '__pycache__', 'results')
+    shutil.copytree(ROOT, source, ignore=ignore)
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', str(source), '-w', str(tmp_path), '--no-deps', '-q'],
                    check=True, timeout=600, cwd=tmp_path)
     (wheel,) = tmp_path.glob('gaussder_hf-*.whl')

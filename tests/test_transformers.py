@@ -125,7 +125,8 @@ def test_forward_returns_transformers_output_with_loss():
 
 def test_checkpoint_folder_contents(checkpoint):
     _, folder = checkpoint
-    code = ['configuration.py', 'image_processing.py', 'kernels.py', 'layers.py', 'model.py', 'modeling.py', 'presets.py']
+    code = ['configuration.py', 'image_processing.py', 'kernels.py', 'layers.py', 'model.py', 'modeling.py',
+            'presets.py']
     assert sorted(os.listdir(folder)) == sorted(
         ['README.md', 'config.json', 'model.safetensors', 'preprocessor_config.json', *code])
     for name in code:  # the package's own modules, for trust_remote_code
@@ -266,7 +267,8 @@ def test_model_card_snippets_run_from_the_offline_hf_cache(checkpoint, tmp_path)
             raise AssertionError('pretrained=True without published weights did not fail')
         except ValueError as error:
             assert 'no pretrained weights' in str(error), error
-        print('OK', in_transformers['model'].config.id2label[0], len(in_transformers['classifier'](torch.rand(1, 28, 28))))
+        classifier = in_transformers['classifier']
+        print('OK', in_transformers['model'].config.id2label[0], len(classifier(torch.rand(1, 28, 28))))
     ''')
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'home'))
     result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=600)
