@@ -224,6 +224,14 @@ def _pretrained_kwargs(variant: str, kwargs: dict) -> dict:
                 kwargs[key] = value
         kwargs['pretrained_model_args'] = from_folder
         source_classes, source_chans = folder_args.get('num_classes'), folder_args.get('in_chans')
+        if cfg.get('source') not in ('local-dir', 'hf-hub'):
+            # A folder given as a file overlay: its preprocessing, not the named preset's (timm
+            # itself reads it from the folder for local-dir and hf-hub sources).
+            folder_cfg = folder_config.get('pretrained_cfg', {})
+            cfg.update({k: folder_cfg[k] for k in ('input_size', 'mean', 'std', 'interpolation', 'crop_pct')
+                        if k in folder_cfg})
+            if folder_config.get('label_names'):
+                cfg['label_names'] = folder_config['label_names']
     else:
         source_classes, source_chans = _tensor_io(cfg)
     # Describe what the checkpoint holds, so that timm replaces the head (and the first layer is
