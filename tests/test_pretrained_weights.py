@@ -5,6 +5,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from string import Template
 
 import pytest
 import timm
@@ -86,3 +87,12 @@ def test_the_wheel_ships_the_checkpoint(tmp_path):
     expected = {'model.safetensors', 'config.json', 'preprocessor_config.json', *_code_files()}
     assert {inside + n for n in expected} <= names
     assert 'gaussder_hf/model_cards/gaussderresnet.md' in names
+
+
+def test_the_committed_model_card_has_the_tested_snippets():
+    # The template's snippets run as written (test_transformers.py, test_import_free.py); the
+    # committed card must carry the same ones.
+    template = (ROOT / 'model_cards' / 'gaussderresnet.md').read_text()
+    section = template[template.index('## How to use'):template.index('## Evaluation')]
+    expected = Template(section).substitute(repo_id=f'{gaussder_hf.HUB_NAMESPACE}/{SHIPPED}')
+    assert expected in (CHECKPOINT / 'README.md').read_text()
