@@ -34,6 +34,12 @@ def _register_with_transformers() -> None:
         GaussDerResNetConfig, GaussDerResNetForImageClassification, exist_ok=True)
     AutoImageProcessor.register(
         GaussDerResNetConfig, image_processor_classes={'torchvision': GaussDerResNetImageProcessor}, exist_ok=True)
+    # Every folder transformers saves (save_pretrained, Trainer checkpoints, save_for_hub) then
+    # carries an auto_map and a copy of the defining modules, so that it loads with
+    # trust_remote_code=True where gaussder_hf is not installed.
+    GaussDerResNetConfig.register_for_auto_class('AutoConfig')
+    GaussDerResNetForImageClassification.register_for_auto_class('AutoModelForImageClassification')
+    GaussDerResNetImageProcessor.register_for_auto_class('AutoImageProcessor')
 
 
 _register_with_transformers()

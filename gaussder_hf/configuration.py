@@ -1,16 +1,18 @@
 """``GaussDerResNetConfig``: the transformers configuration of a GaussDerResNet.
 
-One ``config.json`` serves both libraries: the transformers fields below, plus the keys timm's
-``hf-hub:`` / ``local-dir:`` loaders read (``architecture``, ``num_classes``, ``num_features``,
-``model_args``, ``pretrained_cfg``, ``label_names``), written by :meth:`to_dict` and accepted
-(used for the labels only when id2label is missing) when a config is read back.
+One ``config.json`` serves both libraries. The transformers fields below are the one source of
+truth for the architecture; :meth:`to_dict` derives from them the keys timm's ``hf-hub:`` /
+``local-dir:`` loaders read (``architecture``, ``num_classes``, ``num_features``, ``model_args``,
+``pretrained_cfg``, ``label_names``). Reading a config back checks that every derived key still
+agrees with the fields, so that a hand-edited file can never make timm and transformers build two
+different networks.
 """
 from __future__ import annotations
 
 import math
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from transformers import GenerationConfig, PreTrainedConfig
 
 from .kernels import MAX_JET_ORDER
 from .model import SCALE_POOLS, SPATIAL_POOLS
@@ -20,13 +22,33 @@ __all__ = ['GaussDerResNetConfig']
 
 _DEFAULT = PRESETS['gaussderresnet18_fashionmnist']
 
-# Keys transformers itself may pass back when reading a saved config.
-_TRANSFORMERS_KEYS = {
-    'num_labels', 'torch_dtype', 'name_or_path', '_commit_hash', 'transformers_version', 'output_attentions',
-    'attn_implementation', 'experts_implementation', 'model_type',
-}
-# Keys that make the same config.json loadable by timm.
-_TIMM_KEYS = {'architecture', 'num_classes', 'num_features', 'model_args', 'pretrained_cfg', 'label_names'}
+# Keys that ``PreTrainedConfig`` itself takes besides its dataclass fields, or that transformers
+# writes into config.json (``auto_map`` for remote code, ``_name_or_path``), including the
+# transformers 4 keys still found in configs on the Hub and in Trainer checkpoints
+# (``torchscript``, ``finetuning_task``, ...) and the generation parameters (``use_cache``, ...)
+# that ``PreTrainedConfig`` drops on reading. None of them changes the network.
+_PRETRAINED_CONFIG_KEYS = frozenset({
+    'num_labels', 'torch_dtype', 'name_or_path', '_name_or_path', '_commit_hash', 'transformers_version',
+    'output_attentions', 'attn_implementation', 'experts_implementation', 'per_layer_config', 'model_type',
+    'auto_map', 'custom_pipelines', 'tie_last_hidden_states', 'torchscript', 'use_bfloat16', 'tf_legacy_loss',
+    'pruned_heads', 'tie_word_embeddings', 'is_decoder', 'cross_attention_hidden_size', 'add_cross_attention',
+    'tie_encoder_decoder', 'finetuning_task', 'task_specific_params', 'tokenizer_class', 'prefix',
+    'bos_token_id', 'pad_token_id', 'eos_token_id', 'sep_token_id', 'decoder_start_token_id',
+    '_attn_implementation_autoset', 'gradient_checkpointing',
+}) | frozenset(GenerationConfig._get_default_generation_params())
+# Keys that make the same config.json loadable by timm: derived from the fields on writing.
+_TIMM_KEYS = frozenset({'architecture', 'num_classes', 'num_features', 'model_args', 'pretrained_cfg', 'label_names'})
+# The part of timm's pretrained_cfg that changes what the network computes on an input.
+_PRETRAINED_CFG_CHECKED = ('input_size', 'num_classes', 'mean', 'std')
+
+
+def _plain(value):
+    """Returns ``value`` with every tuple turned into a list, as JSON stores it."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 @strict
@@ -73,9 +95,14 @@ class GaussDerResNetConfig(PreTrainedConfig):
     std: list[float] | tuple[float, ...] = DATASET_INFO['fashionmnist']['std']
 
     def __post_init__(self, **kwargs):
-        unknown = set(kwargs) - _TRANSFORMERS_KEYS - _TIMM_KEYS
+        unknown = set(kwargs) - _PRETRAINED_CONFIG_KEYS - _TIMM_KEYS
         if unknown:
-            raise ValueError(f'GaussDerResNetConfig got unknown key(s) {sorted(unknown)}')
+            raise ValueError(
+                f'GaussDerResNetConfig got unknown key(s) {sorted(unknown)}; the architecture fields are '
+                f'{sorted(f for f in self.__dataclass_fields__ if f not in PreTrainedConfig.__dataclass_fields__)}')
+        model_type = kwargs.pop('model_type', self.model_type)
+        if model_type != self.model_type:
+            raise ValueError(f'GaussDerResNetConfig reads model_type {self.model_type!r} only, got {model_type!r}')
         timm_keys = {key: kwargs.pop(key) for key in _TIMM_KEYS & set(kwargs)}
         if self.id2label is None:
             classes = timm_keys.get('num_classes', kwargs.get('num_labels'))
@@ -87,10 +114,44 @@ class GaussDerResNetConfig(PreTrainedConfig):
                 self.label2id = {name: i for i, name in enumerate(names)}
             elif classes is not None:
                 kwargs['num_labels'] = classes
-        # Otherwise the timm keys only restate id2label and the fields: transformers' own values
-        # (and a user's overrides of them, e.g. num_labels for fine-tuning) win.
+        # The labels as the file states them: a num_labels passed to from_pretrained (a new head
+        # for fine-tuning) is applied later and must not count as a disagreement of the file.
+        file_labels = None if self.id2label is None else [self.id2label[k] for k in sorted(self.id2label, key=int)]
         super().__post_init__(**kwargs)
         self._check()
+        self._check_timm_keys(timm_keys, file_labels)
+
+    def _check_timm_keys(self, timm_keys: dict, file_labels: list[str] | None) -> None:
+        """Raises unless every timm key read from a file restates what the fields say.
+
+        timm builds the network from ``model_args``/``num_classes``/``pretrained_cfg`` and
+        transformers from the fields: a disagreement would silently give two different networks.
+        """
+        if not timm_keys:
+            return
+        derived = self._timm_dict(file_labels)
+        disagree = []
+        for key, value in timm_keys.items():
+            if key == 'pretrained_cfg':
+                if not isinstance(value, dict):
+                    raise ValueError(f'pretrained_cfg must be a mapping, got {value!r}')
+                disagree += [f'pretrained_cfg.{k}: {value[k]!r} != {derived[key][k]!r}'
+                             for k in _PRETRAINED_CFG_CHECKED if k in value and _plain(value[k]) != derived[key][k]]
+            elif key == 'model_args':
+                if not isinstance(value, dict):
+                    raise ValueError(f'model_args must be a mapping, got {value!r}')
+                extra = set(value) - set(derived[key]) - {'num_classes'}
+                if extra:
+                    raise ValueError(f'config.json model_args has unknown key(s) {sorted(extra)}')
+                expected = dict(derived[key], num_classes=derived['num_classes'])
+                disagree += [f'model_args.{k}: {value[k]!r} != {expected[k]!r}'
+                             for k in sorted(value) if _plain(value[k]) != expected[k]]
+            elif _plain(value) != derived[key]:
+                disagree.append(f'{key}: {value!r} != {derived[key]!r}')
+        if disagree:
+            raise ValueError(
+                'config.json states the architecture twice and the copies disagree (timm reads the derived '
+                'keys, transformers the fields); fix or delete the derived keys: ' + '; '.join(disagree))
 
     def _check(self) -> None:
         def fail(field, message):
@@ -146,19 +207,26 @@ class GaussDerResNetConfig(PreTrainedConfig):
             scale_pool=self.scale_pool, scale_dropout=self.scale_dropout,
             separable_from_block=self.separable_from_block)
 
+    def _timm_dict(self, labels: list[str] | None = None) -> dict:
+        """Returns the keys timm reads, derived from the fields (and ``labels``, default id2label)."""
+        args = self.model_args()
+        args.pop('num_classes')
+        labels = labels if labels is not None else [self.id2label[i] for i in range(self.num_labels)]
+        num_classes = len(labels)
+        return dict(
+            architecture=self.preset or 'gaussderresnet18_fashionmnist',
+            num_classes=num_classes,
+            num_features=self.channels[-1],
+            label_names=list(labels),
+            model_args=_plain(args),
+            pretrained_cfg=dict(
+                input_size=[self.num_channels, *self.image_size], fixed_input_size=False, interpolation='bicubic',
+                crop_pct=1.0, mean=list(self.mean), std=list(self.std), num_classes=num_classes,
+                first_conv='stem_conv', classifier='head_conv', license='mit', paper_ids='arXiv:2603.02843',
+                hf_hub_filename='model.safetensors'),  # timm then never falls back to a pickle
+        )
+
     def to_dict(self) -> dict:
         output = super().to_dict()
-        # timm reads these; transformers ignores them on reading (see __post_init__).
-        args = self.model_args()
-        num_classes = args.pop('num_classes')
-        output['architecture'] = self.preset or 'gaussderresnet18_fashionmnist'
-        output['num_classes'] = num_classes
-        output['num_features'] = self.channels[-1]
-        output['label_names'] = [self.id2label[i] for i in range(num_classes)]
-        output['model_args'] = {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
-        output['pretrained_cfg'] = dict(
-            input_size=[self.num_channels, *self.image_size], fixed_input_size=False, interpolation='bicubic',
-            crop_pct=1.0, mean=list(self.mean), std=list(self.std), num_classes=num_classes,
-            first_conv='stem_conv', classifier='head_conv', license='mit', paper_ids='arXiv:2603.02843',
-            hf_hub_filename='model.safetensors')  # timm then never falls back to a pickle
+        output.update(self._timm_dict())
         return output

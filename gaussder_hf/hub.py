@@ -2,28 +2,35 @@
 
 :func:`save_for_hub` writes ``model.safetensors`` (timm parameter names), a ``config.json`` that
 both timm's ``hf-hub:``/``local-dir:`` loaders and transformers' ``from_pretrained`` read,
-``preprocessor_config.json`` and a ``README.md`` model card rendered from
-``model_cards/gaussderresnet.md``. Weights are never pickled.
+``preprocessor_config.json``, a ``README.md`` model card rendered from
+``model_cards/gaussderresnet.md`` and the modules defining the model, named in ``auto_map``
+(transformers' remote-code mechanism). Weights are never pickled.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Mapping
 
+import torch
 from huggingface_hub import EvalResult, HfApi, ModelCardData
 from safetensors.torch import save_file
+from transformers.dynamic_module_utils import custom_object_save, get_relative_import_files
 
+from . import image_processing, modeling
 from .configuration import GaussDerResNetConfig
 from .image_processing import GaussDerResNetImageProcessor
 from .model import GaussDerResNet
+from .modeling import GaussDerResNetForImageClassification
 from .presets import DATASET_INFO, HUB_NAMESPACE, PRESETS
 
-__all__ = ['save_for_hub', 'push_to_hub', 'config_from_model', 'render_model_card']
+__all__ = ['save_for_hub', 'push_to_hub', 'config_from_model', 'render_model_card', 'write_model_code']
 
 WEIGHTS_NAME = 'model.safetensors'
 CARD_TEMPLATE = 'gaussderresnet.md'
@@ -138,20 +145,69 @@ def render_model_card(
     return f'---\n{card_data.to_yaml()}\n---\n' + Template(body).substitute(fields)
 
 
-def _atomic_write(path: Path, write) -> None:
-    # Write next to the target, then rename: an interrupted save never leaves a half file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
+# Files save_for_hub writes besides the copied model code; anything else in a folder is the user's.
+OWNED_FILES = (WEIGHTS_NAME, 'config.json', 'preprocessor_config.json', 'README.md', 'evaluation.json')
+_TEMP_MARK = '.save_for_hub-'
+
+
+def _code_files() -> tuple[str, ...]:
+    """Returns the names of the package modules a saved folder carries for ``trust_remote_code``."""
+    files = {Path(m.__file__).name for m in (modeling, image_processing)}
+    for module in (modeling, image_processing):
+        files |= {Path(f).name for f in get_relative_import_files(module.__file__)}
+    return tuple(sorted(files))
+
+
+def _write_folder(folder: Path, write) -> None:
+    """Writes ``folder`` as a whole: ``write(tmp)`` fills a sibling temporary folder, which then replaces it.
+
+    Files in an existing ``folder`` that the library does not own are carried over (as hard
+    links where possible); owned ones not written again (a stale evaluation.json) are dropped.
+    On any error nothing but the temporary folder is touched, and it is removed.
+    """
+    parent = folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f'.{folder.name}{_TEMP_MARK}*'):  # left by a killed earlier save
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f'.{folder.name}{_TEMP_MARK}'))
+    old = None
     try:
         write(tmp)
-        # mkstemp makes the file private (0600); a saved checkpoint gets the usual permissions.
+        # mkdtemp makes the folder private (0700), safetensors its file (0600): a saved
+        # checkpoint gets the usual permissions.
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        for path in (tmp, *tmp.iterdir()):
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+        owned = set(OWNED_FILES) | set(_code_files())
+        if folder.exists():
+            for entry in folder.iterdir():
+                if entry.name in owned or (tmp / entry.name).exists():
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.copytree(entry, tmp / entry.name, symlinks=True, copy_function=_link_or_copy)
+                else:
+                    _link_or_copy(entry, tmp / entry.name, follow_symlinks=False)
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(dir=parent, prefix=f'.{folder.name}{_TEMP_MARK}old-'))
+            os.replace(folder, old / folder.name)
+        os.replace(tmp, folder)
+    except BaseException:
+        if old is not None and not folder.exists():  # put the user's folder back
+            os.replace(old / folder.name, folder)
+        raise
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _link_or_copy(source, target, *, follow_symlinks: bool = True):
+    try:
+        os.link(source, target, follow_symlinks=follow_symlinks)
+    except OSError:
+        shutil.copy2(source, target, follow_symlinks=follow_symlinks)
+    return target
 
 
 def save_for_hub(
@@ -167,10 +223,18 @@ def save_for_hub(
 ) -> Path:
     """Writes a checkpoint folder that timm and transformers both load; returns its path.
 
+    The folder holds ``model.safetensors`` (timm's parameter names), ``config.json`` (with an
+    ``auto_map``), ``preprocessor_config.json``, the ``README.md`` model card, the modules
+    defining the model (so that transformers loads it with ``trust_remote_code=True`` where
+    gaussder_hf is not installed) and, given an evaluation, ``evaluation.json``. It is written
+    as a whole into a temporary sibling folder that then replaces ``folder``, after every
+    argument has been checked: an interrupted save leaves the old folder as it was.
+
     Args:
         model: a :class:`GaussDerResNet` (e.g. from ``timm.create_model``) or a
             ``GaussDerResNetForImageClassification``.
-        folder: target folder; created if missing. Other files in it are left alone.
+        folder: target folder; created if missing. Files in it that save_for_hub does not
+            write are kept.
         preset: preset the model derives from (default: read from ``model.pretrained_cfg``).
         class_names: one name per class (default: the preset dataset's names).
         repo_id: Hub id the card refers to (default ``<HUB_NAMESPACE>/<folder name>``).
@@ -179,23 +243,54 @@ def save_for_hub(
         canvas_size: mirror-extension canvas for the image processor (default: none).
     """
     net = _unwrap(model)
-    config = config_from_model(model, preset, class_names)
+    config = copy.deepcopy(config_from_model(model, preset, class_names))
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f'folder must be a directory, got the file {str(folder)!r}')
     repo_id = repo_id or f'{HUB_NAMESPACE}/{folder.resolve().name}'
-
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in net.state_dict().items()}
-    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={'format': 'pt'}))
-    _atomic_write(folder / 'config.json', lambda p: Path(p).write_text(config.to_json_string()))
     processor = GaussDerResNetImageProcessor(
         num_channels=config.num_channels, image_mean=list(config.mean), image_std=list(config.std),
         canvas_size=canvas_size)
-    _atomic_write(folder / 'preprocessor_config.json', lambda p: Path(p).write_text(processor.to_json_string()))
     num_parameters = sum(p.numel() for p in net.parameters())
     card = render_model_card(config, num_parameters, repo_id, evaluation, summary)
-    _atomic_write(folder / 'README.md', lambda p: Path(p).write_text(card))
-    if evaluation:
-        _atomic_write(folder / 'evaluation.json', lambda p: Path(p).write_text(json.dumps(evaluation, indent=2)))
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in net.state_dict().items()}
+    # transformers' own mechanism records the auto_map and copies the defining modules; it needs
+    # an instance only for its class, so a parameterless one on the meta device serves.
+    with torch.device('meta'):
+        code_owner = GaussDerResNetForImageClassification(config)
+    config.architectures = [type(code_owner).__name__]
+
+    def write(tmp: Path) -> None:
+        save_file(state, tmp / WEIGHTS_NAME, metadata={'format': 'pt'})
+        custom_object_save(code_owner, tmp, config=config)
+        # transformers reads the image processor of a local folder whose config.json has a timm
+        # pretrained_cfg from config.json, not preprocessor_config.json: both name it.
+        custom_object_save(processor, tmp, config=config)
+        config.save_pretrained(tmp)
+        processor.save_pretrained(tmp)  # preprocessor_config.json, with its own auto_map
+        (tmp / 'README.md').write_text(card)
+        if evaluation:
+            (tmp / 'evaluation.json').write_text(json.dumps(evaluation, indent=2))
+
+    _write_folder(folder, write)
+    return folder
+
+
+def write_model_code(folder: str | os.PathLike) -> Path:
+    """Writes this package's model code and the ``auto_map`` naming it into the checkpoint ``folder``.
+
+    For a folder written before the code travelled with it: afterwards transformers loads it
+    with ``trust_remote_code=True`` where gaussder_hf is not installed. Rewrites ``config.json``
+    (through :class:`GaussDerResNetConfig`, which checks it first) and the module files only.
+    """
+    folder = Path(folder)
+    config = GaussDerResNetConfig.from_pretrained(folder)
+    with torch.device('meta'):
+        code_owner = GaussDerResNetForImageClassification(config)
+    custom_object_save(code_owner, folder, config=config)
+    custom_object_save(GaussDerResNetImageProcessor(num_channels=config.num_channels), folder, config=config)
+    config.architectures = [type(code_owner).__name__]
+    config.save_pretrained(folder)
     return folder
 
 
@@ -208,7 +303,7 @@ def push_to_hub(
         commit_message: str = 'Upload GaussDerResNet checkpoint',
         api: HfApi | None = None,
 ):
-    """Uploads a folder written by :func:`save_for_hub` to the Hub model repo ``repo_id``."""
+    """Uploads a folder written by :func:`save_for_hub` to the Hub model repo ``repo_id``: its files only."""
     folder = Path(folder)
     missing = [n for n in (WEIGHTS_NAME, 'config.json', 'README.md') if not (folder / n).is_file()]
     if missing:
@@ -217,4 +312,4 @@ def push_to_hub(
     api.create_repo(repo_id, repo_type='model', private=private, exist_ok=True)
     return api.upload_folder(
         repo_id=repo_id, folder_path=folder, repo_type='model', commit_message=commit_message,
-        allow_patterns=[WEIGHTS_NAME, 'config.json', 'preprocessor_config.json', 'README.md', 'evaluation.json'])
+        allow_patterns=[*OWNED_FILES, *_code_files()])

@@ -1,8 +1,9 @@
 """GaussDerResNets as transformers models: ``GaussDerResNetForImageClassification``.
 
 The transformers model wraps the same :class:`~gaussder_hf.GaussDerResNet` that timm builds, under
-``base_model_prefix``; checkpoints store the bare timm names and transformers adds the prefix
-on loading, so one ``model.safetensors`` serves both libraries.
+``base_model_prefix``. :func:`~gaussder_hf.save_for_hub` stores the bare timm names, to which
+transformers adds the prefix on loading; ``save_pretrained`` and ``Trainer`` store the prefixed
+names, which timm's loader strips. Either ``model.safetensors`` serves both libraries.
 """
 from __future__ import annotations
 
@@ -28,17 +29,42 @@ class GaussDerResNetPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """Loads like any transformers model, but from ``model.safetensors`` only: never unpickles."""
+        """Loads like any transformers model, but strictly and from ``model.safetensors`` only.
+
+        A checkpoint that leaves a tensor of the model unfilled, holds a tensor the model lacks
+        or one of another shape is an error naming it, as in timm; with
+        ``ignore_mismatched_sizes=True`` the mis-shaped tensors (e.g. the head, for other labels)
+        are freshly initialised instead. Never unpickles a ``pytorch_model.bin``.
+        """
         if kwargs.get('use_safetensors') is False:
             raise ValueError('gaussder_hf loads weights from safetensors only, got use_safetensors=False')
         kwargs['use_safetensors'] = True
+        wants_info = kwargs.pop('output_loading_info', False)
+        # Load with re-initialisation allowed so that the loading info names every mis-shaped
+        # tensor; refuse afterwards unless the user asked for it.
+        ignore_mismatched = kwargs.pop('ignore_mismatched_sizes', False)
         try:
-            return super().from_pretrained(*args, **kwargs)
+            model, info = super().from_pretrained(
+                *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
         except OSError as error:
             if 'safetensors' not in str(error):
                 raise
             raise OSError(f'{error} (gaussder_hf loads weights from safetensors only and never unpickles '
                           'a pytorch_model.bin; convert a trusted one with safetensors.torch.save_file)') from error
+        problems = []
+        if info.get('missing_keys'):
+            problems.append(f'missing tensor(s) {sorted(info["missing_keys"])}')
+        if info.get('unexpected_keys'):
+            problems.append(f'unexpected tensor(s) {sorted(info["unexpected_keys"])}')
+        if info.get('mismatched_keys') and not ignore_mismatched:
+            problems.append(f'shape mismatch {sorted(map(str, info["mismatched_keys"]))}')
+        if problems:
+            source = args[0] if args else kwargs.get('pretrained_model_name_or_path')
+            raise ValueError(
+                f'the checkpoint {str(source)!r} does not fit the GaussDerResNet its config describes: '
+                + '; '.join(problems) + ' (pass ignore_mismatched_sizes=True to re-initialise mis-shaped tensors, '
+                'e.g. a head for another number of labels)')
+        return (model, info) if wants_info else model
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

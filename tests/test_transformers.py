@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,6 +77,42 @@ def test_config_typo_in_a_saved_file_raises(tmp_path):
         AutoConfig.from_pretrained(tmp_path)
 
 
+def test_config_accepts_the_keys_pretrained_config_itself_takes(tmp_path):
+    # Keys transformers writes (auto_map, _name_or_path), transformers 4 configs and Trainer
+    # checkpoints carry (use_cache, torchscript, finetuning_task, ...): none is a model key.
+    extra = dict(use_cache=False, auto_map={'AutoConfig': 'configuration.GaussDerResNetConfig'},
+                 finetuning_task='fashion', torchscript=False, _name_or_path='somewhere', tie_word_embeddings=False,
+                 problem_type='single_label_classification', pad_token_id=None, architectures=['X'])
+    config = GaussDerResNetConfig(**extra)
+    assert config.finetuning_task == 'fashion' and config.auto_map == extra['auto_map']
+    config.save_pretrained(tmp_path)
+    data = json.loads((tmp_path / 'config.json').read_text())
+    data.update(extra)
+    (tmp_path / 'config.json').write_text(json.dumps(data))
+    again = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(again, GaussDerResNetConfig) and again.torchscript is False
+
+
+@pytest.mark.parametrize('key, value, pattern', [
+    ('model_args', {'initial_scales': [1.0]}, r'model_args\.initial_scales: \[1\.0\]'),
+    ('model_args', {'channels': [8, 8]}, r'model_args\.channels'),
+    ('model_args', {'scale_pools': 'max'}, r"unknown key\(s\) \['scale_pools'\]"),
+    ('num_classes', 5, 'num_classes: 5 != 10'),
+    ('label_names', list('abcdefghij'), 'label_names'),
+    ('pretrained_cfg', {'input_size': [3, 72, 72]}, r'pretrained_cfg\.input_size'),
+])
+def test_disagreeing_copies_of_the_architecture_are_an_error_in_both_libraries(tmp_path, key, value, pattern):
+    model = timm.create_model('gaussderresnet10_fashionmnist', initial_scales=(1.0, 2.0))
+    folder = save_for_hub(model, tmp_path / 'ckpt')
+    data = json.loads((folder / 'config.json').read_text())
+    data[key] = dict(data[key], **value) if isinstance(value, dict) else value
+    (folder / 'config.json').write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=pattern):
+        AutoModelForImageClassification.from_pretrained(folder)
+    with pytest.raises(ValueError, match=pattern):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+
+
 def test_forward_returns_transformers_output_with_loss():
     config = GaussDerResNetConfig(initial_scales=[1.0], channels=[4, 4, 6])
     model = GaussDerResNetForImageClassification(config)
@@ -88,8 +125,17 @@ def test_forward_returns_transformers_output_with_loss():
 
 def test_checkpoint_folder_contents(checkpoint):
     _, folder = checkpoint
-    assert sorted(os.listdir(folder)) == ['README.md', 'config.json', 'model.safetensors', 'preprocessor_config.json']
+    code = ['configuration.py', 'image_processing.py', 'kernels.py', 'layers.py', 'model.py', 'modeling.py',
+            'presets.py']
+    assert sorted(os.listdir(folder)) == sorted(
+        ['README.md', 'config.json', 'model.safetensors', 'preprocessor_config.json', *code])
+    for name in code:  # the package's own modules, for trust_remote_code
+        assert (folder / name).read_bytes() == (Path(gaussder_hf.__file__).parent / name).read_bytes()
     config = json.loads((folder / 'config.json').read_text())
+    assert config['auto_map'] == {
+        'AutoConfig': 'configuration.GaussDerResNetConfig',
+        'AutoImageProcessor': 'image_processing.GaussDerResNetImageProcessor',
+        'AutoModelForImageClassification': 'modeling.GaussDerResNetForImageClassification'}
     assert config['model_type'] == 'gaussderresnet'
     assert config['architecture'] == 'gaussderresnet18_fashionmnist' and config['num_classes'] == 10
     assert config['label_names'] == FASHION_CLASSES
@@ -192,7 +238,8 @@ def _lay_out_hub_cache(cache, repo_id, folder, revision='0123456789abcdef0123456
     (repo / 'refs' / 'main').write_text(revision)
 
 
-def test_loading_by_name_from_the_offline_hf_cache(checkpoint, tmp_path):
+def test_model_card_snippets_run_from_the_offline_hf_cache(checkpoint, tmp_path):
+    """The card's timm and transformers snippets, run as written against the Hub cache, give the logits."""
     model, folder = checkpoint
     name = 'gaussderresnet18_fashionmnist'
     repo_id = f'{gaussder_hf.HUB_NAMESPACE}/{name}'
@@ -203,18 +250,25 @@ def test_loading_by_name_from_the_offline_hf_cache(checkpoint, tmp_path):
     with torch.no_grad():
         torch.save(model(x), tmp_path / 'expected.pt')
     script = textwrap.dedent(f'''
-        import torch, timm, gaussder_hf
-        from transformers import AutoModelForImageClassification, pipeline
+        import re, timm, torch
+        card = open({str(folder / 'README.md')!r}).read()
+        blocks = re.findall(r'```python\\n(.*?)```', card, re.S)
+        assert len(blocks) == 3 and all({repo_id!r} in b for b in blocks), blocks
         x = torch.load({str(tmp_path / 'x.pt')!r})
         expected = torch.load({str(tmp_path / 'expected.pt')!r})
-        by_name = timm.create_model({name!r}, pretrained=True, initial_scales=(1.0, 2.0)).eval()
-        by_hub = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()
-        hf = AutoModelForImageClassification.from_pretrained({repo_id!r}).eval()
+        in_timm, in_transformers = {{}}, {{}}
+        exec(blocks[0], in_timm)
+        exec(blocks[1], in_transformers)
         with torch.no_grad():
-            for out in (by_name(x), by_hub(x), hf(pixel_values=x).logits):
+            for out in (in_timm['model'](x), in_transformers['model'].eval()(pixel_values=x).logits):
                 torch.testing.assert_close(out, expected, rtol=0, atol=0)
-        clf = pipeline('image-classification', model={repo_id!r})
-        print('OK', hf.config.id2label[0], len(clf(torch.rand(1, 28, 28))))
+        try:  # by name: no weights are published for this model, and it says so at once
+            timm.create_model({name!r}, pretrained=True)
+            raise AssertionError('pretrained=True without published weights did not fail')
+        except ValueError as error:
+            assert 'no pretrained weights' in str(error), error
+        classifier = in_transformers['classifier']
+        print('OK', in_transformers['model'].config.id2label[0], len(classifier(torch.rand(1, 28, 28))))
     ''')
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'home'))
     result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=600)

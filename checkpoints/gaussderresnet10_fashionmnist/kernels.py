@@ -1,0 +1,504 @@
+"""Discrete scale-space primitives: the discrete analogue of the Gaussian, central differences
+and the scale-normalised N-jet (Perzanowski & Lindeberg, arXiv:2603.02843, §3.9).
+
+This module is the bottom of the import graph: it depends on torch, numpy and scipy only.
+
+Everything fixed is computed once and cached: the 1-D kernel per ``(sigma, eps)``, the
+smoothing operator per ``(sigma, eps, size, device, dtype)`` (and, with the mirror extension of
+the difference stencils folded in, per ``(sigma, eps, size, pad, device, dtype)``) and the
+difference stencils of the jet per ``(jet_order, spatial_dims, zero_order, device, dtype)``.
+Nothing is rebuilt in a forward pass after the first call with a given image size.
+
+Cost: smoothing is a dense matrix product along each axis, so its cost depends on the image
+size but not on sigma; the differences of the jet are one small convolution.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from functools import lru_cache
+from itertools import product
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy.special import ive
+
+__all__ = [
+    'check_sigma',
+    'check_eps',
+    'check_jet_order',
+    'truncation_radius',
+    'discrete_gaussian_kernel',
+    'difference_stencil',
+    'jet_indices',
+    'jet_normalisation',
+    'reflect_index',
+    'centred_reflect_index',
+    'mirror_pad',
+    'smoothing_matrix',
+    'gaussian_smooth',
+    'gaussian_jet',
+    'composed_kernel_1d',
+]
+
+MAX_JET_ORDER = 3
+_MAX_RADIUS = 100_000  # a kernel wider than this is a typo in sigma, not a request
+
+
+def check_sigma(sigma: float) -> float:
+    """Returns ``sigma`` as a float after checking that it is a finite positive number."""
+    if isinstance(sigma, torch.Tensor):
+        if sigma.numel() != 1:
+            raise ValueError(f'sigma must be a scalar, got a tensor of shape {tuple(sigma.shape)}')
+        sigma = sigma.item()
+    try:
+        value = float(sigma)
+    except (TypeError, ValueError):
+        raise ValueError(f'sigma must be a positive number, got {sigma!r}') from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f'sigma must be a finite number > 0, got {sigma!r}')
+    return value
+
+
+def check_eps(eps: float) -> float:
+    """Returns ``eps`` as a float after checking that it lies in the open interval (0, 1)."""
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f'eps must be a number in (0, 1), got {eps!r}') from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(f'eps (relative truncation error) must lie in (0, 1), got {eps!r}')
+    return value
+
+
+def check_jet_order(jet_order: int) -> int:
+    """Returns ``jet_order`` after checking that it is an integer in 1..3."""
+    if isinstance(jet_order, bool) or not isinstance(jet_order, (int, np.integer)):
+        raise ValueError(f'jet_order must be an integer in 1..{MAX_JET_ORDER}, got {jet_order!r}')
+    if not 1 <= jet_order <= MAX_JET_ORDER:
+        raise ValueError(f'jet_order must be in 1..{MAX_JET_ORDER}, got {jet_order}')
+    return int(jet_order)
+
+
+# The cached tensors must be real even when they are first built while tracing (torch.export,
+# torch.compile run the forward under a fake-tensor mode): a fake tensor left in a cache would
+# come back to later eager calls.
+try:
+    from torch._subclasses.fake_tensor import unset_fake_temporarily as _unset_fake_mode
+except ImportError:  # pragma: no cover - older torch
+    _unset_fake_mode = contextlib.nullcontext
+
+
+def _constant(array, device: torch.device | None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Returns ``array`` as a real, ordinary tensor for a cache: outside any fake-tensor mode and
+    outside inference mode (a tensor first built under ``torch.inference_mode`` could never be
+    used again in a computation that autograd records)."""
+    with _unset_fake_mode(), torch.inference_mode(False):
+        return torch.as_tensor(np.array(array, order='C'), device=device, dtype=dtype)
+
+
+@lru_cache(maxsize=None)
+def _kernel_np(sigma: float, eps: float) -> np.ndarray:
+    t = sigma * sigma
+    # T(n; t) = exp(-t) I_n(t) (eq. 56) is scipy's exponentially scaled Bessel function ive.
+    # Grow the support until the two-sided tail mass 1 - sum_{|n|<=N} T(n; t) is <= eps.
+    radius = max(1, int(math.ceil(4 * sigma)))
+    while True:
+        n = np.arange(0, radius + 1)
+        half = ive(n, t)
+        tail = 1.0 - (half[0] + 2.0 * half[1:].sum())
+        if tail <= eps:
+            # The smallest N with tail(N) <= eps: walk back while a shorter support still passes.
+            cumulative = half[0] + 2.0 * np.cumsum(half[1:])
+            tails = 1.0 - np.concatenate([[half[0]], cumulative])
+            smallest = int(np.argmax(tails <= eps))
+            half = half[: smallest + 1]
+            break
+        radius *= 2
+        if radius > _MAX_RADIUS:
+            raise ValueError(f'sigma={sigma} with eps={eps} needs a kernel wider than {_MAX_RADIUS}')
+    kernel = np.concatenate([half[:0:-1], half])
+    kernel.setflags(write=False)
+    return kernel
+
+
+def truncation_radius(sigma: float, eps: float = 0.01) -> int:
+    """Returns N, the half-width of the truncated discrete Gaussian kernel (DESIGN.md §1).
+
+    N is the smallest integer with tail mass ``1 - sum_{|n|<=N} T(n; sigma**2) <= eps``.
+    """
+    return (len(_kernel_np(check_sigma(sigma), check_eps(eps))) - 1) // 2
+
+
+def discrete_gaussian_kernel(
+        sigma: float,
+        eps: float = 0.01,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Returns the truncated 1-D discrete analogue of the Gaussian, ``exp(-t) I_n(t)``, t = sigma**2.
+
+    Eq. (56) of the paper (Lindeberg 1990). The kernel has odd length ``2N + 1`` with
+    ``N = truncation_radius(sigma, eps)``; it is not renormalised after truncation, so it sums
+    to ``1 - tail`` with ``tail <= eps``.
+
+    Args:
+        sigma: standard deviation (scale parameter), > 0.
+        eps: relative truncation error bound, in (0, 1).
+        device: device of the returned tensor.
+        dtype: dtype of the returned tensor.
+    """
+    kernel = _kernel_np(check_sigma(sigma), check_eps(eps))
+    return torch.tensor(kernel, device=device, dtype=dtype)
+
+
+# Central differences (eq. 57, 58): delta_x = [-1/2, 0, 1/2], delta_xx = [1, -2, 1]; order 3 is
+# delta_x * delta_xx and order 4 is delta_xx * delta_xx (eq. 60). Written as correlation
+# stencils, index 0 is the left neighbour.
+_STENCILS = {
+    0: (1.0,),
+    1: (-0.5, 0.0, 0.5),
+    2: (1.0, -2.0, 1.0),
+    3: (-0.5, 1.0, 0.0, -1.0, 0.5),
+    4: (1.0, -4.0, 6.0, -4.0, 1.0),
+}
+
+
+def difference_stencil(order: int, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Returns the central difference operator of the given order (0..4) as a 1-D stencil.
+
+    Eq. (57), (58) and (60): the stencil ``s`` acts as ``(delta f)(n) = sum_k s[k] f(n + k - r)``
+    with ``r = len(s) // 2``.
+    """
+    if order not in _STENCILS:
+        raise ValueError(f'difference order must be in 0..4, got {order!r}')
+    return torch.tensor(_STENCILS[order], dtype=dtype)
+
+
+def jet_indices(jet_order: int, spatial_dims: int = 2, zero_order: bool = False) -> tuple[tuple[int, ...], ...]:
+    """Returns the multi-indices ``alpha`` of the N-jet, graded by total order (eq. 6, 7, 50, 51).
+
+    ``alpha[d]`` is the order of differentiation along spatial tensor dimension ``d`` (for an
+    image ``(..., H, W)``, ``alpha = (order along H, order along W)``). Within one total order the
+    indices are sorted with the last axis first, so the 2-jet in 2-D is
+    ``(0, 1), (1, 0), (0, 2), (1, 1), (2, 0)``, i.e. ``L_x, L_y, L_xx, L_xy, L_yy``.
+    """
+    check_jet_order(jet_order)
+    if spatial_dims not in (1, 2, 3):
+        raise ValueError(f'spatial_dims must be 1, 2 or 3, got {spatial_dims!r}')
+    lowest = 0 if zero_order else 1
+    indices = [a for a in product(range(jet_order + 1), repeat=spatial_dims) if lowest <= sum(a) <= jet_order]
+    indices.sort(key=lambda a: (sum(a), a))
+    return tuple(indices)
+
+
+def jet_normalisation(alpha: Sequence[int], sigma: float = 1.0) -> float:
+    """Returns ``sigma**|alpha| / alpha!``: scale normalisation (gamma = 1) times the Taylor factor.
+
+    The scale normalisation ``sigma**|alpha|`` (§3.1, Lindeberg 1998) makes the jet at scale
+    ``s * sigma`` of an image rescaled by ``s`` equal the jet at ``sigma`` of the original. The
+    ``1 / alpha!`` factor of eq. (3) is our reconstruction (DESIGN.md §2); the weights are
+    learned, so it only affects initialisation.
+    """
+    # A list, not a generator: torch.compile traces a generator argument of math.prod only with a graph break.
+    factorial = math.prod([math.factorial(a) for a in alpha])
+    return sigma ** sum(alpha) / factorial
+
+
+def reflect_index(size: int, pad: int) -> np.ndarray:
+    """Returns the source indices of a mirror-extended axis of length ``size + 2 * pad``.
+
+    Mirror extension reflects about the edge samples without repeating them (numpy's
+    ``'reflect'``), repeated as often as needed, so a pad wider than the signal never fails.
+    A signal of length 1 is extended by its only value.
+    """
+    positions = np.arange(-pad, size + pad)
+    if size == 1:
+        return np.zeros_like(positions)
+    period = 2 * (size - 1)
+    positions = np.mod(positions, period)
+    return np.where(positions < size, positions, period - positions)
+
+
+def centred_reflect_index(size: int, target: int) -> np.ndarray:
+    """Returns source indices that centre a signal of length ``size`` on ``target`` samples by mirror extension.
+
+    The signal starts at ``offset = (target - size) // 2`` (an odd extra sample goes after it);
+    a negative offset centre-crops. Used wherever an image is mirror-extended onto a canvas.
+    """
+    offset = (target - size) // 2
+    pad = max(abs(offset), abs(target - size - offset))
+    start = pad - offset  # position -offset of the signal, in reflect_index's coordinates
+    return reflect_index(size, pad)[start:start + target]
+
+
+@lru_cache(maxsize=256)
+def _reflect_index_tensor(size: int, pad: int, device: torch.device) -> torch.Tensor:
+    return _constant(reflect_index(size, pad), device)
+
+
+def mirror_pad(x: torch.Tensor, pad: int, dims: Sequence[int]) -> torch.Tensor:
+    """Returns ``x`` mirror-extended by ``pad`` samples on both sides of every dimension in ``dims``."""
+    for dim in dims:
+        size = x.shape[dim]
+        if pad < size:
+            # The common case goes through F.pad, which is faster than a gather.
+            x = _reflect_pad_1d(x, pad, dim)
+        else:
+            x = x.index_select(dim, _reflect_index_tensor(size, pad, x.device))
+    return x
+
+
+def _reflect_pad_1d(x: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
+    if pad == 0:
+        return x
+    dim = dim % x.ndim
+    left = x.narrow(dim, 1, pad).flip(dim)
+    right = x.narrow(dim, x.shape[dim] - 1 - pad, pad).flip(dim)
+    return torch.cat([left, x, right], dim=dim)
+
+
+@lru_cache(maxsize=512)
+def _smoothing_matrix_np(sigma: float, eps: float, size: int) -> np.ndarray:
+    kernel = _kernel_np(sigma, eps)
+    radius = (len(kernel) - 1) // 2
+    source = reflect_index(size, radius)  # position i + n - radius of the extension -> sample
+    matrix = np.zeros((size, size))
+    rows = np.repeat(np.arange(size), len(kernel))
+    cols = source[np.arange(size)[:, None] + np.arange(len(kernel))[None, :]].ravel()
+    np.add.at(matrix, (rows, cols), np.tile(kernel, size))
+    return matrix
+
+
+@lru_cache(maxsize=512)
+def _smoothing_matrix_cached(sigma: float, eps: float, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Transposed and contiguous: smoothing along the last axis is then one plain GEMM, x @ M.T.
+    return _constant(_smoothing_matrix_np(sigma, eps, size).T, device, dtype)
+
+
+def smoothing_matrix(
+        sigma: float,
+        eps: float,
+        size: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Returns the ``(size, size)`` matrix M of discrete Gaussian smoothing with mirror extension.
+
+    ``(M @ f)[i] = sum_{|n|<=N} T(n; sigma**2) f_ext(i + n)`` where ``f_ext`` is ``f`` mirror
+    extended (:func:`reflect_index`). Folding the boundary into a dense matrix makes smoothing a
+    single matrix product whose cost does not depend on sigma, and kernels wider than the
+    signal need no special case.
+    """
+    sigma, eps = check_sigma(sigma), check_eps(eps)
+    if size < 1:
+        raise ValueError(f'size must be >= 1, got {size!r}')
+    device = torch.device(device) if device is not None else torch.device('cpu')
+    return _smoothing_matrix_cached(sigma, eps, int(size), device, dtype).T
+
+
+@lru_cache(maxsize=512)
+def _padded_smoothing_matrix_cached(
+        sigma: float, eps: float, size: int, pad: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Smoothing followed by mirror extension by ``pad`` as one (size + 2 pad, size) matrix: the
+    # rows of M at the reflected positions. Extending the smoothed signal costs no extra pass.
+    matrix = _smoothing_matrix_np(sigma, eps, size)[reflect_index(size, pad)]
+    return _constant(matrix, device, dtype)
+
+
+def _smoothing_operator(sigma: float, eps: float, size: int, pad: int, device: torch.device, dtype: torch.dtype):
+    """Returns the ``(size + 2 pad, size)`` operator: smoothing, then mirror extension by ``pad``."""
+    if torch.compiler.is_compiling():
+        return _traced_smoothing_operator(sigma, eps, size, pad, device, dtype)
+    if pad == 0:
+        return _smoothing_matrix_cached(sigma, eps, size, device, dtype).mT
+    return _padded_smoothing_matrix_cached(sigma, eps, size, pad, device, dtype)
+
+
+# Under torch.compile the numpy/scipy code that builds the operators cannot be traced (and the
+# eager caches cannot be consulted), so the graph builds them from Python constants that Dynamo
+# evaluates once while tracing: the kernel taps and the stencil basis. Building a matrix is one
+# scatter of size * (2N + 1) taps, negligible next to the products it feeds.
+
+@torch.compiler.assume_constant_result
+def _kernel_taps(sigma: float, eps: float) -> tuple[float, ...]:
+    return tuple(_kernel_np(sigma, eps).tolist())
+
+
+def _traced_reflect_index(size: int, pad: int, device: torch.device) -> torch.Tensor:
+    """:func:`reflect_index` in torch operations, for traced code."""
+    positions = torch.arange(-pad, size + pad, device=device)
+    if size == 1:
+        return torch.zeros_like(positions)
+    period = 2 * (size - 1)
+    positions = torch.remainder(positions, period)
+    return torch.where(positions < size, positions, period - positions)
+
+
+def _traced_smoothing_operator(sigma: float, eps: float, size: int, pad: int, device: torch.device,
+                               dtype: torch.dtype) -> torch.Tensor:
+    taps = _kernel_taps(sigma, eps)
+    width = len(taps)
+    source = _traced_reflect_index(size, (width - 1) // 2, device)
+    columns = source[torch.arange(size, device=device)[:, None] + torch.arange(width, device=device)[None, :]]
+    values = torch.tensor(taps, device=device, dtype=torch.float64).expand(size, width)
+    matrix = torch.zeros(size, size, device=device, dtype=torch.float64).scatter_add(1, columns, values)
+    if pad:
+        matrix = matrix[_traced_reflect_index(size, pad, device)]
+    return matrix.to(dtype)
+
+
+def _smooth_along(x: torch.Tensor, matrix: torch.Tensor, dim: int) -> torch.Tensor:
+    """Returns ``matrix`` applied along ``dim`` of ``x``: ``y[..., i, ...] = sum_j matrix[i, j] x[..., j, ...]``."""
+    if dim == x.ndim - 1:
+        return x @ matrix.mT
+    # (before, size, after) is a view of a contiguous x, and M @ x3 a broadcast batched GEMM:
+    # no transposes.
+    shape = x.shape
+    x3 = x.contiguous().view(math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:]))
+    return torch.matmul(matrix, x3).view(*shape[:dim], matrix.shape[0], *shape[dim + 1:])
+
+
+def _smooth_padded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
+    """Returns ``x`` smoothed along its trailing ``spatial_dims`` dims and mirror-extended by ``pad``."""
+    # The last axis goes last: its backward (a plain GEMM) makes any incoming gradient contiguous.
+    # A batched GEMM fed an expanded gradient (e.g. from ``.sum()``) falls off the BLAS path and
+    # is ~100x slower on CPU.
+    for dim in range(x.ndim - spatial_dims, x.ndim):
+        x = _smooth_along(x, _smoothing_operator(sigma, eps, x.shape[dim], pad, x.device, x.dtype), dim)
+    return x
+
+
+def gaussian_smooth(x: torch.Tensor, sigma: float, eps: float = 0.01, spatial_dims: int | None = None) -> torch.Tensor:
+    """Returns ``x`` smoothed separably with the discrete Gaussian along its trailing spatial dims.
+
+    Mirror extension at the boundary. ``x`` has shape ``(..., *spatial)`` with
+    ``spatial_dims`` (default ``x.ndim - 2``) trailing spatial dimensions.
+    """
+    spatial_dims = _check_signal(x, spatial_dims)
+    sigma, eps = check_sigma(sigma), check_eps(eps)
+    return _smooth_padded(x, sigma, eps, spatial_dims, 0)
+
+
+@lru_cache(maxsize=64)
+def _stencil_basis_cached(
+        jet_order: int, spatial_dims: int, zero_order: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # The difference operators delta^alpha of the jet as correlation filters on one common
+    # support of radius (jet_order + 1) // 2, shape (J, *(2 radius + 1,) * spatial_dims).
+    radius = (jet_order + 1) // 2
+    one_d = []
+    for order in range(jet_order + 1):
+        stencil = np.zeros(2 * radius + 1)
+        own = len(_STENCILS[order]) // 2
+        stencil[radius - own: radius + own + 1] = _STENCILS[order]
+        one_d.append(stencil)
+    basis = []
+    for alpha in jet_indices(jet_order, spatial_dims, zero_order):
+        kernel = one_d[alpha[0]]
+        for order in alpha[1:]:
+            kernel = np.multiply.outer(kernel, one_d[order])
+        basis.append(kernel)
+    return _constant(np.stack(basis), device, dtype)
+
+
+def _stencil_basis(
+        jet_order: int, spatial_dims: int, zero_order: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        values = _stencil_basis_values(jet_order, spatial_dims, zero_order)
+        return torch.tensor(values, device=device, dtype=dtype)
+    return _stencil_basis_cached(jet_order, spatial_dims, zero_order, device, dtype)
+
+
+@torch.compiler.assume_constant_result
+def _stencil_basis_values(jet_order: int, spatial_dims: int, zero_order: bool) -> list:
+    return _stencil_basis_cached(jet_order, spatial_dims, zero_order, torch.device('cpu'), torch.float64).tolist()
+
+
+_CONV = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
+
+
+def _check_signal(x: torch.Tensor, spatial_dims: int | None) -> int:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f'expected a tensor, got {type(x).__name__}')
+    if spatial_dims is None:
+        spatial_dims = x.ndim - 2
+    if spatial_dims not in (1, 2, 3):
+        raise ValueError(
+            f'expected a batch of 1-D, 2-D or 3-D signals shaped (B, C, *spatial), got shape {tuple(x.shape)}')
+    if x.ndim < spatial_dims + 1:
+        raise ValueError(f'a tensor of shape {tuple(x.shape)} has fewer than {spatial_dims} spatial dims')
+    return spatial_dims
+
+
+def gaussian_jet(
+        x: torch.Tensor,
+        sigma: float,
+        jet_order: int = 2,
+        *,
+        zero_order: bool = False,
+        eps: float = 0.01,
+        scale_normalised: bool = True,
+) -> torch.Tensor:
+    """Returns the (scale-normalised) N-jet of a batch of 1-D, 2-D or 3-D signals.
+
+    Eq. (59): ``sigma**|alpha| delta^alpha (T_sigma * f)``, one separable smoothing per input
+    channel shared by every derivative order, followed by central differences. The
+    ``1 / alpha!`` Taylor factor is not applied (see :func:`jet_normalisation`).
+
+    Args:
+        x: tensor ``(B, C, *spatial)`` with 1, 2 or 3 spatial dimensions.
+        sigma: scale (standard deviation of the Gaussian), > 0.
+        jet_order: highest total order of differentiation, 1..3.
+        zero_order: also return the smoothed signal itself as the first jet member.
+        eps: relative truncation error of the discrete Gaussian.
+        scale_normalised: multiply each derivative by ``sigma**|alpha|`` (gamma = 1).
+
+    Returns:
+        Tensor ``(B, C, J, *spatial)`` whose ``J`` members follow :func:`jet_indices`.
+    """
+    spatial_dims = _check_signal(x, None)
+    sigma, eps = check_sigma(sigma), check_eps(eps)
+    check_jet_order(jet_order)
+    # Smoothing then differencing the mirror-extended smoothed signal equals differencing the
+    # mirror-extended input and then smoothing: the smoothed extension keeps the mirror symmetry.
+    # The extension is folded into the smoothing matrices, and all differences of the jet are
+    # one convolution whose output channels are already laid out as (C, J): no stack.
+    radius = (jet_order + 1) // 2
+    smoothed = _smooth_padded(x, sigma, eps, spatial_dims, radius)
+    basis = _stencil_basis(jet_order, spatial_dims, bool(zero_order), x.device, x.dtype)
+    if scale_normalised:
+        orders = [sum(alpha) for alpha in jet_indices(jet_order, spatial_dims, zero_order)]
+        factors = torch.tensor([sigma ** order for order in orders], device=x.device, dtype=x.dtype)
+        basis = basis * factors.view(-1, *([1] * spatial_dims))
+    batch, channels, jet_size = x.shape[0], x.shape[1], basis.shape[0]
+    conv = _CONV[spatial_dims]
+    if spatial_dims == 3 or channels == 0:
+        # A grouped conv3d with several outputs per group is ~50x slower on CPU than treating
+        # every channel as a batch entry of a single-channel convolution (which also allows C = 0).
+        jet = conv(smoothed.reshape(batch * channels, 1, *smoothed.shape[2:]), basis.unsqueeze(1))
+    else:
+        jet = conv(smoothed, basis.unsqueeze(1).repeat(channels, *([1] * (spatial_dims + 1))), groups=channels)
+    return jet.view(batch, channels, jet_size, *x.shape[2:])
+
+
+def composed_kernel_1d(sigma: float, order: int, eps: float = 0.01, radius: int | None = None) -> torch.Tensor:
+    """Returns the 1-D kernel ``delta^order * T_sigma`` (float64), zero-padded to ``radius``.
+
+    The composed kernel is what one axis of a Gaussian derivative filter looks like; it is
+    used to draw receptive fields and as the dense reference for the efficient layer.
+    """
+    smooth = discrete_gaussian_kernel(sigma, eps, dtype=torch.float64)
+    stencil = difference_stencil(order)
+    # As correlation filters compose by full convolution, k[m] = sum_j s[j] T[m - j]; conv1d is
+    # a correlation, hence the flipped stencil.
+    kernel = torch.nn.functional.conv1d(
+        smooth.view(1, 1, -1), stencil.flip(0).view(1, 1, -1), padding=len(stencil) - 1).view(-1)
+    own_radius = (len(kernel) - 1) // 2
+    if radius is not None:
+        if radius < own_radius:
+            raise ValueError(f'radius {radius} is smaller than the kernel radius {own_radius}')
+        kernel = torch.nn.functional.pad(kernel, (radius - own_radius, radius - own_radius))
+    return kernel

@@ -1,0 +1,292 @@
+"""Gaussian derivative layers (Perzanowski & Lindeberg, arXiv:2603.02843, eq. 3, 31, 53-55).
+
+A Gaussian derivative (GD) layer is a learned linear combination of scale-normalised Gaussian
+derivatives of its input channels. The weights do not depend on the scale: ``sigma`` is given
+per call, so one layer serves every scale channel of a multi-scale-channel network.
+
+Efficient form (used in ``forward``): one separable discrete Gaussian smoothing per input
+channel (a dense matrix product along each axis, with the mirror extension folded in, so its
+cost does not depend on sigma), then the central differences and the channel mix together as
+one small convolution of the smoothed input: ``sum_alpha w[j, i, alpha] delta^alpha`` is a
+3x3 filter in 2-D (5x5 for jet_order 3). The jet ``(B, C_in, J, H, W)`` is never materialised,
+which on CPU costs less than the 1x1 mix over ``C_in * J`` channels alone. The dense form (one
+convolution with the composed kernel, whose size grows with sigma) is kept only as a
+reference, :func:`dense_reference`, for tests and benchmarks.
+
+Low precision (``torch.autocast`` with bfloat16 or float16): the differences of the jet
+subtract nearby smoothed values, so smoothed maps rounded to 8 mantissa bits first leave the
+``sigma**|alpha|``-normalised derivatives mostly rounding noise at sigma >= 2 (relative error
+0.5 at sigma 2, > 1 beyond). Under autocast the jet is therefore computed in float32 and only
+the channel mix, the part that carries the FLOPs, runs in the autocast dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .kernels import (
+    _CONV,
+    _smooth_padded,
+    _stencil_basis,
+    check_eps,
+    check_jet_order,
+    check_sigma,
+    composed_kernel_1d,
+    gaussian_jet,
+    jet_indices,
+    jet_normalisation,
+    mirror_pad,
+    truncation_radius,
+)
+
+__all__ = ['GaussDerConv', 'DSGaussDerConv', 'dense_reference']
+
+
+class _GaussDerBase(nn.Module):
+    """Shared bookkeeping of the standard and the depthwise-separable GD layer."""
+
+    def __init__(
+            self,
+            in_channels: int,
+            out_channels: int,
+            jet_order: int,
+            zero_order: bool,
+            eps: float,
+            spatial_dims: int,
+    ):
+        super().__init__()
+        for name, value in (('in_channels', in_channels), ('out_channels', out_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'{name} must be a positive integer, got {value!r}')
+        if spatial_dims not in (1, 2, 3):
+            raise ValueError(f'spatial_dims must be 1, 2 or 3, got {spatial_dims!r}')
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.jet_order = check_jet_order(jet_order)
+        self.zero_order = bool(zero_order)
+        self.eps = check_eps(eps)
+        self.spatial_dims = spatial_dims
+        self.alphas = jet_indices(self.jet_order, spatial_dims, self.zero_order)
+
+    @property
+    def jet_size(self) -> int:
+        """Returns J, the number of Gaussian derivatives per input channel."""
+        return len(self.alphas)
+
+    def jet_factors(self, sigma: float, device=None, dtype=None) -> torch.Tensor:
+        """Returns ``sigma**|alpha| / alpha!`` for every member of the jet, shape ``(J,)``."""
+        return torch.tensor([jet_normalisation(a, sigma) for a in self.alphas], device=device, dtype=dtype)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f'expected a tensor input, got {type(x).__name__}')
+        if x.ndim != self.spatial_dims + 2:
+            raise ValueError(
+                f'expected a {self.spatial_dims + 2}-D input (B, C, *spatial), got shape {tuple(x.shape)}')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f'expected {self.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})')
+
+    def jet(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Returns the un-normalised jet ``delta^alpha T_sigma * x``, shape ``(B, C_in, J, *spatial)``."""
+        return gaussian_jet(
+            x, sigma, self.jet_order, zero_order=self.zero_order, eps=self.eps, scale_normalised=False)
+
+    def float32_jet(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Returns :meth:`jet` computed in float32 outside autocast, flattened to ``(B, C_in * J, *spatial)``."""
+        with torch.autocast(x.device.type, enabled=False):
+            jet = self.jet(x.float(), sigma)
+        return jet.flatten(1, 2)
+
+    def smoothed(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Returns ``T_sigma * x`` mirror-extended by the radius of the difference stencils."""
+        return _smooth_padded(x, sigma, self.eps, self.spatial_dims, (self.jet_order + 1) // 2)
+
+    def difference_filters(self, weight: torch.Tensor) -> torch.Tensor:
+        """Returns ``sum_alpha weight[..., alpha] delta^alpha`` as small filters, shape ``(*lead, *K)``.
+
+        ``weight`` has shape ``(*lead, J)``; ``K`` is the common support ``2 r + 1`` of the
+        central differences (r = 1 for jet_order <= 2, 2 for jet_order = 3).
+        """
+        basis = _stencil_basis(self.jet_order, self.spatial_dims, self.zero_order, weight.device, weight.dtype)
+        return torch.matmul(weight, basis.view(self.jet_size, -1)).view(*weight.shape[:-1], *basis.shape[1:])
+
+    def basis(self, sigma: float, dtype=torch.float64) -> torch.Tensor:
+        """Returns the composed kernels ``c_alpha sigma**|alpha| delta^alpha T_sigma``, ``(J, *K)``.
+
+        All kernels share one odd support, so that they can be combined into a dense filter.
+        """
+        radius = truncation_radius(sigma, self.eps) + (self.jet_order + 1) // 2
+        one_d = [composed_kernel_1d(sigma, order, self.eps, radius) for order in range(self.jet_order + 1)]
+        kernels = []
+        for alpha in self.alphas:
+            kernel = one_d[alpha[0]]
+            for order in alpha[1:]:
+                kernel = torch.outer(kernel.reshape(-1), one_d[order]).reshape(*kernel.shape, -1)
+            kernels.append(kernel * jet_normalisation(alpha, sigma))
+        return torch.stack(kernels).to(dtype)
+
+    def extra_repr(self) -> str:
+        return (f'{self.in_channels}, {self.out_channels}, jet_order={self.jet_order}, '
+                f'zero_order={self.zero_order}, eps={self.eps}')
+
+
+class GaussDerConv(_GaussDerBase):
+    """Gaussian derivative layer, eq. (3)/(31).
+
+    ``out_j = sum_i sum_alpha w[j, i, alpha] c_alpha sigma**|alpha| delta^alpha (T_sigma * f_i) + b_j``
+    with ``c_alpha = 1 / alpha!`` (reconstructed) and ``alpha`` running over the N-jet of
+    :func:`~gaussder_hf.kernels.jet_indices`.
+
+    Args:
+        in_channels: number of input channels ``C_in``.
+        out_channels: number of output channels ``C_out``.
+        jet_order: highest order of differentiation N, 1..3.
+        zero_order: include the smoothed input itself (order 0) in the jet (§3.8.1).
+        eps: relative truncation error of the discrete Gaussian kernel.
+        bias: add a learned bias per output channel.
+        spatial_dims: number of spatial dimensions of the input (2 for images).
+    """
+
+    def __init__(
+            self,
+            in_channels: int,
+            out_channels: int,
+            jet_order: int = 2,
+            zero_order: bool = False,
+            eps: float = 0.01,
+            bias: bool = True,
+            spatial_dims: int = 2,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__(in_channels, out_channels, jet_order, zero_order, eps, spatial_dims)
+        factory = dict(device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, self.jet_size, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He-uniform initialisation over the ``C_in * J`` inputs of each output (§5.2)."""
+        fan_in = self.in_channels * self.jet_size
+        bound = math.sqrt(6.0 / fan_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def mixing_weight(self, sigma: float) -> torch.Tensor:
+        """Returns the weights with ``c_alpha sigma**|alpha|`` folded in, shape ``(C_out, C_in * J)``.
+
+        Folding the normalisation into the small weight tensor instead of scaling the large jet
+        saves one pass over the jet; ``forward`` folds these weights into difference filters.
+        """
+        factors = self.jet_factors(sigma, self.weight.device, self.weight.dtype)
+        return (self.weight * factors).reshape(self.out_channels, -1)
+
+    def forward(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        self.check_input(x)
+        sigma = check_sigma(sigma)
+        # sum_i sum_alpha w[j, i, alpha] delta^alpha (T * f_i) = sum_i (sum_alpha w[j, i, alpha]
+        # delta^alpha) * (T * f_i): the central differences and the channel mix fold into one
+        # small dense convolution (3x3 in 2-D) of the smoothed, mirror-extended input. The jet
+        # itself is never materialised.
+        if torch.is_autocast_enabled(x.device.type):
+            # Low precision: the jet in float32, the mix as a 1x1 convolution in the autocast dtype.
+            weight = self.mixing_weight(sigma).view(self.out_channels, -1, *([1] * self.spatial_dims))
+            return _CONV[self.spatial_dims](self.float32_jet(x, sigma), weight, self.bias)
+        weight = self.mixing_weight(sigma).view(self.out_channels, self.in_channels, self.jet_size)
+        return _CONV[self.spatial_dims](self.smoothed(x, sigma), self.difference_filters(weight), self.bias)
+
+    def composed_kernel(self, sigma: float) -> torch.Tensor:
+        """Returns the dense filter of the layer at ``sigma``, shape ``(C_out, C_in, *K)``.
+
+        This is the layer's receptive field: convolving the mirror-extended input with it gives
+        the same result as ``forward`` (see :func:`dense_reference`).
+        """
+        sigma = check_sigma(sigma)
+        basis = self.basis(sigma, self.weight.dtype).to(self.weight.device)
+        return torch.einsum('oij,j...->oi...', self.weight, basis)
+
+
+class DSGaussDerConv(_GaussDerBase):
+    """Depthwise-separable Gaussian derivative layer, eq. (53)-(55), §3.8.2.
+
+    Per input channel a learned combination over its own jet (depthwise), then a 1x1 mix across
+    channels (pointwise): ``out_j = sum_i p[j, i] sum_alpha d[i, alpha] c_alpha sigma**|alpha|
+    delta^alpha (T_sigma * f_i) + b_j``.
+
+    Args are those of :class:`GaussDerConv`.
+    """
+
+    def __init__(
+            self,
+            in_channels: int,
+            out_channels: int,
+            jet_order: int = 2,
+            zero_order: bool = False,
+            eps: float = 0.01,
+            bias: bool = True,
+            spatial_dims: int = 2,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__(in_channels, out_channels, jet_order, zero_order, eps, spatial_dims)
+        factory = dict(device=device, dtype=dtype)
+        self.depthwise_weight = nn.Parameter(torch.empty(in_channels, self.jet_size, **factory))
+        self.pointwise_weight = nn.Parameter(torch.empty(out_channels, in_channels, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He-uniform initialisation of both stages, each over its own fan-in."""
+        nn.init.uniform_(self.depthwise_weight, -math.sqrt(6.0 / self.jet_size), math.sqrt(6.0 / self.jet_size))
+        nn.init.uniform_(self.pointwise_weight, -math.sqrt(6.0 / self.in_channels), math.sqrt(6.0 / self.in_channels))
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        self.check_input(x)
+        sigma = check_sigma(sigma)
+        batch, spatial = x.shape[0], x.shape[2:]
+        # The depthwise combination over the jet is one small filter per channel (a grouped
+        # convolution of the smoothed input), then the pointwise mix is a batched GEMM.
+        if torch.is_autocast_enabled(x.device.type):
+            # Low precision: the depthwise stage (where the differences cancel, and whose filters
+            # must keep their zero sum) in float32, the pointwise mix in the autocast dtype.
+            with torch.autocast(x.device.type, enabled=False):
+                combined = self._depthwise(x.float(), sigma)
+        else:
+            combined = self._depthwise(x, sigma)
+        out = torch.matmul(self.pointwise_weight, combined.view(batch, self.in_channels, -1))
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1)
+        return out.view(batch, self.out_channels, *spatial)
+
+    def _depthwise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        depthwise = self.depthwise_weight * self.jet_factors(sigma, x.device, self.depthwise_weight.dtype)
+        filters = self.difference_filters(depthwise).unsqueeze(1)  # (C_in, 1, *K)
+        return _CONV[self.spatial_dims](self.smoothed(x, sigma), filters, groups=self.in_channels)
+
+    def composed_kernel(self, sigma: float) -> torch.Tensor:
+        """Returns the dense filter of the layer at ``sigma``, shape ``(C_out, C_in, *K)``."""
+        sigma = check_sigma(sigma)
+        basis = self.basis(sigma, self.pointwise_weight.dtype).to(self.pointwise_weight.device)
+        per_channel = torch.einsum('ij,j...->i...', self.depthwise_weight, basis)
+        return torch.einsum('oi,i...->oi...', self.pointwise_weight, per_channel)
+
+
+def dense_reference(layer: _GaussDerBase, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Returns the layer's output computed the naive way: one dense convolution per call.
+
+    The input is mirror-extended by the kernel radius and convolved with
+    :meth:`composed_kernel`. This is slow (its cost grows with sigma**2) and exists as an
+    independent reference for tests and as the anchor of the benchmarks.
+    """
+    layer.check_input(x)
+    kernel = layer.composed_kernel(sigma).to(x.dtype)
+    radius = (kernel.shape[-1] - 1) // 2
+    padded = mirror_pad(x, radius, range(2, x.ndim))
+    conv = (F.conv1d, F.conv2d, F.conv3d)[layer.spatial_dims - 1]
+    return conv(padded, kernel, layer.bias)
