@@ -5,6 +5,12 @@ subsampling (§3.3, Fig. 3). Its layer ``k`` works at ``sigma0 * scale_ratio**(k
 ``k_eff = floor(k / 2) + 1`` (eq. 28, 29), so both layers of a residual block share a scale. A
 multi-scale-channel network runs the same weights at several initial scales ``sigma0`` and pools
 the spatially selected class scores over the scale channels (§3.6, eq. 43-46).
+
+Beyond the paper, the network honours timm's model contract: ``drop_rate`` (channel dropout on
+the maps entering the last GD layer), ``drop_path_rate`` (stochastic depth over the residual
+blocks), ``global_pool`` (timm's pooling names mapped onto the spatial selection, see
+:data:`GLOBAL_POOLS`), ``bn_momentum``/``bn_eps``, and ``forward_intermediates`` with
+``feature_info`` for ``features_only`` backbones.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import DropPath
+from timm.models._features import feature_take_indices  # not re-exported by timm.models
 from torch.utils.checkpoint import checkpoint
 
 from .kernels import check_eps, check_jet_order, check_sigma
@@ -24,31 +32,70 @@ __all__ = [
     'GaussDerResNet',
     'GaussDerBlock',
     'SPATIAL_POOLS',
+    'GLOBAL_POOLS',
     'SCALE_POOLS',
     'spatial_select',
     'pool_scales',
     'transfer_scales',
 ]
 
-SPATIAL_POOLS = ('center', 'max')
+# Spatial selections that give one value per map: the paper's two (eq. 38, 39) and two of timm's.
+SPATIAL_POOLS = ('center', 'max', 'avg', 'avgmax')
 SCALE_POOLS = ('max', 'logsumexp', 'avg')
+
+# timm's ``global_pool`` names (and the paper's 'center') -> the spatial selection they give.
+# The classifier of a GaussDerResNet is a GD layer applied to maps, so the spatial selection
+# acts on its class maps, after the classifier, not on features before it as in a CNN:
+# - 'fast' is timm's fast spatial mean, numerically 'avg';
+# - '' (timm: no pooling) keeps the maps: the output is dense, ``(B, num_classes, H, W)``,
+#   pooled over the scale channels pixel by pixel;
+# - 'catavgmax' concatenates mean and max, which would turn num_classes class maps into
+#   2 * num_classes scores, so it is only allowed without classifier (``num_classes=0``), where
+#   it gives ``(B, 2 * num_features)`` pooled features as in timm.
+GLOBAL_POOLS = {
+    'center': 'center', 'avg': 'avg', 'fast': 'avg', 'max': 'max', 'avgmax': 'avgmax',
+    'catavgmax': 'catavgmax', '': '',
+}
+_SPATIAL_MODES = SPATIAL_POOLS + ('catavgmax', '')
 
 
 def spatial_select(maps: torch.Tensor, mode: str) -> torch.Tensor:
-    """Returns one value per feature map, ``(B, C, H, W) -> (B, C)`` (§3.4, eq. 38, 39).
+    """Returns one value per feature map, ``(..., C, H, W) -> (..., C)`` (§3.4, eq. 38, 39).
 
     ``'center'`` takes the central pixel, averaging the central two rows/columns along an axis
     of even length (the central 2x2 block of an even-sized image); ``'max'`` is spatial max
-    pooling.
+    pooling, ``'avg'`` the spatial mean and ``'avgmax'`` the mean of the two. ``'catavgmax'``
+    concatenates mean and max, ``(..., 2C)``; ``''`` selects nothing and returns ``maps``.
     """
     if mode == 'max':
         return maps.amax(dim=(-2, -1))
+    if mode == 'avg':
+        return maps.mean(dim=(-2, -1))
+    if mode == 'avgmax':
+        return 0.5 * (maps.mean(dim=(-2, -1)) + maps.amax(dim=(-2, -1)))
+    if mode == 'catavgmax':
+        return torch.cat([maps.mean(dim=(-2, -1)), maps.amax(dim=(-2, -1))], dim=-1)
     if mode == 'center':
         height, width = maps.shape[-2:]
         rows = slice((height - 1) // 2, height // 2 + 1)
         cols = slice((width - 1) // 2, width // 2 + 1)
         return maps[..., rows, cols].mean(dim=(-2, -1))
-    raise ValueError(f'spatial_pool must be one of {SPATIAL_POOLS}, got {mode!r}')
+    if mode == '':
+        return maps
+    raise ValueError(f'spatial_pool must be one of {_SPATIAL_MODES}, got {mode!r}')
+
+
+def resolve_global_pool(global_pool: str, num_classes: int) -> str:
+    """Returns the spatial selection of timm's ``global_pool`` name, checking it suits ``num_classes``."""
+    if not isinstance(global_pool, str) or global_pool not in GLOBAL_POOLS:
+        raise ValueError(f'global_pool must be one of {tuple(GLOBAL_POOLS)}, got {global_pool!r}')
+    mode = GLOBAL_POOLS[global_pool]
+    if mode == 'catavgmax' and num_classes:
+        raise ValueError(
+            f"global_pool='catavgmax' needs num_classes=0, got num_classes={num_classes!r}: the last GD layer "
+            "gives class maps, and concatenating their mean and max would give 2 * num_classes scores; "
+            "use 'avgmax' for the mean of the two")
+    return mode
 
 
 def pool_scales(scores: torch.Tensor, mode: str) -> torch.Tensor:
@@ -72,6 +119,18 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
+def _check_rate(name: str, value: float, upper_inclusive: bool = False) -> float:
+    """Returns ``value`` as a float after checking it is a probability in [0, 1) (or [0, 1])."""
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = math.nan
+    if isinstance(value, bool) or not (0.0 <= rate < 1.0 or (upper_inclusive and rate == 1.0)):
+        interval = '[0, 1]' if upper_inclusive else '[0, 1)'
+        raise ValueError(f'{name} must be a number in {interval}, got {value!r}')
+    return rate
+
+
 def _check_scales(initial_scales: float | Iterable[float]) -> tuple[float, ...]:
     if isinstance(initial_scales, (int, float)) and not isinstance(initial_scales, bool):
         initial_scales = (initial_scales,)
@@ -93,7 +152,9 @@ class GaussDerBlock(nn.Module):
     """Gaussian derivative residual block: ``GD -> BN -> ReLU -> GD -> BN``, skip, ReLU (eq. 32).
 
     Both GD layers work at the same ``sigma``. When the channel count changes, the skip is a
-    1x1 convolution followed by batch normalisation (§3.3).
+    1x1 convolution followed by batch normalisation (§3.3). ``drop_path`` is the stochastic-depth
+    rate: in training, the residual branch of a sample is dropped with this probability (and
+    rescaled otherwise) while the shortcut is kept, as in timm's ResNet.
     """
 
     def __init__(
@@ -104,11 +165,13 @@ class GaussDerBlock(nn.Module):
             jet_order: int = 2,
             zero_order: bool = False,
             eps: float = 0.01,
+            drop_path: float = 0.0,
             device=None,
             dtype=None,
     ):
         super().__init__()
         factory = dict(device=device, dtype=dtype)
+        drop_path = _check_rate('drop_path', drop_path)
         layer = DSGaussDerConv if separable else GaussDerConv
         # No bias in the GD layers: each is followed by batch normalisation, which has its own.
         gd = dict(jet_order=jet_order, zero_order=zero_order, eps=eps, bias=False, **factory)
@@ -123,12 +186,13 @@ class GaussDerBlock(nn.Module):
             )
         else:
             self.downsample = None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         x = F.relu(self.bn1(self.conv1(x, sigma)))
         x = self.bn2(self.conv2(x, sigma))
-        return F.relu(x + shortcut)
+        return F.relu(self.drop_path(x) + shortcut)
 
 
 class GaussDerResNet(nn.Module):
@@ -150,11 +214,21 @@ class GaussDerResNet(nn.Module):
             single-scale-channel network.
         scale_ratio: ``r``, the ratio of the scales of consecutive effective layers (eq. 29).
         eps: relative truncation error of the discrete Gaussian kernels.
-        spatial_pool: ``'center'`` (central pixel) or ``'max'`` (spatial max pooling).
+        spatial_pool: ``'center'`` (central pixel), ``'max'`` (spatial max pooling), ``'avg'``
+            (spatial mean) or ``'avgmax'`` (mean of the two).
         scale_pool: ``'max'``, ``'logsumexp'`` or ``'avg'`` pooling over scale channels.
         scale_dropout: dropout rate on the per-scale-channel scores before scale pooling.
         separable_from_block: first residual block (1-based) built from depthwise-separable GD
             layers, as in the DSGaussDerResNet; ``None`` for standard layers throughout.
+        drop_rate: timm's classifier dropout: channel dropout (whole maps) on the features
+            entering the last GD layer, the counterpart of dropping pooled features before a
+            linear classifier.
+        drop_path_rate: timm's stochastic depth: residual block ``b`` of ``N`` drops its residual
+            branch with rate ``drop_path_rate * (b - 1) / (N - 1)``, as in timm's ResNet.
+        drop_block_rate: accepted for timm's scripts; only ``None`` or 0 (no DropBlock).
+        global_pool: timm's pooling name, overriding ``spatial_pool``: see :data:`GLOBAL_POOLS`.
+        bn_momentum: momentum of every batch normalisation; ``None`` keeps PyTorch's 0.1.
+        bn_eps: epsilon of every batch normalisation; ``None`` keeps PyTorch's 1e-5.
     """
 
     def __init__(
@@ -171,6 +245,12 @@ class GaussDerResNet(nn.Module):
             scale_pool: str = 'max',
             scale_dropout: float = 0.0,
             separable_from_block: int | None = None,
+            drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            drop_block_rate: float | None = None,
+            global_pool: str | None = None,
+            bn_momentum: float | None = None,
+            bn_eps: float | None = None,
             device=None,
             dtype=None,
     ):
@@ -186,6 +266,24 @@ class GaussDerResNet(nn.Module):
                 f'separable_from_block must be None or in 1..{num_blocks + 1}, got {separable_from_block!r}')
         if not 0.0 <= scale_dropout < 1.0:
             raise ValueError(f'scale_dropout must lie in [0, 1), got {scale_dropout!r}')
+        drop_rate = _check_rate('drop_rate', drop_rate)
+        drop_path_rate = _check_rate('drop_path_rate', drop_path_rate)
+        if drop_block_rate not in (None, 0, 0.0) or isinstance(drop_block_rate, bool):
+            raise ValueError(
+                f'drop_block_rate must be None or 0, got {drop_block_rate!r}: a GaussDerResNet has no DropBlock '
+                '(use drop_rate, drop_path_rate or scale_dropout for regularisation)')
+        if bn_momentum is not None:
+            bn_momentum = _check_rate('bn_momentum', bn_momentum, upper_inclusive=True)
+        if bn_eps is not None:
+            try:
+                check_sigma(bn_eps)  # any finite positive number
+            except ValueError:
+                raise ValueError(f'bn_eps must be a finite number > 0, got {bn_eps!r}') from None
+            bn_eps = float(bn_eps)
+        if global_pool is not None:
+            spatial_pool = resolve_global_pool(global_pool, num_classes)
+        else:
+            _check_choice('spatial_pool', spatial_pool, SPATIAL_POOLS)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.channels = channels
@@ -194,27 +292,52 @@ class GaussDerResNet(nn.Module):
         self.initial_scales = _check_scales(initial_scales)
         self.scale_ratio = check_sigma(scale_ratio)  # any finite positive ratio
         self.eps = check_eps(eps)
-        self.spatial_pool = _check_choice('spatial_pool', spatial_pool, SPATIAL_POOLS)
+        self.spatial_pool = spatial_pool
         self.scale_pool = _check_choice('scale_pool', scale_pool, SCALE_POOLS)
         self.separable_from_block = separable_from_block
         self.grad_checkpointing = False
+        self.bn_momentum = bn_momentum
+        self.bn_eps = bn_eps
 
         factory = dict(device=device, dtype=dtype)
         gd = dict(jet_order=jet_order, eps=eps, **factory)
         self.stem_conv = GaussDerConv(in_chans, channels[0], zero_order=False, bias=False, **gd)
         self.stem_norm = nn.BatchNorm2d(channels[0], **factory)
+        # Stochastic depth grows linearly from 0 at the first block to drop_path_rate at the last.
+        block_drop_path = [drop_path_rate * (b - 1) / max(num_blocks - 1, 1) for b in range(1, num_blocks + 1)]
         self.blocks = nn.ModuleList([
             GaussDerBlock(
                 channels[b - 1], channels[b],
                 separable=separable_from_block is not None and b >= separable_from_block,
-                zero_order=zero_order, **gd)
+                zero_order=zero_order, drop_path=block_drop_path[b - 1], **gd)
             for b in range(1, num_blocks + 1)
         ])
+        # One feature per stage, all at the input resolution: no layer subsamples.
+        self.feature_info = [dict(num_chs=channels[0], reduction=1, module='stem_norm')] + [
+            dict(num_chs=channels[b], reduction=1, module=f'blocks.{b - 1}') for b in range(1, num_blocks + 1)]
         self.num_features = self.head_hidden_size = channels[-1]
+        # Dropout2d drops whole maps: since spatial selection commutes with zeroing a map, this is
+        # timm's dropout of pooled features before the classifier, moved in front of the GD layer.
+        self.head_drop = nn.Dropout2d(drop_rate) if drop_rate > 0 else nn.Identity()
         self.head_conv: GaussDerConv | None = None
         self.head_norm: nn.BatchNorm2d | None = None
         self.reset_classifier(num_classes)
         self.scale_dropout = nn.Dropout(scale_dropout)
+        self._set_bn_hyperparameters(self)
+
+    def _set_bn_hyperparameters(self, module: nn.Module) -> None:
+        """Applies ``bn_momentum`` and ``bn_eps`` to every batch normalisation inside ``module``."""
+        for norm in module.modules():
+            if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+                if self.bn_momentum is not None:
+                    norm.momentum = self.bn_momentum
+                if self.bn_eps is not None:
+                    norm.eps = self.bn_eps
+
+    @property
+    def global_pool(self) -> str:
+        """Returns the spatial selection under its timm name (``''`` for none); see :data:`GLOBAL_POOLS`."""
+        return self.spatial_pool
 
     @property
     def num_layers(self) -> int:
@@ -243,22 +366,41 @@ class GaussDerResNet(nn.Module):
         """Recomputes each residual block in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
 
-    def _features(self, x: torch.Tensor, sigma0: float) -> torch.Tensor:
-        """Returns the maps entering the last GD layer in the scale channel ``sigma0``, ``(B, C, H, W)``."""
+    def _stages(
+            self, x: torch.Tensor, sigma0: float, take: Sequence[int] = (), last: int | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Runs the scale channel ``sigma0`` through the first layer and the residual blocks.
+
+        Stage 0 is the first layer, stage ``b`` residual block ``b``. Returns the output of stage
+        ``last`` (default: the last block) and the outputs of the stages in ``take``, in order.
+        """
         self._check_input(x)
         sigma0 = check_sigma(sigma0)
+        last = len(self.blocks) if last is None else last
+        taken = []
         x = F.relu(self.stem_norm(self.stem_conv(x, self.layer_scale(1, sigma0))))
+        if 0 in take:
+            taken.append(x)
         for b, block in enumerate(self.blocks, start=1):
+            if b > last:
+                break
             sigma = self.layer_scale(2 * b, sigma0)
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, sigma, use_reentrant=False)
             else:
                 x = block(x, sigma)
-        return x
+            if b in take:
+                taken.append(x)
+        return x, taken
+
+    def _features(self, x: torch.Tensor, sigma0: float) -> torch.Tensor:
+        """Returns the maps entering the last GD layer in the scale channel ``sigma0``, ``(B, C, H, W)``."""
+        return self._stages(x, sigma0)[0]
 
     def _head(self, features: torch.Tensor, sigma0: float) -> torch.Tensor:
         if self.head_conv is None:  # classifier removed: the features are the output
             return features
+        features = self.head_drop(features)
         return self.head_norm(self.head_conv(features, self.layer_scale(self.num_layers, sigma0)))
 
     def forward_channel(self, x: torch.Tensor, sigma0: float) -> torch.Tensor:
@@ -268,6 +410,8 @@ class GaussDerResNet(nn.Module):
     def forward_scale_channels(self, x: torch.Tensor) -> torch.Tensor:
         """Returns the spatially selected class scores of every scale channel, ``(B, S, num_classes)``.
 
+        With ``global_pool=''`` nothing is selected and the class maps come back, ``(B, S, K, H, W)``.
+
         Taken after spatial selection and before scale-channel dropout and scale pooling. The
         scale channels run one after another, so inference holds one channel's maps at a time.
         """
@@ -276,7 +420,11 @@ class GaussDerResNet(nn.Module):
             dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Returns the class logits ``(B, num_classes)``, pooled over the scale channels (eq. 43)."""
+        """Returns the class logits ``(B, num_classes)``, pooled over the scale channels (eq. 43).
+
+        With ``global_pool=''``: dense class maps ``(B, num_classes, H, W)``, pooled over the scale
+        channels pixel by pixel.
+        """
         return self._pool(self.forward_scale_channels(x))
 
     def _pool(self, scores: torch.Tensor) -> torch.Tensor:
@@ -295,7 +443,8 @@ class GaussDerResNet(nn.Module):
         """Returns logits ``(B, num_classes)`` from :meth:`forward_features` output.
 
         With ``pre_logits=True`` (or no classifier) it returns the spatially selected features
-        pooled over scale channels, ``(B, num_features)``.
+        pooled over scale channels, ``(B, num_features)`` (``(B, 2 * num_features)`` for
+        ``'catavgmax'``, the maps ``(B, num_features, H, W)`` for ``''``).
         """
         if x.ndim != 5 or x.shape[1] != len(self.initial_scales):
             raise ValueError(
@@ -309,6 +458,90 @@ class GaussDerResNet(nn.Module):
             dim=1)
         return self._pool(scores)
 
+    def _take_indices(self, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
+        """Returns timm's absolute stage indices for ``indices``, after checking they exist."""
+        num_stages = len(self.blocks) + 1
+        allowed = f'None, an int in 1..{num_stages} (the last n stages) or indices in -{num_stages}..{num_stages - 1}'
+        def is_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if indices is None:
+            valid = True
+        elif is_int(indices):
+            valid = 1 <= indices <= num_stages
+        elif isinstance(indices, (list, tuple)):
+            valid = bool(indices) and all(is_int(i) and -num_stages <= i < num_stages for i in indices)
+        else:
+            valid = False
+        if not valid:
+            raise ValueError(f'stage indices must be {allowed}, got {indices!r}')
+        return feature_take_indices(num_stages, indices)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | Sequence[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Returns the feature maps of the stages ``indices`` (timm's backbone interface).
+
+        Stage 0 is the first layer, stage ``b`` residual block ``b``. The feature map of a stage
+        is pooled over the scale channels pixel by pixel with ``scale_pool``, ``(B, C, H, W)`` at the
+        input resolution, which keeps the scale covariance of the maps of one scale channel while
+        making their values (approximately) scale invariant; see docs/features.md.
+
+        Args:
+            x: input images ``(B, in_chans, H, W)``.
+            indices: the last ``n`` stages for an int, the stages listed (negative from the end)
+                for a sequence, all for ``None``. The maps come back in network order.
+            norm: accepted for timm; the network has no separate final norm, so it changes nothing.
+            stop_early: stop after the last requested stage (always done with ``intermediates_only``).
+            output_fmt: only ``'NCHW'``.
+            intermediates_only: return only the list of maps.
+
+        Returns:
+            The list of maps, or ``(features, maps)`` where ``features`` is the output of
+            :meth:`forward_features` (per scale channel, ``(B, S, C, H, W)``) for the stages run.
+        """
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt must be 'NCHW' (the maps are channel-first), got {output_fmt!r}")
+        take, max_index = self._take_indices(indices)
+        last = max_index if (stop_early or intermediates_only) else len(self.blocks)
+        finals, per_channel = [], []
+        for sigma0 in self.initial_scales:
+            final, taken = self._stages(x, sigma0, take, last)
+            finals.append(final)
+            per_channel.append(taken)
+        intermediates = [
+            pool_scales(torch.stack([taken[i] for taken in per_channel], dim=1), self.scale_pool)
+            for i in range(len(per_channel[0]))]
+        if intermediates_only:
+            return intermediates
+        return torch.stack(finals, dim=1), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: int | Sequence[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        """Removes the residual blocks after the last stage in ``indices`` and the classifier.
+
+        Used by timm's ``features_only`` wrapper. Returns the absolute stage indices kept.
+        """
+        take, max_index = self._take_indices(indices)
+        pruned = max_index < len(self.blocks)
+        self.blocks = self.blocks[:max_index]
+        self.channels = self.channels[:max_index + 1]
+        self.feature_info = self.feature_info[:max_index + 1]
+        self.num_features = self.head_hidden_size = self.channels[-1]
+        if prune_head or pruned:  # the classifier was sized for the last block
+            self.reset_classifier(0)
+        return take
+
     def get_classifier(self) -> nn.Module:
         """Returns the classifier: the last GD layer (an identity after ``reset_classifier(0)``)."""
         return self.head_conv if self.head_conv is not None else nn.Identity()
@@ -317,12 +550,15 @@ class GaussDerResNet(nn.Module):
         """Replaces the last GD layer and its BN by freshly initialised ones with ``num_classes`` outputs.
 
         ``num_classes=0`` removes the classifier: the network then returns pooled features.
-        ``global_pool`` (timm's name) sets the spatial selection, ``'center'`` or ``'max'``.
+        ``global_pool`` (timm's name, or ``'center'``) sets the spatial selection: see
+        :data:`GLOBAL_POOLS`.
         """
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f'num_classes must be an integer >= 0, got {num_classes!r}')
         if global_pool is not None:
-            self.spatial_pool = _check_choice('global_pool', global_pool, SPATIAL_POOLS)
+            self.spatial_pool = resolve_global_pool(global_pool, num_classes)
+        elif self.spatial_pool == 'catavgmax' and num_classes:
+            resolve_global_pool('catavgmax', num_classes)  # raises: the current pooling needs no classifier
         self.num_classes = num_classes
         factory = dict(device=self.stem_norm.weight.device, dtype=self.stem_norm.weight.dtype)
         if num_classes:
@@ -330,13 +566,15 @@ class GaussDerResNet(nn.Module):
                 self.num_features, num_classes, jet_order=self.jet_order, zero_order=self.zero_order,
                 eps=self.eps, bias=False, **factory)
             self.head_norm = nn.BatchNorm2d(num_classes, **factory)
+            self._set_bn_hyperparameters(self.head_norm)
         else:
             self.head_conv = None
             self.head_norm = None
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """Returns regexes grouping parameters into stem and blocks (timm's layer-wise lr decay)."""
-        return dict(stem=r'^stem_', blocks=r'^blocks\.(\d+)' if coarse else [(r'^blocks\.(\d+)', None), (r'^head_', (99999,))])
+        blocks = r'^blocks\.(\d+)' if coarse else [(r'^blocks\.(\d+)', None), (r'^head_', (99999,))]
+        return dict(stem=r'^stem_', blocks=blocks)
 
     def with_initial_scales(self, initial_scales: float | Sequence[float]) -> 'GaussDerResNet':
         """Returns a copy of this network with the same weights on another grid of scale channels."""
