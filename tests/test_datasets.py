@@ -123,6 +123,52 @@ def test_push_dataset_folder_uploads_the_export(fashion, tmp_path, recording_api
     assert upload['delete_patterns'] == ['data/*.parquet']  # shards of an earlier upload do not survive
 
 
+@needs_fashion
+def test_reexport_replaces_the_earlier_export_whole(fashion, tmp_path):
+    folder = export_dataset(fashion, tmp_path / 'out', max_shard_size=1_000)  # several shards per split
+    assert len(list((folder / 'data').glob('train-*.parquet'))) > 1
+    (folder / '.gitattributes').write_text('*.parquet filter=lfs\n')  # not the export's: kept
+    export_dataset(fashion, folder)
+    assert sorted(p.name for p in (folder / 'data').iterdir()) == sorted(
+        f'{split}-00000-of-00001.parquet' for split in SPLITS)
+    assert (folder / '.gitattributes').read_text() == '*.parquet filter=lfs\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out']  # no temporary folder left
+    reloaded = load_dataset(str(folder))  # stale shards would fail datasets' split-size check
+    assert {split: len(ds) for split, ds in reloaded.items()} == {split: LIMIT for split in SPLITS}
+
+
+@needs_fashion
+def test_export_refuses_a_foreign_folder_and_a_failed_export_changes_nothing(fashion, tmp_path, monkeypatch):
+    from gaussder_hf.data import export as export_module
+
+    foreign = tmp_path / 'notes'
+    foreign.mkdir()
+    (foreign / 'notes.txt').write_text('mine')
+    with pytest.raises(ValueError, match=r'export folder .*notes is not empty \(notes.txt\) and holds no earlier '
+                                         r'export'):
+        export_dataset(fashion, foreign)
+    assert [p.name for p in foreign.iterdir()] == ['notes.txt']
+
+    folder = export_dataset(fashion, tmp_path / 'out')
+    (folder / 'data' / 'keep.csv').write_text('mine')
+    with pytest.raises(ValueError, match=r'data holds files an export does not write \(keep.csv\)'):
+        export_dataset(fashion, folder)
+    (folder / 'data' / 'keep.csv').unlink()
+
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob('*') if p.is_file()}
+
+    def fails(dataset, target, builder, max_shard_size):
+        (target / 'data').mkdir()
+        (target / 'data' / 'train-00000-of-00002.parquet').write_bytes(b'half')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(export_module, '_write_export', fails)
+    with pytest.raises(OSError, match='disk full'):
+        export_dataset(fashion, folder)
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob('*') if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['notes', 'out']
+
+
 def test_missing_data_dir_lists_the_expected_files(tmp_path):
     with pytest.raises(FileNotFoundError, match='t10k-images-idx3-ubyte.gz'):
         load_dataset('rescaled_fashion_mnist', data_dir=str(tmp_path / 'nowhere'), cache_dir=str(tmp_path / 'c'))

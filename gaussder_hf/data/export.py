@@ -126,7 +126,7 @@ def _write_export(dataset: datasets.DatasetDict, folder: Path, builder, max_shar
     (folder / 'data').mkdir(parents=True, exist_ok=True)
     configs, rows = [], []
     for split, ds in tqdm(dataset.items(), desc='export', unit='split'):
-        shards = max(1, math.ceil(ds.data.nbytes / max_shard_size))
+        shards = max(1, min(len(ds), math.ceil(ds.data.nbytes / max_shard_size)))  # no shard without a row
         for index in range(shards):
             path = folder / 'data' / f'{split}-{index:05d}-of-{shards:05d}.parquet'
             ds.shard(shards, index, contiguous=True).to_parquet(str(path))
