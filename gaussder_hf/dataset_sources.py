@@ -28,7 +28,8 @@ larger. Archives are extracted (only the members that are needed, regular files 
 absolute paths, ``..`` components, links and duplicates) into a cache folder: ``cache_dir`` if
 given (the ``datasets`` builders pass a folder inside the ``cache_dir`` given to them), else
 ``$GAUSSDER_HF_CACHE/extracted`` (default ``~/.cache/gaussder_hf/extracted``). An extraction is
-keyed by the archive's path, size and modification time and becomes visible atomically.
+keyed by the archive's path, device, inode, size, modification and change times and becomes
+visible atomically.
 """
 from __future__ import annotations
 
@@ -101,8 +102,9 @@ FASHION_MNIST_IDX_MD5 = {  # md5 of the decompressed file, keyed by the .gz name
 }
 
 # md5 of the content of every file a reader uses: the decompressed IDX file for Fashion-MNIST,
-# the files inside the official archives (as published with the archives) for CIFAR-10 and
-# STL-10. STL-10's class_names.txt has no entry: read_stl10 compares it word by word.
+# the files inside the official archives for CIFAR-10 and STL-10 (the md5s torchvision's CIFAR10
+# and STL10 datasets check, too). STL-10's class_names.txt has none: read_stl10 compares it word
+# by word.
 OFFICIAL_MD5: dict[str, dict[str, str]] = {
     'fashion_mnist': FASHION_MNIST_IDX_MD5,
     'cifar10': {
@@ -342,8 +344,7 @@ def _extract(dataset: str, archive: pathlib.Path, cache_dir) -> pathlib.Path:
     """Extracts the needed members of ``archive`` (once) and returns the extracted folder."""
     _, folder, split_files = _ARCHIVES[dataset]
     wanted = _all_members(split_files)
-    stat = archive.stat()
-    key = hashlib.sha256(f'{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}'.encode()).hexdigest()[:16]
+    key = hashlib.sha256(f'{archive.resolve()}:{_stat_key(archive)}'.encode()).hexdigest()[:16]
     root = pathlib.Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     final = root / f'{folder}-{key}'
     if all((final / folder / name).is_file() for name in wanted):
@@ -443,9 +444,10 @@ def check_files(dataset: str, data_dir, *, cache_dir=None) -> dict[str, pathlib.
     (``data_dir/cifar-10-batches-py/`` or ``data_dir/stl10_binary/``, or ``data_dir`` itself being
     that folder) or else the official archive in ``data_dir``, which is then extracted into
     ``cache_dir`` (see the module docstring); the returned dict then also holds the archive under
-    its name, so that callers can :func:`verify_md5` it against :data:`SOURCES`. Raises
+    its name, so that callers can :func:`verify_md5` it against :data:`SOURCES`; pass the dict to
+    :func:`verify_files` to check every file's content against :data:`OFFICIAL_MD5`. Raises
     ``FileNotFoundError`` listing every expected file, where it was looked for and what is missing;
-    ``ValueError`` for a corrupt or unsafe archive.
+    ``ValueError`` for a corrupt, unsafe or oversized archive.
     """
     return _locate(dataset, data_dir, None, cache_dir)
 
@@ -564,12 +566,13 @@ class _RefusedPickle(pickle.UnpicklingError):
 
 
 class _PickledNdarray:
-    """What the pickle's ``numpy.ndarray`` resolves to: only a marker for ``_reconstruct``, not callable to make arrays."""
+    """What the pickle's ``numpy.ndarray`` resolves to: a marker for ``_reconstruct``; calling it is refused."""
 
     def __call__(self, *args, **kwargs):
         raise _RefusedPickle(
-            f'refusing numpy.ndarray{args!r}: it would make an array of uninitialised memory; a CIFAR-10 array must '
-            f'be rebuilt from bytes in the file (numpy.core.multiarray._reconstruct(ndarray, (0,), b"b") and its state)')
+            f'refusing numpy.ndarray{args!r}: it would make an array of uninitialised memory; a CIFAR-10 array '
+            f'must be rebuilt from bytes in the file (numpy.core.multiarray._reconstruct(ndarray, (0,), b"b") and '
+            f'its state)')
 
 
 _NDARRAY = _PickledNdarray()
@@ -649,19 +652,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return {'_reconstruct': self._reconstruct, 'ndarray': _NDARRAY, 'dtype': _PickledDtype}[name]
 
 
-def _resolve_arrays(obj, depth: int = 0):
-    """Replaces the checked placeholders in the unpickled containers by their arrays."""
-    if isinstance(obj, _PickledArray):
-        if obj.array is None:
-            raise _RefusedPickle('refusing a numpy array without its data (no state after _reconstruct)')
-        return obj.array
-    if isinstance(obj, _PickledDtype):
-        return obj.resolve()
-    if depth < 8 and isinstance(obj, dict):
-        return {k: _resolve_arrays(v, depth + 1) for k, v in obj.items()}
-    if depth < 8 and isinstance(obj, (list, tuple)):
-        return type(obj)(_resolve_arrays(v, depth + 1) for v in obj)
-    return obj
+def _resolve_arrays(obj):
+    """Replaces the checked placeholders among the values of the unpickled dict by their arrays.
+
+    Only the top level: a CIFAR-10 batch keeps its arrays there, and a walk through nested,
+    possibly shared containers could be made to take exponential time. A placeholder left deeper
+    is an inert object that the batch checks refuse.
+    """
+    def resolve(value):
+        if isinstance(value, _PickledArray):
+            if value.array is None:
+                raise _RefusedPickle('refusing a numpy array without its data (no state after _reconstruct)')
+            return value.array
+        return value.resolve() if isinstance(value, _PickledDtype) else value
+
+    return {k: resolve(v) for k, v in obj.items()} if isinstance(obj, dict) else resolve(obj)
 
 
 def _load_pickle(path: pathlib.Path) -> dict:

@@ -125,7 +125,7 @@ def test_push_dataset_folder_uploads_the_export(fashion, tmp_path, recording_api
 
 @needs_fashion
 def test_reexport_replaces_the_earlier_export_whole(fashion, tmp_path):
-    folder = export_dataset(fashion, tmp_path / 'out', max_shard_size=1_000)  # several shards per split
+    folder = export_dataset(fashion, tmp_path / 'out', max_shard_size=20_000)  # several shards per split
     assert len(list((folder / 'data').glob('train-*.parquet'))) > 1
     (folder / '.gitattributes').write_text('*.parquet filter=lfs\n')  # not the export's: kept
     export_dataset(fashion, folder)

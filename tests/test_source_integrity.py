@@ -282,7 +282,8 @@ def test_an_idx_header_claiming_more_than_the_file_holds(tmp_path):
         with pytest.raises(ValueError, match=r'claim.gz: truncated IDX data: 784 of 1000000000 bytes'):
             ds.read_idx(claim)  # no bound given: the read stops at what the stream holds
         with pytest.raises(ValueError, match=r'claim.idx: truncated IDX data: the header claims shape '
-                                             r'\(100000, 100, 100\), 1,000,000,016 bytes in all, but the file holds 800'):
+                                             r'\(100000, 100, 100\), 1,000,000,016 bytes in all, but the file '
+                                             r'holds 800'):
             ds.read_idx(raw)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
