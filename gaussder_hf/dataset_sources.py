@@ -340,6 +340,58 @@ def _safe_member_name(archive: pathlib.Path, member: tarfile.TarInfo) -> str:
     return '/'.join(parts)
 
 
+class _BoundedStream(io.RawIOBase):
+    """Read-only view of a (decompressing) stream that refuses to deliver more than ``limit`` bytes."""
+
+    def __init__(self, f, limit: int | None, what: str):
+        super().__init__()
+        self._f, self._left, self._limit, self._what = f, limit, limit, what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        want = len(buffer) if self._left is None else min(len(buffer), self._left + 1)
+        data = self._f.read(want)
+        if self._left is not None:
+            if len(data) > self._left:
+                raise ValueError(f'{self._what}: decompresses to more than the {self._limit:,} bytes allowed '
+                                 f'({SIZE_MARGIN}x the official archive): not the official archive')
+            self._left -= len(data)
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def _extract_members(dataset: str, archive: pathlib.Path, tar: tarfile.TarFile, target: pathlib.Path,
+                     archive_limit: int | None) -> set[str]:
+    """Writes the needed members of the open ``tar`` into ``target``; every bound is checked from the headers."""
+    _, folder, split_files = _ARCHIVES[dataset]
+    wanted, found = _all_members(split_files), set()
+    for count, member in enumerate(tar, 1):
+        if count > _MAX_ARCHIVE_MEMBERS:
+            raise ValueError(f'{archive}: more than {_MAX_ARCHIVE_MEMBERS} archive members (the official archive '
+                             f'holds about ten): not the official archive')
+        name = _safe_member_name(archive, member)
+        end = member.offset_data + member.size
+        if archive_limit is not None and end > archive_limit:  # before it is skipped over or read
+            raise ValueError(
+                f'{archive}: archive member {member.name!r} ends {end:,} bytes into the uncompressed archive, past '
+                f'the {archive_limit:,} allowed ({SIZE_MARGIN}x the official {OFFICIAL_SIZE[dataset][archive.name]:,}'
+                f'): not the official archive')
+        top, _, rest = name.partition('/')
+        if top != folder or rest not in wanted or not member.isfile():
+            continue
+        if rest in found:
+            raise ValueError(f'{archive}: archive member {member.name!r} appears twice (the official archive holds '
+                             f'each file once)')
+        if rest in OFFICIAL_SIZE[dataset] and member.size > _max_bytes(dataset, rest):
+            raise _too_large(f'{archive}, archive member {member.name!r}', member.size, dataset, rest)
+        with open(target / rest, 'wb') as out:
+            shutil.copyfileobj(tar.extractfile(member), out, 1 << 20)
+        found.add(rest)
+    return found
+
+
 def _extract(dataset: str, archive: pathlib.Path, cache_dir) -> pathlib.Path:
     """Extracts the needed members of ``archive`` (once) and returns the extracted folder."""
     _, folder, split_files = _ARCHIVES[dataset]
@@ -354,34 +406,16 @@ def _extract(dataset: str, archive: pathlib.Path, cache_dir) -> pathlib.Path:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{folder}-', dir=root))
     try:
         (tmp / folder).mkdir()
-        found = set()
         try:
-            with tarfile.open(archive, 'r:*') as tar:
-                # Every bound is checked from the tar headers, before the member is decompressed,
-                # skipped over or written.
-                for count, member in enumerate(tar, 1):
-                    if count > _MAX_ARCHIVE_MEMBERS:
-                        raise ValueError(f'{archive}: more than {_MAX_ARCHIVE_MEMBERS} archive members (the official '
-                                         f'archive holds about ten): not the official archive')
-                    name = _safe_member_name(archive, member)
-                    end = member.offset_data + member.size
-                    if archive_limit is not None and end > archive_limit:
-                        raise ValueError(
-                            f'{archive}: archive member {member.name!r} ends {end:,} bytes into the uncompressed '
-                            f'archive, past the {archive_limit:,} allowed ({SIZE_MARGIN}x the official '
-                            f'{OFFICIAL_SIZE[dataset][archive.name]:,}): not the official archive')
-                    top, _, rest = name.partition('/')
-                    if top != folder or rest not in wanted or not member.isfile():
-                        continue
-                    if rest in found:
-                        raise ValueError(f'{archive}: archive member {member.name!r} appears twice (the official '
-                                         f'archive holds each file once)')
-                    if rest in OFFICIAL_SIZE[dataset] and member.size > _max_bytes(dataset, rest):
-                        raise _too_large(f'{archive}, archive member {member.name!r}', member.size, dataset, rest)
-                    source = tar.extractfile(member)
-                    with open(tmp / folder / rest, 'wb') as out:
-                        shutil.copyfileobj(source, out, 1 << 20)
-                    found.add(rest)
+            # Read as a stream through a bound on the decompressed bytes: tarfile then never
+            # allocates more than is present (it would for a long-name header's claimed size) and
+            # never decompresses more than the bound.
+            with open(archive, 'rb') as raw:
+                gz = raw.read(2) == b'\x1f\x8b'
+                raw.seek(0)
+                stream = _BoundedStream(gzip.GzipFile(fileobj=raw) if gz else raw, archive_limit, str(archive))
+                with tarfile.open(fileobj=stream, mode='r|') as tar:
+                    found = _extract_members(dataset, archive, tar, tmp / folder, archive_limit)
         except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise ValueError(f'{archive}: truncated or corrupt archive ({type(exc).__name__}: {exc})') from exc
         missing = [f'{folder}/{name}' for name in wanted if name not in found]
