@@ -261,11 +261,16 @@ def _read_record(record: pathlib.Path | None) -> dict:
 
 
 def _write_record(record: pathlib.Path, known: dict) -> None:
-    record.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{record.name}-', dir=record.parent)
-    with os.fdopen(fd, 'w') as f:
-        json.dump(known, f)
-    os.replace(tmp, record)  # atomic: readers see the old or the new record, never half of one
+    tmp = None
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f'.{record.name}-', dir=record.parent)
+        with os.fdopen(fd, 'w') as f:
+            json.dump(known, f)
+        os.replace(tmp, record)  # atomic: readers see the old or the new record, never half of one
+    except OSError:  # e.g. a read-only or full cache: the files are hashed again next time, nothing else changes
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def verify_files(dataset: str, files: dict, *, record=None) -> dict[str, str]:
