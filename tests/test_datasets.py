@@ -168,6 +168,23 @@ def test_export_refuses_a_foreign_folder_and_a_failed_export_changes_nothing(fas
     assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob('*') if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ['notes', 'out']
 
+    # A failure while swapping (here: the card cannot be moved in) puts the earlier export back.
+    monkeypatch.undo()
+    rename, failed = os.rename, []
+
+    def card_fails(source, target):  # the new card cannot be moved in, once
+        if str(target) == str(folder / 'README.md') and not failed:
+            failed.append(source)
+            raise OSError('read-only')
+        rename(source, target)
+
+    monkeypatch.setattr(export_module.os, 'rename', card_fails)
+    with pytest.raises(OSError, match='read-only'):
+        export_dataset(fashion, folder)
+    monkeypatch.undo()
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob('*') if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['notes', 'out']
+
 
 def test_missing_data_dir_lists_the_expected_files(tmp_path):
     with pytest.raises(FileNotFoundError, match='t10k-images-idx3-ubyte.gz'):

@@ -113,13 +113,31 @@ def export_dataset(
                 folder.rmdir()  # empty
             os.rename(tmp, folder)
         else:
-            if (folder / 'data').exists():
-                os.rename(folder / 'data', tmp / '.replaced-data')  # removed with tmp below
-            os.rename(tmp / 'data', folder / 'data')
-            os.replace(tmp / 'README.md', folder / 'README.md')
+            _swap_in(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    """Moves the export's entries from ``new`` into ``folder``, the earlier ones aside into ``new``; all or nothing."""
+    previous = new / '.previous'
+    previous.mkdir()
+    moved, placed = [], []
+    try:
+        for name in ('data', 'README.md'):
+            if (folder / name).exists():
+                os.rename(folder / name, previous / name)
+                moved.append(name)
+        for name in ('data', 'README.md'):
+            os.rename(new / name, folder / name)
+            placed.append(name)
+    except BaseException:  # put the earlier export back as it was
+        for name in placed:
+            os.rename(folder / name, new / name)
+        for name in moved:
+            os.rename(previous / name, folder / name)
+        raise
 
 
 def _write_export(dataset: datasets.DatasetDict, folder: Path, builder, max_shard_size: int) -> None:
