@@ -15,7 +15,8 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument('name', choices=sorted(BUILDERS), help='dataset to build')
     parser.add_argument('--data-dir', help='folder with the original files (default: download them)')
-    parser.add_argument('--cache-dir', help='datasets cache folder (default: the HF datasets cache)')
+    parser.add_argument('--cache-dir', help='datasets cache folder, also for extracted archives and the record of '
+                        'checked md5s (default: the HF datasets cache)')
     parser.add_argument('--max-examples', type=int, help='use only the first N originals of every split')
     parser.add_argument('--num-proc', type=int, help='processes for building')
 
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_dataset_arguments(build)
     export = actions.add_parser('export', help='build, then write parquet shards and a dataset card')
     _add_dataset_arguments(export)
-    export.add_argument('--output', required=True, help='folder to write')
+    export.add_argument('--output', required=True,
+                        help='folder to write: new, empty, or an earlier export (replaced whole)')
     export.add_argument('--push-to-hub', metavar='REPO_ID', help='also upload the folder to this dataset repo')
     args = parser.parse_args(argv)
 

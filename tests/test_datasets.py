@@ -120,6 +120,70 @@ def test_push_dataset_folder_uploads_the_export(fashion, tmp_path, recording_api
     assert repo == repo2 == 'someone/rescaled_fashion_mnist'
     assert create['repo_type'] == upload['repo_type'] == 'dataset'
     assert upload['folder_path'] == folder and 'data/*.parquet' in upload['allow_patterns']
+    assert upload['delete_patterns'] == ['data/*.parquet']  # shards of an earlier upload do not survive
+
+
+@needs_fashion
+def test_reexport_replaces_the_earlier_export_whole(fashion, tmp_path):
+    folder = export_dataset(fashion, tmp_path / 'out', max_shard_size=20_000)  # several shards per split
+    assert len(list((folder / 'data').glob('train-*.parquet'))) > 1
+    (folder / '.gitattributes').write_text('*.parquet filter=lfs\n')  # not the export's: kept
+    export_dataset(fashion, folder)
+    assert sorted(p.name for p in (folder / 'data').iterdir()) == sorted(
+        f'{split}-00000-of-00001.parquet' for split in SPLITS)
+    assert (folder / '.gitattributes').read_text() == '*.parquet filter=lfs\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out']  # no temporary folder left
+    reloaded = load_dataset(str(folder))  # stale shards would fail datasets' split-size check
+    assert {split: len(ds) for split, ds in reloaded.items()} == {split: LIMIT for split in SPLITS}
+
+
+@needs_fashion
+def test_export_refuses_a_foreign_folder_and_a_failed_export_changes_nothing(fashion, tmp_path, monkeypatch):
+    from gaussder_hf.data import export as export_module
+
+    foreign = tmp_path / 'notes'
+    foreign.mkdir()
+    (foreign / 'notes.txt').write_text('mine')
+    with pytest.raises(ValueError, match=r'export folder .*notes is not empty \(notes.txt\) and holds no earlier '
+                                         r'export'):
+        export_dataset(fashion, foreign)
+    assert [p.name for p in foreign.iterdir()] == ['notes.txt']
+
+    folder = export_dataset(fashion, tmp_path / 'out')
+    (folder / 'data' / 'keep.csv').write_text('mine')
+    with pytest.raises(ValueError, match=r'data holds files an export does not write \(keep.csv\)'):
+        export_dataset(fashion, folder)
+    (folder / 'data' / 'keep.csv').unlink()
+
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob('*') if p.is_file()}
+
+    def fails(dataset, target, builder, max_shard_size):
+        (target / 'data').mkdir()
+        (target / 'data' / 'train-00000-of-00002.parquet').write_bytes(b'half')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(export_module, '_write_export', fails)
+    with pytest.raises(OSError, match='disk full'):
+        export_dataset(fashion, folder)
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob('*') if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['notes', 'out']
+
+    # A failure while swapping (here: the card cannot be moved in) puts the earlier export back.
+    monkeypatch.undo()
+    rename, failed = os.rename, []
+
+    def card_fails(source, target):  # the new card cannot be moved in, once
+        if str(target) == str(folder / 'README.md') and not failed:
+            failed.append(source)
+            raise OSError('read-only')
+        rename(source, target)
+
+    monkeypatch.setattr(export_module.os, 'rename', card_fails)
+    with pytest.raises(OSError, match='read-only'):
+        export_dataset(fashion, folder)
+    monkeypatch.undo()
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob('*') if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['notes', 'out']
 
 
 def test_missing_data_dir_lists_the_expected_files(tmp_path):
@@ -152,12 +216,20 @@ def test_stl10_split_is_deterministic_and_respects_kept_ids():
 
 
 # CIFAR-10 and STL-10 cannot be downloaded here: build them from small files in the exact
-# official layouts, written by the readers' tests.
+# official layouts, written by the readers' tests, whose md5s then stand in for the official ones.
 from test_dataset_sources import _pattern, _tar_gz, _write_cifar, _write_stl  # noqa: E402
 
 
-def test_cifar10_from_the_official_archive(tmp_path):
+def accept_as_official(monkeypatch, dataset: str, folder) -> None:
+    """Makes the builders' md5 check accept the files in ``folder`` as the official files of ``dataset``."""
+    from gaussder_hf import dataset_sources
+    md5s = {name: dataset_sources.content_md5(folder / name) for name in dataset_sources.OFFICIAL_MD5[dataset]}
+    monkeypatch.setitem(dataset_sources.OFFICIAL_MD5, dataset, md5s)
+
+
+def test_cifar10_from_the_official_archive(tmp_path, monkeypatch):
     folder = _write_cifar(tmp_path / 'src')
+    accept_as_official(monkeypatch, 'cifar10', folder)
     archive_dir = tmp_path / 'archive'
     archive_dir.mkdir()
     _tar_gz(archive_dir / 'cifar-10-python.tar.gz', folder)
@@ -178,8 +250,8 @@ def test_cifar10_from_the_official_archive(tmp_path):
     assert ds['test'][0]['label'] == (3 * 10) % 10
 
 
-def test_stl10_from_the_official_binaries_with_kept_ids(tmp_path):
-    _write_stl(tmp_path, n_train=3, n_test=4)
+def test_stl10_from_the_official_binaries_with_kept_ids(tmp_path, monkeypatch):
+    accept_as_official(monkeypatch, 'stl10', _write_stl(tmp_path, n_train=3, n_test=4))
     ds = load_dataset('rescaled_stl10', data_dir=str(tmp_path), cache_dir=str(tmp_path / 'cache'))
     # 3 train-origin ids 0..2 and 4 test-origin ids 3..6, shared 36:10 by test and validation.
     assert (len(ds['train']), len(ds['validation']), len(ds['test']), len(ds['test_s2p000'])) == (3, 1, 3, 3)
@@ -194,8 +266,13 @@ def test_stl10_from_the_official_binaries_with_kept_ids(tmp_path):
     assert np.array_equal(np.asarray(kept['train'][1]['image']), _pattern(2, 96))  # id 1 was dropped
 
 
-def test_corrupt_sources_fail_loudly(tmp_path):
-    _write_stl(tmp_path, overrides={'test_X.bin': b'\x00' * 1000})
+def test_corrupt_sources_fail_loudly(tmp_path, monkeypatch):
+    folder = _write_stl(tmp_path)
+    accept_as_official(monkeypatch, 'stl10', folder)
+    (folder / 'test_X.bin').write_bytes(b'\x00' * 1000)
+    with pytest.raises(ValueError, match='test_X.bin: md5 .* but the official test_X.bin has md5'):
+        load_dataset('rescaled_stl10', data_dir=str(tmp_path), cache_dir=str(tmp_path / 'cache'))
+    accept_as_official(monkeypatch, 'stl10', folder)  # past the md5 check, the reader's own check
     with pytest.raises(ValueError, match='test_X.bin: 1000 bytes is not a multiple'):
         load_dataset('rescaled_stl10', data_dir=str(tmp_path), cache_dir=str(tmp_path / 'cache'))
 

@@ -6,6 +6,8 @@ Training and validation data at size factor 1; the test set once per size factor
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from ..dataset_sources import CLASS_NAMES, SOURCES, check_files, verify_md5
+from ..dataset_sources import CLASS_NAMES, SOURCES, check_files, verify_files, verify_md5
 from ..rescaling import SIZE_FACTORS, rescale_batch, size_factor_name
 
 __all__ = ['RescaledConfig', 'RescaledImageBuilder', 'split_names']
@@ -76,8 +78,33 @@ class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = 'default'
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        # Before datasets looks for a cached build: find and md5-check the original files, and key
+        # the cache by their content (datasets keys it by the code hash and the options, data_dir
+        # being a path), so that a changed file can never return the build of the old one.
+        kwargs = dict(inspect.signature(datasets.DatasetBuilder.__init__).bind_partial(None, *args, **kwargs).arguments)
+        kwargs.pop('self')
+        kwargs.update(kwargs.pop('config_kwargs', {}))
+        cache_root = os.path.expanduser(str(kwargs.get('cache_dir') or datasets.config.HF_DATASETS_CACHE))
+        self._extract_dir = Path(cache_root) / 'gaussder_hf' / 'extracted'
+        self._source_dir = None
+        if kwargs.get('data_dir'):
+            self._source_dir, md5s = self._verified_sources(Path(kwargs['data_dir']).expanduser())
+            content = hashlib.sha256(repr(sorted(md5s.items())).encode()).hexdigest()[:16]
+            kwargs['hash'] = f'{kwargs["hash"]}-{content}' if kwargs.get('hash') else content
+        super().__init__(**kwargs)
         self.config.validate()
+
+    def _verified_sources(self, data_dir: Path) -> tuple[Path, dict[str, str]]:
+        """Returns the folder the readers should read and the content md5s of the original files in ``data_dir``.
+
+        An archive is extracted into ``<cache_dir>/gaussder_hf/extracted``, and the extracted
+        folder is returned. Every file must match its official md5 (dataset_sources.verify_files);
+        the md5s are remembered in ``<cache_dir>/gaussder_hf/verified.json`` by each file's stat.
+        """
+        files = check_files(self.SOURCE, data_dir, cache_dir=self._extract_dir)  # lists what is expected where
+        md5s = verify_files(self.SOURCE, files, record=self._extract_dir.parent / 'verified.json')
+        folders = {path.parent for name, path in files.items() if name in md5s}
+        return (folders.pop() if len(folders) == 1 else data_dir), md5s
 
     def _info(self) -> datasets.DatasetInfo:
         return datasets.DatasetInfo(
@@ -135,9 +162,9 @@ class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
 
     def _local_files(self, dl_manager: datasets.DownloadManager) -> Path:
         if self.config.data_dir:
-            data_dir = Path(self.config.data_dir).expanduser()
-            check_files(self.SOURCE, data_dir)  # a clear error listing what is expected where
-            return data_dir
+            if self._source_dir is None:  # data_dir set on the config after construction
+                self._source_dir, _ = self._verified_sources(Path(self.config.data_dir).expanduser())
+            return self._source_dir
         # Download the official files, check their md5 and give them their official names.
         files = SOURCES[self.SOURCE]
         downloaded = dl_manager.download({f.name: f.url for f in files})
@@ -150,8 +177,9 @@ class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
             if target.is_symlink() or target.exists():  # our own link from an earlier download
                 target.unlink()
             os.symlink(downloaded[f.name], target)
-        check_files(self.SOURCE, data_dir)
-        return data_dir
+        files = check_files(self.SOURCE, data_dir, cache_dir=self._extract_dir)
+        folders = {path.parent for name, path in files.items() if path.parent != data_dir}
+        return folders.pop() if len(folders) == 1 else data_dir
 
     def _limited(self, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.config.max_examples is not None:
