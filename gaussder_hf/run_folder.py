@@ -149,7 +149,10 @@ def remove_partials(folder: Path) -> None:
     """Deletes the temporary ``.partial-*`` entries a killed run of this folder left behind."""
     for path in folder.glob(f'{PARTIAL_PREFIX}*'):
         if path.name.startswith((f'{PARTIAL_PREFIX}lock-', f'{PARTIAL_PREFIX}stale-lock-')):
-            continue  # another process taking the lock right now
+            # Lock files on their way in or out: another process may be taking the lock right now.
+            holder = read_json(path)
+            if holder is not None and (holder.get('host') != socket.gethostname() or _alive(holder)):
+                continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
@@ -227,6 +230,8 @@ class RunLock:
                     return
                 except FileExistsError:
                     pass
+                except FileNotFoundError:  # the holder cleared this process's half-written claim
+                    raise RunFolderError(f'{self.path.parent} is being claimed by another run') from None
                 holder = read_json(self.path)
                 if holder is None:
                     raise RunFolderError(f'{self.path} exists but is unreadable: another run may be starting in '
