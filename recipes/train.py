@@ -561,47 +561,43 @@ def train(cfg: TrainConfig) -> dict:
     run or holds files this run may not replace, and ``FloatingPointError`` when the loss, a
     gradient or a weight becomes non-finite (before anything of that state is saved).
     """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
     output_dir = Path(cfg.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f'output_dir {cfg.output_dir!r} is a file, not a folder')
-    lock = None
-    if _is_main_process():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        lock = run_folder.RunLock(output_dir)
-        lock.acquire()
-    try:
-        return _train(cfg, output_dir)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _is_main_process() -> bool:
-    """Whether this is the process that owns the folder, before any Accelerator exists."""
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
-
-
-def _train(cfg: TrainConfig, output_dir: Path) -> dict:
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from datasets import load_dataset
-    from tqdm.auto import tqdm
-
-    import gaussder_hf  # noqa: F401  (registers the datasets and models)
-
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
         # 'no' leaves the choice to `accelerate launch --dynamo_backend` / `accelerate config`.
         dynamo_backend=None if cfg.dynamo_backend.lower() == 'no' else cfg.dynamo_backend.upper(),
-        log_with=cfg.log_with, project_config=ProjectConfiguration(project_dir=str(output_dir)))
+        log_with=cfg.log_with, project_config=ProjectConfiguration(project_dir=str(output_dir)),
+        # The schedule counts optimizer steps of all processes together (lr_lambda's total_steps):
+        # accelerate's default would advance it once per process at every step.
+        step_scheduler_with_optimizer=False)
     backend = accelerator.state.dynamo_plugin.backend.value.lower()
     if cfg.dynamo_backend.lower() != 'no' and backend != cfg.dynamo_backend.lower():
         # accelerate keeps one state per process and silently ignores a new backend once it exists.
         raise ValueError(f'dynamo_backend={cfg.dynamo_backend!r} cannot take effect: this process already runs '
                          f'accelerate with dynamo backend {backend!r}; train in a fresh process')
-    from accelerate.utils import broadcast_object_list
+    lock = None
+    if accelerator.is_main_process:  # it alone writes the folder's files
+        output_dir.mkdir(parents=True, exist_ok=True)
+        lock = run_folder.RunLock(output_dir)
+        lock.acquire(say=accelerator.print)
+    try:
+        return _train(cfg, output_dir, accelerator)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, output_dir: Path, accelerator) -> dict:
+    from accelerate.utils import broadcast_object_list, set_seed
+    from datasets import load_dataset
+    from tqdm.auto import tqdm
+
+    import gaussder_hf  # noqa: F401  (registers the datasets and models)
 
     # The main process (holding the lock) decides what the folder becomes; the others follow.
     opened = [open_run_folder(cfg, say=accelerator.print) if accelerator.is_main_process else None]
@@ -669,7 +665,8 @@ def _train(cfg: TrainConfig, output_dir: Path) -> dict:
                 if accelerator.sync_gradients:
                     _require_finite_step(model, loss, step + 1, check_gradients)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients and not optimizer.step_was_skipped:  # fp16 skips inf steps
+                    scheduler.step()
                 optimizer.zero_grad()
             if not accelerator.sync_gradients:
                 continue

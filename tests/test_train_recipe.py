@@ -1,6 +1,7 @@
 """recipes/train.py on real Fashion-MNIST subsets: learning, exact resume, two processes, configs."""
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -205,6 +206,9 @@ def test_two_processes_gather_the_same_validation_accuracy(tmp_path):
     records = [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
     # 96 examples, 2 processes x 8 per step: 6 steps, each logged once (main process only).
     assert [r['step'] for r in records if 'loss' in r] == [1, 2, 3, 4, 5, 6]
+    # The cosine schedule spans the 6 steps of both processes together: lr(s) = 0.01 (1 + cos(pi s / 6)) / 2.
+    expected = [0.005 * (1 + math.cos(math.pi * s / 6)) for s in range(1, 7)]
+    assert [r['lr'] for r in records if 'loss' in r] == pytest.approx(expected, abs=1e-12)
     gathered = [r['val_accuracy'] for r in records if 'val_accuracy' in r][-1]
     # The same weights evaluated in one process give the same accuracy over all 96 images.
     import timm
@@ -219,7 +223,7 @@ def test_two_processes_gather_the_same_validation_accuracy(tmp_path):
     with torch.no_grad():
         batch = torch.stack([dataset[i]['pixel_values'] for i in range(len(dataset))])
         labels = torch.tensor([dataset[i]['labels'] for i in range(len(dataset))])
-        single = float((model(batch).argmax(-1) == labels).float().mean())
+        single = int((model(batch).argmax(-1) == labels).sum()) / len(labels)  # float32 would round 10/96
     assert len(dataset) == 96 and gathered == pytest.approx(single, abs=1e-9)
 
 
