@@ -29,6 +29,8 @@ LOCK_FILE = '.lock'
 MANIFEST_FILE = 'manifest.json'
 CHECKPOINT_NAME = re.compile(r'checkpoint-(\d{8})')
 PARTIAL_PREFIX = '.partial-'
+# The temporary names a run uses (and may delete after a crash); any other '.partial-*' is not its own.
+PARTIAL_NAME = re.compile(r'\.partial-(checkpoint-\d{8}|run\.json|log\.jsonl|model|old-model|(stale-)?lock-[0-9a-f]{32})')
 # Names a run writes at the top of its folder besides its checkpoints.
 RUN_OUTPUTS = (RUN_FILE, 'config.yaml', 'log.jsonl', 'model', 'evaluation')
 
@@ -148,6 +150,8 @@ def rotate_checkpoints(folder: Path, run_id: str, keep: int) -> list[Path]:
 def remove_partials(folder: Path) -> None:
     """Deletes the temporary ``.partial-*`` entries a killed run of this folder left behind."""
     for path in folder.glob(f'{PARTIAL_PREFIX}*'):
+        if not PARTIAL_NAME.fullmatch(path.name):
+            continue
         if path.name.startswith((f'{PARTIAL_PREFIX}lock-', f'{PARTIAL_PREFIX}stale-lock-')):
             # Lock files on their way in or out: another process may be taking the lock right now.
             holder = read_json(path)
@@ -277,10 +281,10 @@ def read_run(folder: Path) -> dict | None:
 
 
 def user_entries(folder: Path) -> list[str]:
-    """Names in ``folder`` other than the lock and temporary entries of a run."""
+    """Names in ``folder`` other than the lock and the temporary entries of a run."""
     if not folder.is_dir():
         return []
-    return sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE and not p.name.startswith(PARTIAL_PREFIX))
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE and not PARTIAL_NAME.fullmatch(p.name))
 
 
 def previous_run_files(folder: Path, run_id: str | None) -> tuple[list[Path], list[Path]]:

@@ -325,9 +325,10 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int, run_id:
 
 
 def _changed_settings(recorded: dict, cfg: TrainConfig) -> dict:
-    """Returns ``{key: (recorded, now)}`` for every key whose value differs from the recorded run."""
+    """Returns ``{key: (recorded, now)}`` for every setting that differs from the recorded run."""
     now = dataclasses.asdict(cfg)
-    return {key: (recorded.get(key, '<unset>'), now[key]) for key in now if recorded.get(key, '<unset>') != now[key]}
+    return {key: (recorded.get(key, '<unset>'), now[key]) for key in now
+            if key not in ('resume', 'overwrite') and recorded.get(key, '<unset>') != now[key]}
 
 
 def _roll_back_log(log_path: Path, step: int) -> int:

@@ -88,6 +88,7 @@ def test_a_new_run_refuses_a_non_empty_folder_and_overwrite_removes_only_the_old
     old = tmp_path / 'old'
     recipe.train(_config(tmp_path, old, 'max_steps=2', 'save_every=2'))
     (old / 'notes.txt').write_text('mine')
+    (old / '.partial-draft').write_text('mine too')  # looks like a temporary name, but not one a run uses
     before = _snapshot(old)
     with pytest.raises(run_folder.RunFolderError, match=r"old is not empty \(.*'config.yaml'.*--resume.*--overwrite"):
         recipe.train(_config(tmp_path, old, 'max_steps=2', 'seed=5'))
@@ -110,7 +111,7 @@ def test_a_new_run_refuses_a_non_empty_folder_and_overwrite_removes_only_the_old
     assert {k: v for k, v in _snapshot(old).items()} == before
     (old / 'checkpoint-00000004').rmdir()
     recipe.train(_config(tmp_path, old, 'max_steps=1', 'save_every=100', 'seed=5', overwrite=True))
-    assert (old / 'notes.txt').read_text() == 'mine'
+    assert (old / 'notes.txt').read_text() == 'mine' and (old / '.partial-draft').read_text() == 'mine too'
     assert run_folder.read_run(old)['run_id'] != old_id and run_folder.read_run(old)['config']['seed'] == 5
     assert [r['step'] for r in _records(old)] == [1] and not run_folder.checkpoint_folders(old)
 
