@@ -30,7 +30,8 @@ MANIFEST_FILE = 'manifest.json'
 CHECKPOINT_NAME = re.compile(r'checkpoint-(\d{8})')
 PARTIAL_PREFIX = '.partial-'
 # The temporary names a run uses (and may delete after a crash); any other '.partial-*' is not its own.
-PARTIAL_NAME = re.compile(r'\.partial-(checkpoint-\d{8}|run\.json|log\.jsonl|model|old-model|(stale-)?lock-[0-9a-f]{32})')
+PARTIAL_NAME = re.compile(
+    r'\.partial-(checkpoint-\d{8}|run\.json|log\.jsonl|model|old-model|(stale-)?lock-[0-9a-f]{32})')
 # Names a run writes at the top of its folder besides its checkpoints.
 RUN_OUTPUTS = (RUN_FILE, 'config.yaml', 'log.jsonl', 'model', 'evaluation')
 

@@ -761,7 +761,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.overwrite:
         extra_kwargs['overwrite'] = True
     cfg = load_config(args.config, _flags_to_overrides(extra), **extra_kwargs)
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except run_folder.RunFolderError as error:  # an expected refusal, not a crash: no traceback
+        parser.exit(1, f'{parser.prog}: {error}\n')
     print(json.dumps({k: str(v) for k, v in result.items() if k != 'model'}))
 
 

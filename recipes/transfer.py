@@ -111,7 +111,8 @@ def main(argv=None) -> None:
             # In logarithms: the largest scale of an absurd grid may not even be a float.
             log_largest = math.log(first) + max(0.0, (count - 1) * math.log(ratio))
             if log_largest > math.log(MAX_INITIAL_SCALE) + 1e-12:  # 1024 itself passes despite rounding
-                largest = f'{math.exp(log_largest):.4g}' if log_largest < 700 else f'10^{log_largest / math.log(10):.0f}'
+                decades = log_largest / math.log(10)
+                largest = f'{math.exp(log_largest):.4g}' if log_largest < 700 else f'10^{decades:.0f}'
                 parser.error(f'--grid {first:g} {ratio:g} {int(count)} reaches sigma0 = {largest}, beyond '
                              f'{MAX_INITIAL_SCALE:g} pixels, which no image size can use; use fewer channels or a '
                              f'smaller ratio')

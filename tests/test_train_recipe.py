@@ -57,7 +57,8 @@ def test_config_rejects_typos_and_bad_values(tmp_path):
     for override, allowed in [('lr=.inf', 'a finite number > 0'), ('lr=0', 'a finite number > 0'),
                               ('weight_decay=.nan', 'a finite number >= 0'), ('max_steps=0', r'None \(unset\) or >= 1'),
                               ('label_smoothing=-0.1', r'in \[0, 1\)'), ('label_smoothing=1', r'in \[0, 1\)'),
-                              ('warmup_epochs=-1', 'a finite number >= 0'), ('max_examples=0', r'None \(unset\) or >= 1'),
+                              ('warmup_epochs=-1', 'a finite number >= 0'),
+                              ('max_examples=0', r'None \(unset\) or >= 1'),
                               ('num_workers=-1', '>= 0')]:
         key, value = override.split('=')
         with pytest.raises(ValueError, match=f"'{key}' must be {allowed}, got"):

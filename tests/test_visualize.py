@@ -110,6 +110,7 @@ def test_visualize_recipe_refuses_a_layer_the_model_does_not_have(tmp_path):
     Image.new('L', (20, 20)).save(tmp_path / 'x.png')
     depth = len(net.gd_layers())
     for layer in (999, 0, -1):
-        with pytest.raises(ValueError, match=f"layer must be a GD layer of 'local-dir:.*ckpt', 1..{depth}, got {layer}"):
+        message = f"layer must be a GD layer of 'local-dir:.*ckpt', 1..{depth}, got {layer}"
+        with pytest.raises(ValueError, match=message):
             recipe.visualize(f'local-dir:{folder}', str(tmp_path / 'x.png'), str(tmp_path / 'fig'), layer=layer)
     assert not (tmp_path / 'fig').exists()  # refused before drawing anything
