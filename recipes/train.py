@@ -363,9 +363,11 @@ def open_run_folder(cfg: TrainConfig, say=print) -> dict:
     run = run_folder.read_run(output_dir)
     entries = run_folder.user_entries(output_dir)
     if cfg.resume and run is None and entries:
+        earlier = ('; a run of an earlier train.py, whose checkpoints carry no manifest to verify them, cannot be '
+                   'resumed' if 'config.yaml' in entries else '')
         raise run_folder.RunFolderError(
             f'nothing to resume in {output_dir}: it holds no {run_folder.RUN_FILE} of a run of this recipe '
-            f'({_listing(entries)})')
+            f'({_listing(entries)}){earlier}')
     if cfg.resume and run is not None:
         return _resume(cfg, output_dir, run, say)
     if cfg.resume:
