@@ -4,13 +4,21 @@
     accelerate launch recipes/train.py --config recipes/configs/smoke.yaml max_steps=20 output_dir=runs/smoke
     accelerate launch recipes/train.py --config ... --resume          # continue from the newest checkpoint
     accelerate launch recipes/train.py --config ... dynamo_backend=inductor   # torch.compile the model
+    accelerate launch recipes/train.py --config ... --overwrite       # start over in the folder of an earlier run
 
 Settings come from a YAML file plus ``key=value`` overrides into a typed :class:`TrainConfig`
-that rejects unknown keys; the resolved config is saved next to the checkpoints. One process, one
-GPU or many (DDP through ``accelerate launch``). Checkpoints (``accelerator.save_state``) are
-written under a temporary name and renamed when complete, so ``--resume`` never picks up a
-half-written one, and a resumed run reproduces the uninterrupted one (same seed, same data order).
-At the end the model is saved with ``gaussder_hf.save_for_hub`` (and pushed with ``push_to_hub=true``).
+that rejects unknown keys and values that cannot be right; the resolved config is saved next to
+the checkpoints. One process, one GPU or many (DDP through ``accelerate launch``).
+
+The run folder (``gaussder_hf.run_folder``) is locked while a run uses it, and a new run refuses a
+folder that is not empty unless told ``--resume`` or ``--overwrite``; a run deletes only what it
+wrote. Checkpoints (``accelerator.save_state``) are written under a temporary name with a manifest
+of checksums and renamed when complete. ``--resume`` continues from the newest checkpoint whose
+files all match their manifest, refuses a changed setting that defines the run (only the keys in
+:data:`RESUMABLE_CHANGES` may change), drops the rolled-back steps from ``log.jsonl``, and
+reproduces the uninterrupted run exactly (same seed, same data order). A non-finite loss, gradient
+or weight stops the run before anything of it is saved. At the end the model is saved with
+``gaussder_hf.save_for_hub`` (and pushed with ``push_to_hub=true``).
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -28,6 +37,8 @@ from pathlib import Path
 
 import torch
 import yaml
+
+from gaussder_hf import run_folder
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,7 +82,8 @@ class TrainConfig:
     output_dir: str = 'runs/default'
     save_every: int = 500                           # optimizer steps between checkpoints
     keep_checkpoints: int = 2
-    resume: bool = False
+    resume: bool = False                            # continue the run in output_dir
+    overwrite: bool = False                         # replace the run in output_dir with a new one
     log_with: str | None = None                     # an accelerate tracker, e.g. 'tensorboard'
     evaluate_every_epoch: bool = True
     evaluate_at_end: bool = True                    # accuracy per size factor on the test splits
@@ -79,6 +91,9 @@ class TrainConfig:
     hub_model_id: str | None = None
 
     def __post_init__(self):
+        if self.output_dir is None or (isinstance(self.output_dir, str) and not self.output_dir.strip()):
+            # Checked first: an empty value would otherwise read as "the current directory".
+            raise ValueError(f"config key 'output_dir' must be the path of a folder, got {self.output_dir!r}")
         hints = typing.get_type_hints(TrainConfig)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -96,6 +111,37 @@ class TrainConfig:
             raise ValueError(f'dynamo_backend must be one of {backends}, got {self.dynamo_backend!r}')
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError('push_to_hub needs hub_model_id')
+        _require('lr', math.isfinite(self.lr) and self.lr > 0, 'a finite number > 0', self.lr)
+        _require('weight_decay', math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+                 'a finite number >= 0', self.weight_decay)
+        _require('label_smoothing', 0 <= self.label_smoothing < 1, 'in [0, 1)', self.label_smoothing)
+        _require('warmup_epochs', math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0,
+                 'a finite number >= 0', self.warmup_epochs)
+        for name in ('max_steps', 'max_examples'):
+            _require(name, getattr(self, name) is None or getattr(self, name) >= 1, 'None (unset) or >= 1',
+                     getattr(self, name))
+        for name in ('num_workers', 'random_crop_padding'):
+            _require(name, getattr(self, name) >= 0, '>= 0', getattr(self, name))
+        _require('output_dir', '\0' not in self.output_dir, 'the path of a folder', self.output_dir)
+        if self.resume and self.overwrite:
+            raise ValueError('resume and overwrite exclude each other: continue the run in output_dir (resume) '
+                             'or replace it with a new one (overwrite)')
+
+
+# Keys that may differ when a run is resumed: how long it runs, how often it saves, logs and
+# evaluates, where its caches and folder are, what happens at the end. Every other key defines
+# the model, the data, the optimisation or the randomness of the run, and a resume with another
+# value would silently train something else: it is refused. A new value of ``epochs`` or
+# ``max_steps`` stretches the cosine schedule from the resumed step on.
+RESUMABLE_CHANGES = frozenset({
+    'epochs', 'max_steps', 'save_every', 'keep_checkpoints', 'log_with', 'evaluate_every_epoch',
+    'evaluate_at_end', 'push_to_hub', 'hub_model_id', 'num_workers', 'cache_dir', 'output_dir', 'resume',
+    'overwrite'})
+
+
+def _require(name: str, ok: bool, allowed: str, value) -> None:
+    if not ok:
+        raise ValueError(f'config key {name!r} must be {allowed}, got {value!r}')
 
 
 def _dynamo_backends():
@@ -117,18 +163,32 @@ def _matches(value, hint) -> bool:
     return isinstance(value, origin or hint)
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 with the floats of YAML 1.2: ``1e-3`` and ``5E4`` are numbers, not strings."""
+
+
+_YamlLoader.add_implicit_resolver(
+    'tag:yaml.org,2002:float',
+    re.compile(r'^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$'),
+    list('-+0123456789.'))
+
+
+def _parse_yaml(text: str):
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None, **kwargs) -> TrainConfig:
     """Returns the config from a YAML file, then ``key=value`` overrides, then keyword arguments."""
     values = {}
     if path:
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        values = _parse_yaml(Path(path).read_text()) or {}
         if not isinstance(values, dict):
             raise ValueError(f'{path} must hold a mapping of config keys, got {type(values).__name__}')
     for item in overrides or []:
         key, sep, text = item.partition('=')
         if not sep:
             raise ValueError(f'overrides are key=value, got {item!r}')
-        values[key.strip()] = yaml.safe_load(text)
+        values[key.strip()] = _parse_yaml(text)
     values.update(kwargs)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
@@ -232,15 +292,20 @@ def epoch_loader(cfg: TrainConfig, dataset: RescaledSplit, epoch: int, skip: int
 # ----------------------------------------------------------------------------------------------
 
 def newest_checkpoint(output_dir: Path) -> Path | None:
-    """Returns the newest complete checkpoint folder (``checkpoint-<step>``), or None."""
-    done = sorted(output_dir.glob('checkpoint-*'), key=lambda p: int(p.name.split('-')[1]))
-    return done[-1] if done else None
+    """Returns the newest checkpoint of the run in ``output_dir`` whose files all match its manifest, or None."""
+    run = run_folder.read_run(Path(output_dir))
+    found = run and run_folder.newest_valid_checkpoint(Path(output_dir), run['run_id'], say=lambda message: None)
+    return found[0] if found else None
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> Path:
-    """Saves the full training state; the folder appears under its final name only when complete."""
-    final = output_dir / f'checkpoint-{step:08d}'
-    partial = output_dir / f'.partial-checkpoint-{step:08d}'
+def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int, run_id: str, config: dict) -> Path:
+    """Saves the full training state; the folder appears under its final name only when complete.
+
+    The manifest (the run's id, ``config`` and the checksum of every file) is written last, and
+    only this run's checkpoints take part in the rotation to the newest ``keep``.
+    """
+    final = output_dir / run_folder.checkpoint_name(step)
+    partial = output_dir / f'{run_folder.PARTIAL_PREFIX}{final.name}'
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
@@ -249,11 +314,140 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> Path
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (partial / 'trainer_state.json').write_text(json.dumps({'step': step}))
+        run_folder.write_manifest(partial, run_id, step, config)
+        if final.exists():
+            # A checkpoint of this run from before a roll-back (resume refuses foreign ones up front).
+            shutil.rmtree(final)
         os.replace(partial, final)  # atomic: a crash before this leaves only the .partial folder
-        for old in sorted(output_dir.glob('checkpoint-*'))[:-keep]:
-            shutil.rmtree(old)
+        run_folder.rotate_checkpoints(output_dir, run_id, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def _changed_settings(recorded: dict, cfg: TrainConfig) -> dict:
+    """Returns ``{key: (recorded, now)}`` for every setting that differs from the recorded run."""
+    now = dataclasses.asdict(cfg)
+    return {key: (recorded.get(key, '<unset>'), now[key]) for key in now
+            if key not in ('resume', 'overwrite') and recorded.get(key, '<unset>') != now[key]}
+
+
+def _roll_back_log(log_path: Path, step: int) -> int:
+    """Keeps the records of ``log_path`` up to ``step``; returns how many later (or torn) lines it dropped."""
+    if not log_path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in log_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # the last line of a killed run may be half-written
+            record = None
+        if isinstance(record, dict) and isinstance(record.get('step'), int) and record['step'] <= step:
+            kept.append(line + '\n')
+        else:
+            dropped += 1
+    partial = log_path.with_name(f'{run_folder.PARTIAL_PREFIX}{log_path.name}')
+    partial.write_text(''.join(kept))
+    os.replace(partial, log_path)
+    return dropped
+
+
+def open_run_folder(cfg: TrainConfig, say=print) -> dict:
+    """Makes ``cfg.output_dir`` ready for this run; call with the folder's lock held.
+
+    Returns ``{'run_id', 'checkpoint', 'step'}``: a new run (an empty or missing folder, or any
+    folder with ``overwrite``), or the run in the folder continued from its newest valid
+    checkpoint (``resume``). Raises :class:`~gaussder_hf.run_folder.RunFolderError` for a folder
+    that holds something else and ``ValueError`` for a resume that would change the run.
+    """
+    output_dir = Path(cfg.output_dir)
+    run = run_folder.read_run(output_dir)
+    entries = run_folder.user_entries(output_dir)
+    if cfg.resume and run is None and entries:
+        earlier = ('; a run of an earlier train.py, whose checkpoints carry no manifest to verify them, cannot be '
+                   'resumed' if 'config.yaml' in entries else '')
+        raise run_folder.RunFolderError(
+            f'nothing to resume in {output_dir}: it holds no {run_folder.RUN_FILE} of a run of this recipe '
+            f'({_listing(entries)}){earlier}')
+    if cfg.resume and run is not None:
+        return _resume(cfg, output_dir, run, say)
+    if cfg.resume:
+        say(f'no run to resume in {output_dir}: starting a new one')
+    elif entries and not cfg.overwrite:
+        raise run_folder.RunFolderError(
+            f'{output_dir} is not empty ({_listing(entries)}): pass --resume to continue the run in it, '
+            f'--overwrite to replace the run in it, or choose another output_dir')
+    owned, foreign = run_folder.previous_run_files(output_dir, run and run['run_id'])
+    if foreign:
+        raise run_folder.RunFolderError(
+            f'{output_dir} holds {_listing([p.name for p in foreign])}, which a new run would replace but no run '
+            f'of this recipe in the folder wrote; move them away first')
+    if owned:
+        say(f'overwrite: removing the previous run from {output_dir} ({_listing([p.name for p in owned])}); '
+            f'other files stay')
+        run_folder.remove(owned)
+    run_folder.remove_partials(output_dir)
+    run_id = run_folder.new_run_id()
+    run_folder.write_json_atomically(output_dir / run_folder.RUN_FILE, {
+        'run_id': run_id, 'created': time.time(), 'config': dataclasses.asdict(cfg)})
+    (output_dir / 'config.yaml').write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    return {'run_id': run_id, 'checkpoint': None, 'step': 0}
+
+
+def _resume(cfg: TrainConfig, output_dir: Path, run: dict, say) -> dict:
+    run_id = run['run_id']
+    run_folder.remove_partials(output_dir)  # the unfinished saves of the interrupted process
+    found = run_folder.newest_valid_checkpoint(output_dir, run_id, say)
+    checkpoint, manifest = found if found else (None, None)
+    recorded = manifest['config'] if manifest else run.get('config', {})
+    changed = _changed_settings(recorded, cfg)
+    refused = {key: change for key, change in changed.items() if key not in RESUMABLE_CHANGES}
+    if refused:
+        diff = '; '.join(f'{key}: {old!r} -> {new!r}' for key, (old, new) in refused.items())
+        raise ValueError(
+            f'resume would change setting(s) that define the run in {output_dir}: {diff}. Only '
+            f'{sorted(RESUMABLE_CHANGES)} may change on resume; to train with the new values start a new run '
+            f'(another output_dir, or --overwrite to replace this one)')
+    step = manifest['step'] if manifest else 0
+    later = [(s, path) for s, path in run_folder.checkpoint_folders(output_dir) if s > step]
+    foreign = [path.name for _, path in later if run_folder.checkpoint_owner(path) != run_id]
+    if foreign:
+        raise run_folder.RunFolderError(
+            f'{output_dir} holds {_listing(foreign)}, which this run would write again after resuming at step '
+            f'{step} but cannot tell as its own (no readable manifest of this run); move them away first')
+    run_folder.remove([path for _, path in later])  # rolled back: they are written again
+    dropped = _roll_back_log(output_dir / 'log.jsonl', step)
+    with (output_dir / 'log.jsonl').open('a') as log:
+        log.write(json.dumps({'step': step, 'event': 'resume', 'checkpoint': checkpoint and checkpoint.name,
+                              'dropped_records': dropped, 'changed': changed, 'time': time.time()}) + '\n')
+    (output_dir / 'config.yaml').write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    if checkpoint is None:
+        say(f'no complete checkpoint of the run in {output_dir}: starting it again from step 0')
+    return {'run_id': run_id, 'checkpoint': checkpoint and str(checkpoint), 'step': step}
+
+
+def _listing(names: list[str], limit: int = 6) -> str:
+    shown = ', '.join(repr(n) for n in names[:limit])
+    return shown + (f' and {len(names) - limit} more' if len(names) > limit else '')
+
+
+def _require_finite_step(model, loss: torch.Tensor, step: int, check_gradients: bool) -> None:
+    """Stops the run at a non-finite loss or gradient, before the optimizer applies it."""
+    if not torch.isfinite(loss.detach()).all():
+        raise FloatingPointError(f'non-finite loss {loss.item()} at step {step}; stopping before the update '
+                                 f'(the last checkpoint holds the last finite state; try a smaller lr)')
+    if check_gradients:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if not torch.isfinite(norm):
+            raise FloatingPointError(f'non-finite gradient norm {norm.item()} at step {step} (loss {loss.item()}); '
+                                     f'stopping before the update (try a smaller lr)')
+
+
+def _require_finite_weights(model, step: int) -> None:
+    """Refuses to save a model with a non-finite parameter or buffer (BN statistics included)."""
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise FloatingPointError(f'non-finite values in {name} at step {step}; nothing is saved')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,6 +488,17 @@ def save_model(model, folder: Path, cfg: TrainConfig, evaluation: dict | None = 
     save_for_hf(model, str(folder), safe_serialization=True,  # safetensors only, never a pickle
                 data_config={'mean': mean, 'std': std})
     return folder
+
+
+def _save_model_in_place(model, model_dir: Path, cfg: TrainConfig, evaluation: dict | None = None) -> None:
+    """Writes the model folder next to ``model_dir`` and swaps it in: a killed save leaves the old one whole."""
+    staging = model_dir.with_name(f'{run_folder.PARTIAL_PREFIX}{model_dir.name}')
+    if staging.exists():
+        shutil.rmtree(staging)
+    # The folder keeps its final name inside the staging folder: save_for_hub names the Hub repo after it.
+    save_model(model, staging / model_dir.name, cfg, evaluation)
+    run_folder.replace_folder(staging / model_dir.name, model_dir)
+    staging.rmdir()
 
 
 def _sibling(name: str):
@@ -337,8 +542,14 @@ def evaluate_loader(accelerator, model, loader) -> float:
     """Returns the accuracy over a (prepared) loader, gathered over all processes."""
     model.eval()
     correct = total = 0
-    for batch in loader:
-        prediction = model(batch['pixel_values']).argmax(-1)
+    for index, batch in enumerate(loader):
+        logits = model(batch['pixel_values'])
+        # Every process learns of a non-finite batch anywhere, so all of them stop together.
+        bad = accelerator.gather((~torch.isfinite(logits)).sum().reshape(1))
+        if int(bad.sum()):
+            raise ValueError(f'non-finite logits ({int(bad.sum())} values) on evaluation batch {index}: an accuracy '
+                             f'from them would mean nothing; check the inputs (NaN/inf pixels) and the weights')
+        prediction = logits.argmax(-1)
         prediction, labels = accelerator.gather_for_metrics((prediction, batch['labels']))
         correct += int((prediction == labels).sum())
         total += len(labels)
@@ -347,29 +558,55 @@ def evaluate_loader(accelerator, model, loader) -> float:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Trains as configured; returns ``{'step', 'val_accuracy', 'model_dir', 'log'}``."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from datasets import load_dataset
-    from tqdm.auto import tqdm
+    """Trains as configured; returns ``{'step', 'val_accuracy', 'model_dir', 'log'}``.
 
-    import gaussder_hf  # noqa: F401  (registers the datasets and models)
+    Raises :class:`~gaussder_hf.run_folder.RunFolderError` when ``output_dir`` is in use by another
+    run or holds files this run may not replace, and ``FloatingPointError`` when the loss, a
+    gradient or a weight becomes non-finite (before anything of that state is saved).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
 
     output_dir = Path(cfg.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f'output_dir {cfg.output_dir!r} is a file, not a folder')
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
         # 'no' leaves the choice to `accelerate launch --dynamo_backend` / `accelerate config`.
         dynamo_backend=None if cfg.dynamo_backend.lower() == 'no' else cfg.dynamo_backend.upper(),
-        log_with=cfg.log_with, project_config=ProjectConfiguration(project_dir=str(output_dir)))
+        log_with=cfg.log_with, project_config=ProjectConfiguration(project_dir=str(output_dir)),
+        # The schedule counts optimizer steps of all processes together (lr_lambda's total_steps):
+        # accelerate's default would advance it once per process at every step.
+        step_scheduler_with_optimizer=False)
     backend = accelerator.state.dynamo_plugin.backend.value.lower()
     if cfg.dynamo_backend.lower() != 'no' and backend != cfg.dynamo_backend.lower():
         # accelerate keeps one state per process and silently ignores a new backend once it exists.
         raise ValueError(f'dynamo_backend={cfg.dynamo_backend!r} cannot take effect: this process already runs '
                          f'accelerate with dynamo backend {backend!r}; train in a fresh process')
-    set_seed(cfg.seed)
-    if accelerator.is_main_process:
+    lock = None
+    if accelerator.is_main_process:  # it alone writes the folder's files
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / 'config.yaml').write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+        lock = run_folder.RunLock(output_dir)
+        lock.acquire(say=accelerator.print)
+    try:
+        return _train(cfg, output_dir, accelerator)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, output_dir: Path, accelerator) -> dict:
+    from accelerate.utils import broadcast_object_list, set_seed
+    from datasets import load_dataset
+    from tqdm.auto import tqdm
+
+    import gaussder_hf  # noqa: F401  (registers the datasets and models)
+
+    # The main process (holding the lock) decides what the folder becomes; the others follow.
+    opened = [open_run_folder(cfg, say=accelerator.print) if accelerator.is_main_process else None]
+    opened = broadcast_object_list(opened)[0]
+    run_id = opened['run_id']
+    set_seed(cfg.seed)
 
     # ---- data
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, max_examples=cfg.max_examples, cache_dir=cfg.cache_dir)
@@ -405,18 +642,18 @@ def train(cfg: TrainConfig) -> dict:
         accelerator.init_trackers('gaussder_hf', config=dataclasses.asdict(cfg))
 
     # ---- resume
-    step = 0
-    checkpoint = newest_checkpoint(output_dir) if cfg.resume else None
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        step = json.loads((checkpoint / 'trainer_state.json').read_text())['step']
-        accelerator.print(f'resumed from {checkpoint} at step {step}')
+    step = opened['step']
+    if opened['checkpoint'] is not None:
+        accelerator.load_state(opened['checkpoint'])
+        accelerator.print(f'resumed from {opened["checkpoint"]} at step {step}')
     start_epoch = step // steps_per_epoch
 
     # ---- loop
     log_path = output_dir / 'log.jsonl'
     progress = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc='train')
     val_accuracy = None
+    # With fp16 the gradient scaler meets inf gradients by design and skips those steps itself.
+    check_gradients = cfg.mixed_precision != 'fp16'
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
         if step >= total_steps:
@@ -428,8 +665,11 @@ def train(cfg: TrainConfig) -> dict:
             with accelerator.accumulate(model):
                 loss = loss_fn(model(batch['pixel_values']), batch['labels'])
                 accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    _require_finite_step(model, loss, step + 1, check_gradients)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients and not optimizer.step_was_skipped:  # fp16 skips inf steps
+                    scheduler.step()
                 optimizer.zero_grad()
             if not accelerator.sync_gradients:
                 continue
@@ -437,6 +677,8 @@ def train(cfg: TrainConfig) -> dict:
             progress.update(1)
             record = {'step': step, 'epoch': epoch, 'loss': accelerator.gather(loss.detach()).mean().item(),
                       'lr': scheduler.get_last_lr()[0], 'time': time.time()}
+            if not math.isfinite(record['loss']):
+                raise FloatingPointError(f'non-finite loss {record["loss"]} at step {step}')
             if accelerator.is_main_process:
                 with log_path.open('a') as log:
                     log.write(json.dumps(record) + '\n')
@@ -444,7 +686,9 @@ def train(cfg: TrainConfig) -> dict:
                 accelerator.log({'loss': record['loss'], 'lr': record['lr']}, step=step)
             progress.set_postfix(loss=f'{record["loss"]:.3f}')
             if step % cfg.save_every == 0:
-                save_checkpoint(accelerator, output_dir, step, cfg.keep_checkpoints)
+                _require_finite_weights(model, step)
+                save_checkpoint(accelerator, output_dir, step, cfg.keep_checkpoints, run_id,
+                                dataclasses.asdict(cfg))
             if step >= total_steps or step == (epoch + 1) * steps_per_epoch:
                 break
         if cfg.evaluate_every_epoch and (step % steps_per_epoch == 0 or step >= total_steps):
@@ -462,8 +706,9 @@ def train(cfg: TrainConfig) -> dict:
     accelerator.wait_for_everyone()
     # Without the compile wrapper: its state-dict keys carry an '_orig_mod.' prefix.
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    _require_finite_weights(unwrapped, step)
     if accelerator.is_main_process:
-        save_model(unwrapped, model_dir, cfg)
+        _save_model_in_place(unwrapped, model_dir, cfg)
     accelerator.wait_for_everyone()
     evaluation = None
     if cfg.evaluate_at_end:
@@ -474,7 +719,7 @@ def train(cfg: TrainConfig) -> dict:
         evaluation = {'dataset': cfg.dataset, 'accuracy': results['model']['accuracy'],
                       'notes': _evaluation_notes(cfg)}
         if accelerator.is_main_process:
-            save_model(unwrapped, model_dir, cfg, evaluation)
+            _save_model_in_place(unwrapped, model_dir, cfg, evaluation)
     if accelerator.is_main_process and cfg.push_to_hub:
         import gaussder_hf
 
@@ -509,11 +754,19 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__.split('\n')[0],
         epilog='Any config key can follow as key=value or --key value, e.g. --push_to_hub --hub_model_id me/model')
     parser.add_argument('--config', help='YAML file of TrainConfig keys')
-    parser.add_argument('--resume', action='store_true', help='continue from the newest complete checkpoint')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue the run in output_dir from its newest complete checkpoint')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='start a new run in output_dir, removing the files of the run in it (no others)')
     args, extra = parser.parse_known_args(argv)
     extra_kwargs = {'resume': True} if args.resume else {}
+    if args.overwrite:
+        extra_kwargs['overwrite'] = True
     cfg = load_config(args.config, _flags_to_overrides(extra), **extra_kwargs)
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except run_folder.RunFolderError as error:  # an expected refusal, not a crash: no traceback
+        parser.exit(1, f'{parser.prog}: {error}\n')
     print(json.dumps({k: str(v) for k, v in result.items() if k != 'model'}))
 
 

@@ -14,6 +14,7 @@ All scale channels share their weights, so the trained weights serve any set of 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import timm
@@ -22,9 +23,28 @@ import gaussder_hf
 from gaussder_hf.hub import WEIGHTS_NAME
 
 
+# The largest initial scale accepted, in pixels. The first GD layer smooths over about 6 sigma0
+# pixels and the deeper ones over sigma0 times powers of the scale ratio: beyond 1024 px even the
+# first layer averages over more than 6000 px, wider than any image these networks see, so such
+# a channel sees a constant. A grid that gets there is a slip (a ratio of 2 over 40 channels).
+MAX_INITIAL_SCALE = 1024.0
+
+
+def check_initial_scales(scales) -> tuple[float, ...]:
+    """Returns ``scales`` as a tuple; raises ``ValueError`` naming a scale too coarse for any image."""
+    scales = (scales,) if isinstance(scales, (int, float)) else tuple(scales)
+    for sigma0 in scales:
+        if isinstance(sigma0, (int, float)) and sigma0 > MAX_INITIAL_SCALE:  # inf included; <= 0: the model says
+            raise ValueError(f'initial scale sigma0 = {sigma0:.4g} is beyond {MAX_INITIAL_SCALE:g} pixels: a scale '
+                             f'channel that coarse has no image size to work on')
+    return scales
+
+
 def transfer(source: str, destination: str, initial_scales=None, summary: str = '',
              overwrite: bool = False) -> gaussder_hf.GaussDerResNet:
     """Saves ``source``'s weights on ``initial_scales`` (default: the presets' six) to ``destination``."""
+    if initial_scales is not None:
+        initial_scales = check_initial_scales(initial_scales)
     dest = Path(destination)
     if (dest / WEIGHTS_NAME).exists() and not overwrite:
         raise FileExistsError(f'{dest / WEIGHTS_NAME} exists; pass overwrite=True (--overwrite) to replace it')
@@ -83,8 +103,19 @@ def main(argv=None) -> None:
     initial_scales = args.initial_scales
     if args.grid:
         first, ratio, count = args.grid
-        if count != int(count):
-            parser.error(f'--grid COUNT must be a whole number, got {count}')
+        if not math.isfinite(count) or count != int(count) or count < 1:
+            parser.error(f'--grid COUNT must be a whole number >= 1, got {count}')
+        if not (math.isfinite(ratio) and ratio > 0):
+            parser.error(f'--grid RATIO must be a finite number > 0, got {ratio}')
+        if first > 0:
+            # In logarithms: the largest scale of an absurd grid may not even be a float.
+            log_largest = math.log(first) + max(0.0, (count - 1) * math.log(ratio))
+            if log_largest > math.log(MAX_INITIAL_SCALE) + 1e-12:  # 1024 itself passes despite rounding
+                decades = log_largest / math.log(10)
+                largest = f'{math.exp(log_largest):.4g}' if log_largest < 700 else f'10^{decades:.0f}'
+                parser.error(f'--grid {first:g} {ratio:g} {int(count)} reaches sigma0 = {largest}, beyond '
+                             f'{MAX_INITIAL_SCALE:g} pixels, which no image size can use; use fewer channels or a '
+                             f'smaller ratio')
         initial_scales = gaussder_hf.geometric_scales(first, ratio, int(count))
     if args.boundary:
         if initial_scales is None:

@@ -27,6 +27,10 @@ def visualize(model_name: str, image_path: str, out: str, pretrained: bool = Fal
     model = timm.create_model(model_name, pretrained=pretrained).eval()
     if not isinstance(model, gaussder_hf.GaussDerResNet):
         raise ValueError(f'{model_name!r} is not a GaussDerResNet')
+    depth = len(model.gd_layers())
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= depth:
+        # Checked before anything is drawn: a figure of another layer than asked would mislead.
+        raise ValueError(f'layer must be a GD layer of {model_name!r}, 1..{depth}, got {layer!r}')
     # ---- input: normalised like the model's training data, never resized
     cfg = model.pretrained_cfg
     processor = gaussder_hf.GaussDerResNetImageProcessor(
@@ -39,7 +43,7 @@ def visualize(model_name: str, image_path: str, out: str, pretrained: bool = Fal
     paths = [out_dir / 'activation_maps.png', out_dir / 'receptive_fields.png', out_dir / 'scale_space.png']
     with torch.no_grad():
         plot_activation_maps(model, image, paths[0], class_index=class_index, class_names=names)
-    plot_receptive_fields(model, min(layer, len(model.gd_layers())), paths[1])
+    plot_receptive_fields(model, layer, paths[1])
     plot_scale_space(model, image, paths[2])
     return paths
 

@@ -1,6 +1,7 @@
 """recipes/train.py on real Fashion-MNIST subsets: learning, exact resume, two processes, configs."""
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -29,6 +30,16 @@ def _losses(log: Path) -> list[float]:
     return [r['loss'] for r in map(json.loads, log.read_text().splitlines()) if 'loss' in r]
 
 
+def _crashed_copy(run: Path, crashed: Path, *steps: int) -> Path:
+    """The folder a run killed after its checkpoint(s) ``steps`` would leave (its log runs on past them)."""
+    crashed.mkdir()
+    for name in ('run.json', 'config.yaml', 'log.jsonl'):
+        shutil.copy(run / name, crashed / name)
+    for step in steps:
+        shutil.copytree(run / f'checkpoint-{step:08d}', crashed / f'checkpoint-{step:08d}')
+    return crashed
+
+
 def test_config_rejects_typos_and_bad_values(tmp_path):
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['lr_rate'\]"):
         recipe.load_config(SMOKE, ['lr_rate=0.1'])
@@ -42,6 +53,21 @@ def test_config_rejects_typos_and_bad_values(tmp_path):
         recipe.load_config(SMOKE, ['mixed_precision=fp8'])
     with pytest.raises(ValueError, match="dynamo_backend must be one of .*'inductor'.*got 'inductr'"):
         recipe.load_config(SMOKE, ['dynamo_backend=inductr'])
+    assert recipe.load_config(SMOKE, ['lr=1e-3', 'weight_decay=5E-2']).lr == 0.001  # YAML 1.2 floats
+    for override, allowed in [('lr=.inf', 'a finite number > 0'), ('lr=0', 'a finite number > 0'),
+                              ('weight_decay=.nan', 'a finite number >= 0'), ('max_steps=0', r'None \(unset\) or >= 1'),
+                              ('label_smoothing=-0.1', r'in \[0, 1\)'), ('label_smoothing=1', r'in \[0, 1\)'),
+                              ('warmup_epochs=-1', 'a finite number >= 0'),
+                              ('max_examples=0', r'None \(unset\) or >= 1'),
+                              ('num_workers=-1', '>= 0')]:
+        key, value = override.split('=')
+        with pytest.raises(ValueError, match=f"'{key}' must be {allowed}, got"):
+            recipe.load_config(SMOKE, [override])
+    for empty in ('output_dir=', "output_dir=''", 'output_dir=" "'):
+        with pytest.raises(ValueError, match="'output_dir' must be the path of a folder"):
+            recipe.load_config(SMOKE, [empty])
+    with pytest.raises(ValueError, match='resume and overwrite exclude each other'):
+        recipe.load_config(SMOKE, ['overwrite=true'], resume=True)
     cfg = recipe.load_config(SMOKE, ['lr=0.02', 'model_args={initial_scales: [1.0]}'])
     assert cfg.lr == 0.02 and cfg.model_args == {'initial_scales': [1.0]}
     overrides = recipe._flags_to_overrides(['--push_to_hub', '--hub_model_id', 'me/m', '--lr=0.5', 'epochs=2'])
@@ -110,16 +136,16 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
               'keep_checkpoints=10', 'evaluate_at_end=false']
     full = recipe.train(recipe.load_config(SMOKE, common + [f'output_dir={tmp_path / "a"}']))
     # A crash after step 6 (mid-epoch) leaves checkpoint 6 and a half-written save of step 8.
-    crashed = tmp_path / 'b'
-    crashed.mkdir()
-    shutil.copytree(tmp_path / 'a' / 'checkpoint-00000006', crashed / 'checkpoint-00000006')
+    crashed = _crashed_copy(tmp_path / 'a', tmp_path / 'b', 6)
     (crashed / '.partial-checkpoint-00000008').mkdir()
     resumed = recipe.train(recipe.load_config(SMOKE, common + [f'output_dir={crashed}'], resume=True))
     assert resumed['step'] == full['step'] == 12
     a, b = full['model'].state_dict(), resumed['model'].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert _losses(crashed / 'log.jsonl') == _losses(tmp_path / 'a' / 'log.jsonl')[6:]
+    # The steps after 6 were rolled back and logged again, once each.
+    assert _losses(crashed / 'log.jsonl') == _losses(tmp_path / 'a' / 'log.jsonl')
     assert recipe.newest_checkpoint(crashed).name == 'checkpoint-00000012'
+    assert not list(crashed.glob('.partial*')) and not (crashed / '.lock').exists()
 
 
 @pytest.fixture
@@ -160,9 +186,7 @@ def test_compiled_training_matches_eager_resumes_and_saves_plain_weights(tmp_pat
     assert all(torch.equal(saved.state_dict()[k], b[k]) for k in b)
 
     # A compiled run resumes from its own checkpoint and ends where the uninterrupted one did.
-    crashed = tmp_path / 'crashed'
-    crashed.mkdir()
-    shutil.copytree(tmp_path / 'compiled' / 'checkpoint-00000004', crashed / 'checkpoint-00000004')
+    crashed = _crashed_copy(tmp_path / 'compiled', tmp_path / 'crashed', 4)
     resumed = recipe.train(recipe.load_config(SMOKE, common + [f'output_dir={crashed}', 'dynamo_backend=aot_eager'],
                                               resume=True))
     c = resumed['model'].state_dict()
@@ -183,6 +207,9 @@ def test_two_processes_gather_the_same_validation_accuracy(tmp_path):
     records = [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
     # 96 examples, 2 processes x 8 per step: 6 steps, each logged once (main process only).
     assert [r['step'] for r in records if 'loss' in r] == [1, 2, 3, 4, 5, 6]
+    # The cosine schedule spans the 6 steps of both processes together: lr(s) = 0.01 (1 + cos(pi s / 6)) / 2.
+    expected = [0.005 * (1 + math.cos(math.pi * s / 6)) for s in range(1, 7)]
+    assert [r['lr'] for r in records if 'loss' in r] == pytest.approx(expected, abs=1e-12)
     gathered = [r['val_accuracy'] for r in records if 'val_accuracy' in r][-1]
     # The same weights evaluated in one process give the same accuracy over all 96 images.
     import timm
@@ -197,7 +224,7 @@ def test_two_processes_gather_the_same_validation_accuracy(tmp_path):
     with torch.no_grad():
         batch = torch.stack([dataset[i]['pixel_values'] for i in range(len(dataset))])
         labels = torch.tensor([dataset[i]['labels'] for i in range(len(dataset))])
-        single = float((model(batch).argmax(-1) == labels).float().mean())
+        single = int((model(batch).argmax(-1) == labels).sum()) / len(labels)  # float32 would round 10/96
     assert len(dataset) == 96 and gathered == pytest.approx(single, abs=1e-9)
 
 

@@ -66,3 +66,25 @@ def test_denser_grid_with_a_boundary_channel_and_bad_arguments(single, tmp_path,
     with pytest.raises(ValueError, match=r"initial scale must be a finite number > 0, got -1.0"):
         recipe.main([str(folder), str(tmp_path / 'y'), '--initial_scales', '1,-1'])
     assert not (tmp_path / 'y' / 'model.safetensors').exists()
+
+
+def test_grids_with_scales_no_image_can_use_are_refused_naming_the_scale(single, tmp_path, capsys):
+    _, folder = single
+    with pytest.raises(SystemExit):
+        recipe.main([str(folder), str(tmp_path / 'huge'), '--grid', '0.5', '2', '40'])
+    # 0.5 * 2**39 = 2.7e11 pixels
+    assert f'reaches sigma0 = {0.5 * 2 ** 39:.4g}, beyond 1024 pixels' in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # too large to be a float at all
+        recipe.main([str(folder), str(tmp_path / 'huge'), '--grid', '1', '10', '400'])
+    assert 'reaches sigma0 = 10^399' in capsys.readouterr().err
+    for grid, message in [(['1', '0', '3'], 'RATIO must be a finite number > 0, got 0.0'),
+                          (['1', '2', '0'], 'COUNT must be a whole number >= 1, got 0.0')]:
+        with pytest.raises(SystemExit):
+            recipe.main([str(folder), str(tmp_path / 'huge'), '--grid', *grid])
+        assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match='sigma0 = 2000 is beyond 1024 pixels'):
+        recipe.transfer(str(folder), str(tmp_path / 'huge'), initial_scales=(1.0, 2000.0))
+    assert not (tmp_path / 'huge').exists()
+    # The largest usable grid still transfers: 0.5 * 2**11 = 1024.
+    recipe.main([str(folder), str(tmp_path / 'edge'), '--grid', '0.5', '2', '12'])
+    assert max(timm.create_model(f'local-dir:{tmp_path / "edge"}').initial_scales) == 1024.0

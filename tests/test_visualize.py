@@ -91,3 +91,26 @@ def test_visualize_recipe_writes_the_three_figures(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ('activation_maps.png', 'receptive_fields.png', 'scale_space.png'):
         assert Image.open(tmp_path / 'fig' / name).format == 'PNG'
+
+
+def test_visualize_recipe_refuses_a_layer_the_model_does_not_have(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    import timm
+
+    import gaussder_hf
+
+    spec = importlib.util.spec_from_file_location('visualize_recipe',
+                                                  Path(__file__).resolve().parents[1] / 'recipes' / 'visualize.py')
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    net = timm.create_model('gaussderresnet10_fashionmnist', initial_scales=(1.0,), channels=(4, 4, 4))
+    folder = gaussder_hf.save_for_hub(net.eval(), tmp_path / 'ckpt')
+    Image.new('L', (20, 20)).save(tmp_path / 'x.png')
+    depth = len(net.gd_layers())
+    for layer in (999, 0, -1):
+        message = f"layer must be a GD layer of 'local-dir:.*ckpt', 1..{depth}, got {layer}"
+        with pytest.raises(ValueError, match=message):
+            recipe.visualize(f'local-dir:{folder}', str(tmp_path / 'x.png'), str(tmp_path / 'fig'), layer=layer)
+    assert not (tmp_path / 'fig').exists()  # refused before drawing anything
