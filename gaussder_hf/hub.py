@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from .configuration import GaussDerResNetConfig
 from .image_processing import GaussDerResNetImageProcessor
+from .input_pipeline import dataset_background
 from .model import GaussDerResNet
 from .presets import DATASET_INFO, HUB_NAMESPACE, PRESETS
 
@@ -154,6 +155,12 @@ def _atomic_write(path: Path, write) -> None:
             os.remove(tmp)
 
 
+def _dataset_background(config) -> str:
+    # The canvas the network was trained on: its preset dataset's; a model without preset: black.
+    preset = getattr(config, 'preset', None)
+    return dataset_background(preset.rsplit('_', 1)[1]) if preset else 'black'
+
+
 def save_for_hub(
         model,
         folder: str | os.PathLike,
@@ -164,6 +171,7 @@ def save_for_hub(
         evaluation: Mapping | None = None,
         summary: str = '',
         canvas_size: dict | None = None,
+        background: str | None = None,
 ) -> Path:
     """Writes a checkpoint folder that timm and transformers both load; returns its path.
 
@@ -176,7 +184,9 @@ def save_for_hub(
         repo_id: Hub id the card refers to (default ``<HUB_NAMESPACE>/<folder name>``).
         evaluation: ``{'dataset': ..., 'accuracy': {size_factor: accuracy}}`` for the card.
         summary: free text for the card, e.g. how the model was trained.
-        canvas_size: mirror-extension canvas for the image processor (default: none).
+        canvas_size: canvas the image processor centres images on (default: none).
+        background: the canvas background, ``'black'`` or ``'mirror'`` (default: the preset
+            dataset's, as its rescaled builder draws it).
     """
     net = _unwrap(model)
     config = config_from_model(model, preset, class_names)
@@ -189,7 +199,7 @@ def save_for_hub(
     _atomic_write(folder / 'config.json', lambda p: Path(p).write_text(config.to_json_string()))
     processor = GaussDerResNetImageProcessor(
         num_channels=config.num_channels, image_mean=list(config.mean), image_std=list(config.std),
-        canvas_size=canvas_size)
+        canvas_size=canvas_size, background=background or _dataset_background(config))
     _atomic_write(folder / 'preprocessor_config.json', lambda p: Path(p).write_text(processor.to_json_string()))
     num_parameters = sum(p.numel() for p in net.parameters())
     card = render_model_card(config, num_parameters, repo_id, evaluation, summary)
