@@ -35,7 +35,7 @@ from .rescaling import check_background
 
 __all__ = [
     'GREY_MODES', 'InputPipeline', 'dataset_background', 'decode_image', 'image_channels', 'model_normalisation',
-    'normalise', 'place_on_canvas', 'to_model_channels', 'to_unit_range',
+    'normalise', 'place_on_canvas', 'processor_settings', 'to_model_channels', 'to_unit_range',
 ]
 
 #: PIL modes read as grey (their alpha band, if any, dropped); every other mode is read as RGB.
@@ -228,6 +228,22 @@ def dataset_background(dataset: str) -> str:
     if name not in BUILDERS:
         raise ValueError(f'unknown dataset {dataset!r}; known: {", ".join(BUILDERS)} or {", ".join(DATASET_INFO)}')
     return BUILDERS[name].BACKGROUND
+
+
+def processor_settings(dataset: str) -> dict:
+    """Returns ``save_for_hub``'s ``canvas_size`` and ``background`` for a network trained on rescaled ``dataset``.
+
+    The canvas of the dataset's test split at size factor 1 and the dataset's background, so
+    that the saved image processor puts an image at its native size where that split has it.
+    ``{}`` for a dataset that is not one of the rescaled builders (e.g. an exported folder).
+    """
+    from .data import BUILDERS
+
+    builder = BUILDERS.get(dataset)
+    if builder is None:
+        return {}
+    return {'canvas_size': {'height': builder.TEST_CANVAS, 'width': builder.TEST_CANVAS},
+            'background': builder.BACKGROUND}
 
 
 @dataclass

@@ -285,12 +285,15 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int):
 def save_model(model, folder: Path, cfg: TrainConfig, evaluation: dict | None = None) -> Path:
     """Saves the trained model as a Hub folder (GaussDerResNets: gaussder_hf.save_for_hub)."""
     import gaussder_hf
+    from gaussder_hf.input_pipeline import processor_settings
 
     if isinstance(model, gaussder_hf.GaussDerResNet):
         summary = (f'Trained with `recipes/train.py` on `{cfg.dataset}`: {cfg.epochs} epochs, batch {cfg.batch_size}, '
                    f'AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}, '
                    f'max_examples {cfg.max_examples}, max_steps {cfg.max_steps}.')
-        return gaussder_hf.save_for_hub(model, folder, evaluation=evaluation, summary=summary)
+        # The image processor places images where the training data has them (canvas, background).
+        return gaussder_hf.save_for_hub(model, folder, evaluation=evaluation, summary=summary,
+                                        **processor_settings(cfg.dataset))
     from timm.models import save_for_hf
 
     # The saved config must carry the normalisation the model was trained with: timm would

@@ -29,7 +29,8 @@ from gaussder_hf.data.sample import DATA_DIR_ENV, FASHION_MNIST_SAMPLE_DIR, defa
 from gaussder_hf.dataset_sources import read_fashion_mnist
 from gaussder_hf.image_processing import GaussDerResNetImageProcessor
 from gaussder_hf.input_pipeline import (
-    InputPipeline, dataset_background, decode_image, image_channels, place_on_canvas, to_model_channels)
+    InputPipeline, dataset_background, decode_image, image_channels, place_on_canvas, processor_settings,
+    to_model_channels)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / 'checkpoints' / 'gaussderresnet10_fashionmnist'
@@ -147,6 +148,12 @@ def test_background_follows_the_training_data_and_is_saved(tmp_path):
     assert (dataset_background('fashionmnist'), dataset_background('cifar10'), dataset_background('stl10')) == (
         'black', 'mirror', 'mirror')
     assert GaussDerResNetImageProcessor.from_preset('gaussderresnet18_cifar10').background == 'mirror'
+    # What recipes/train.py saves with a trained network: the test split's canvas at s = 1.
+    assert processor_settings('rescaled_fashion_mnist') == {'canvas_size': {'height': 72, 'width': 72},
+                                                            'background': 'black'}
+    assert processor_settings('rescaled_stl10') == {'canvas_size': {'height': 192, 'width': 192},
+                                                    'background': 'mirror'}
+    assert processor_settings('my/exported_folder') == {}
     committed = json.loads((CHECKPOINT / 'preprocessor_config.json').read_text())
     assert committed['background'] == 'black' and committed['canvas_size'] == {'height': 72, 'width': 72}
     for preset, background in (('gaussderresnet10_fashionmnist', 'black'), ('gaussderresnet18_cifar10', 'mirror')):
@@ -254,7 +261,7 @@ def _readme_main_job() -> list[str]:
 def test_readme_main_job_runs_on_the_embedded_sample_without_the_full_data(tmp_path):
     argv = _readme_main_job()
     assert argv[:2] == ['python', 'recipes/evaluate.py'] and '--data_dir' not in argv
-    argv[argv.index('--max_examples') + 1] = '12'  # the README's line with fewer images, to stay fast
+    argv[argv.index('--max_examples') + 1] = '6'  # the README's line with fewer images, to stay fast
     env = dict(os.environ, **{DATA_DIR_ENV: str(tmp_path / 'empty'), 'HF_DATASETS_CACHE': str(tmp_path / 'cache'),
                               'PYTHONPATH': str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', '')})
     result = subprocess.run([sys.executable] + argv[1:] + ['--out_dir', str(tmp_path / 'out')], cwd=ROOT, env=env,
@@ -266,5 +273,5 @@ def test_readme_main_job_runs_on_the_embedded_sample_without_the_full_data(tmp_p
     assert [row[0] for row in rows] == ['0.500', '0.595', '0.707', '0.841', '1.000', '1.189', '1.414', '1.682',
                                         '2.000']
     evaluation = json.loads((tmp_path / 'out' / 'evaluation.json').read_text())
-    assert next(iter(evaluation.values()))['num_examples']['1.0'] == 12
+    assert next(iter(evaluation.values()))['num_examples']['1.0'] == 6
     assert (tmp_path / 'out' / 'scale_generalisation.png').stat().st_size > 0
