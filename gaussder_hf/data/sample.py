@@ -63,5 +63,5 @@ def default_data_source(dataset: str) -> DataSource:
         return DataSource(
             str(FASHION_MNIST_SAMPLE_DIR), True,
             f'data: the {FASHION_MNIST_SAMPLE_SIZE} real Fashion-MNIST test images that ship with gaussder_hf '
-            f'(no Fashion-MNIST files in {folder}). ' + FULL_DATA_HINT)
+            f'(no Fashion-MNIST files in {folder})')
     return DataSource(folder, False, f'data: Fashion-MNIST from {folder}')
