@@ -175,7 +175,8 @@ def to_unit_range(image: torch.Tensor, uint8_factor: float = 1 / 255) -> torch.T
     if image.dtype == torch.bool:
         return image.to(torch.float32)
     if image.dtype in (torch.uint16, torch.int32):  # PIL's 16-bit modes ('I;16' reads as uint16, 'I' as int32)
-        low, high = int(image.min()), int(image.max())
+        image = image.to(torch.int64)  # few operations exist for uint16
+        low, high = (int(image.min()), int(image.max())) if image.numel() else (0, 0)
         if low < 0 or high > 65535:
             raise ValueError(f'16-bit image values must lie in 0..65535, got {low}..{high}')
         return image.to(torch.float32) / 65535.0
@@ -217,7 +218,9 @@ def model_normalisation(
 
 
 def dataset_background(dataset: str) -> str:
-    """Returns the canvas background of a rescaled dataset (``'rescaled_fashion_mnist'`` or preset key ``'fashionmnist'``).
+    """Returns the canvas background of a rescaled dataset (name, e.g. ``'rescaled_fashion_mnist'``, or preset key).
+
+    ``'fashionmnist'`` works like ``'rescaled_fashion_mnist'``.
 
     Read from the dataset's builder (``BACKGROUND``), the one place that draws its canvases.
     """

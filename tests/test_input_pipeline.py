@@ -110,6 +110,16 @@ def test_grey_or_rgb_is_decided_by_one_rule_and_alpha_is_dropped():
         image_channels([[0, 1]])
 
 
+def test_16_bit_and_bilevel_images_are_scaled_to_the_unit_range():
+    values = (np.arange(20).reshape(4, 5) * 3000).astype(np.uint16)
+    pipeline = InputPipeline(1, (0.0,), (1.0,))
+    for image in (Image.fromarray(values), Image.fromarray(values.astype(np.int32)), values):
+        np.testing.assert_allclose(pipeline(image)[0].numpy(), values / 65535, rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(pipeline(Image.fromarray(np.eye(3, dtype=bool)))[0].numpy(), np.eye(3))
+    with pytest.raises(ValueError, match=r'\[0, 1\]'):
+        pipeline(np.full((3, 3), 2.0, dtype=np.float32))
+
+
 def test_rgb_to_grey_is_pils_luma_bit_for_bit():
     rgb = _rng_image((40, 30, 3), seed=5)
     expected = np.asarray(Image.fromarray(rgb).convert('L'))
