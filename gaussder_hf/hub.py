@@ -26,6 +26,7 @@ from transformers.dynamic_module_utils import custom_object_save, get_relative_i
 from . import image_processing, modeling
 from .configuration import GaussDerResNetConfig
 from .image_processing import GaussDerResNetImageProcessor
+from .input_pipeline import dataset_background
 from .model import GaussDerResNet
 from .modeling import GaussDerResNetForImageClassification
 from .presets import DATASET_INFO, HUB_NAMESPACE, PRESETS
@@ -210,6 +211,12 @@ def _link_or_copy(source, target, *, follow_symlinks: bool = True):
     return target
 
 
+def _dataset_background(config) -> str:
+    # The canvas the network was trained on: its preset dataset's; a model without preset: black.
+    preset = getattr(config, 'preset', None)
+    return dataset_background(preset.rsplit('_', 1)[1]) if preset else 'black'
+
+
 def save_for_hub(
         model,
         folder: str | os.PathLike,
@@ -220,6 +227,7 @@ def save_for_hub(
         evaluation: Mapping | None = None,
         summary: str = '',
         canvas_size: dict | None = None,
+        background: str | None = None,
 ) -> Path:
     """Writes a checkpoint folder that timm and transformers both load; returns its path.
 
@@ -240,7 +248,9 @@ def save_for_hub(
         repo_id: Hub id the card refers to (default ``<HUB_NAMESPACE>/<folder name>``).
         evaluation: ``{'dataset': ..., 'accuracy': {size_factor: accuracy}}`` for the card.
         summary: free text for the card, e.g. how the model was trained.
-        canvas_size: mirror-extension canvas for the image processor (default: none).
+        canvas_size: canvas the image processor centres images on (default: none).
+        background: the canvas background, ``'black'`` or ``'mirror'`` (default: the preset
+            dataset's, as its rescaled builder draws it).
     """
     net = _unwrap(model)
     config = copy.deepcopy(config_from_model(model, preset, class_names))
@@ -250,7 +260,7 @@ def save_for_hub(
     repo_id = repo_id or f'{HUB_NAMESPACE}/{folder.resolve().name}'
     processor = GaussDerResNetImageProcessor(
         num_channels=config.num_channels, image_mean=list(config.mean), image_std=list(config.std),
-        canvas_size=canvas_size)
+        canvas_size=canvas_size, background=background or _dataset_background(config))
     num_parameters = sum(p.numel() for p in net.parameters())
     card = render_model_card(config, num_parameters, repo_id, evaluation, summary)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in net.state_dict().items()}

@@ -24,6 +24,10 @@ padding goes to the bottom/right. When the resized image is larger than the canv
 negative and the canvas is a centre crop (the extra cropped sample, if any, comes off the
 top/left).
 
+The placement itself is :func:`place_on_canvas`, which the image processor and the recipes'
+input pipeline (:mod:`gaussder_hf.input_pipeline`) call too, so an image given to a trained
+network at its native size lands on exactly the pixels the rescaled dataset put it on.
+
 Everything is vectorised over the batch (one resize call per chunk of at most 2048 images) and
 deterministic; no global state is touched.
 """
@@ -39,7 +43,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .kernels import centred_reflect_index
 
-__all__ = ['SIZE_FACTORS', 'BACKGROUNDS', 'size_factor_name', 'rescaled_size', 'rescale_batch']
+__all__ = ['SIZE_FACTORS', 'BACKGROUNDS', 'size_factor_name', 'rescaled_size', 'place_on_canvas', 'rescale_batch']
 
 #: The nine size factors ``2**(k/4)``, ``k = -4..4`` (0.5 ... 2.0).
 SIZE_FACTORS: tuple[float, ...] = tuple(2.0 ** (k / 4) for k in range(-4, 5))
@@ -121,17 +125,47 @@ def _chunk_tensor(chunk: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(chunk)
 
 
-def _placement_index(n: int, m: int, mirror: bool) -> tuple[np.ndarray | None, slice, slice]:
-    """Returns how a resized axis of ``n`` samples goes onto a canvas axis of ``m`` samples.
+def check_background(background) -> str:
+    """Returns ``background`` if it is one of :data:`BACKGROUNDS`, else raises ValueError."""
+    if background not in BACKGROUNDS:
+        raise ValueError(f'background must be one of {BACKGROUNDS}, got {background!r}')
+    return background
 
-    With ``mirror``: ``(index, ...)`` where canvas sample ``i`` is image sample ``index[i]``.
-    Otherwise ``(None, dst, src)``: canvas slice ``dst`` receives image slice ``src`` (zeros elsewhere).
+
+def place_on_canvas(images: torch.Tensor, canvas: int | tuple[int, int], background: str = 'black',
+                    dims: tuple[int, int] = (-2, -1)) -> torch.Tensor:
+    """Returns ``images`` centred on a ``canvas``-sized image along the axes ``dims`` (rows, columns).
+
+    The centring rule of the module docstring: an axis of ``n`` samples starts at canvas position
+    ``offset = (m - n) // 2``; ``background='black'`` fills the rest with zeros, ``'mirror'``
+    mirror-extends the image (:func:`gaussder_hf.kernels.centred_reflect_index`). An axis longer
+    than the canvas is centre-cropped (callers that must not crop grow the canvas first, as
+    :func:`gaussder_hf.input_pipeline.place_on_canvas` does). Any dtype and any other axes
+    (batch, channels first or last) are kept.
     """
-    if mirror:
-        return centred_reflect_index(n, m), slice(None), slice(None)
-    offset = (m - n) // 2
-    lo, hi = max(offset, 0), min(offset + n, m)
-    return None, slice(lo, hi), slice(lo - offset, hi - offset)
+    height, width = _check_canvas(canvas)
+    check_background(background)
+    row_dim, col_dim = (d % images.ndim for d in dims)
+    if row_dim == col_dim:
+        raise ValueError(f'dims must name two different axes, got {dims!r}')
+    n_rows, n_cols = images.shape[row_dim], images.shape[col_dim]
+    if (n_rows, n_cols) == (height, width):
+        return images.clone()
+    if background == 'mirror':
+        out = images
+        for dim, n, m in ((row_dim, n_rows, height), (col_dim, n_cols, width)):
+            out = out.index_select(dim, torch.as_tensor(centred_reflect_index(n, m), device=images.device))
+        return out
+    shape = list(images.shape)
+    shape[row_dim], shape[col_dim] = height, width
+    out = images.new_zeros(shape)
+    dst, src = [slice(None)] * images.ndim, [slice(None)] * images.ndim
+    for dim, n, m in ((row_dim, n_rows, height), (col_dim, n_cols, width)):
+        offset = (m - n) // 2
+        lo, hi = max(offset, 0), min(offset + n, m)
+        dst[dim], src[dim] = slice(lo, hi), slice(lo - offset, hi - offset)
+    out[tuple(dst)] = images[tuple(src)]
+    return out
 
 
 def rescale_batch(images, size_factor: float, canvas: int | tuple[int, int], background: str = 'black') -> np.ndarray:
@@ -151,8 +185,7 @@ def rescale_batch(images, size_factor: float, canvas: int | tuple[int, int], bac
     """
     s = _check_size_factor(size_factor)
     ch, cw = _check_canvas(canvas)
-    if background not in BACKGROUNDS:
-        raise ValueError(f'background must be one of {BACKGROUNDS}, got {background!r}')
+    check_background(background)
     x = _as_uint8_array(images)
     grey = x.ndim == 3
     if grey:
@@ -163,13 +196,6 @@ def rescale_batch(images, size_factor: float, canvas: int | tuple[int, int], bac
         return np.array(x.reshape(out_shape), order='C')
 
     h, w = rescaled_size(height, s), rescaled_size(width, s)
-    mirror = background == 'mirror'
-    row_index, row_dst, row_src = _placement_index(h, ch, mirror)
-    col_index, col_dst, col_src = _placement_index(w, cw, mirror)
-    if mirror:
-        row_index = torch.from_numpy(row_index)
-        col_index = torch.from_numpy(col_index)
-
     out = np.zeros((n_images, ch, cw, channels), dtype=np.uint8)
     out_t = torch.from_numpy(out)
     chunk = max(1, min(_CHUNK_IMAGES, _CHUNK_ELEMENTS // (channels * max(height * width, h * w))))
@@ -179,8 +205,5 @@ def rescale_batch(images, size_factor: float, canvas: int | tuple[int, int], bac
             batch = part.permute(0, 3, 1, 2).to(torch.float32)  # (n, C, H, W)
             batch = TF.resize(batch, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True)
             part = batch.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)  # (n, h, w, C)
-        if mirror:
-            out_t[begin:begin + chunk] = part.index_select(1, row_index).index_select(2, col_index)
-        else:
-            out_t[begin:begin + chunk, row_dst, col_dst] = part[:, row_src, col_src]
+        out_t[begin:begin + chunk] = place_on_canvas(part, (ch, cw), background, dims=(1, 2))
     return out.reshape(out_shape)

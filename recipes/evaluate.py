@@ -1,5 +1,6 @@
 """Scale generalisation of trained models on a rescaled test set: accuracy and scale selection per size factor.
 
+    python recipes/evaluate.py --model checkpoints/gaussderresnet10_fashionmnist --max_examples 100
     accelerate launch recipes/evaluate.py --dataset rescaled_fashion_mnist \\
         --data_dir /usr/share/datasets/fashion-mnist --out_dir evaluation \\
         --model gaussderresnet=local-dir:checkpoints/gaussderresnet18_fashionmnist \\
@@ -13,6 +14,12 @@ Each ``--model`` is ``[LABEL=]SPEC``, SPEC being anything ``timm.create_model`` 
 unless ``--pretrained``; a name that is not a GaussDerResNet preset gets the dataset's number of
 input channels and classes, so ``resnet18`` is a baseline on 1x72x72 Fashion-MNIST). LABEL names
 the model in the table, the figures and the JSON (default: the folder or model name).
+
+Data (rescaled Fashion-MNIST, the default ``--dataset``): ``--data_dir FOLDER`` with the four
+official ``.gz`` files; without it, ``$GAUSSDER_HF_FASHION_MNIST_DIR`` or Debian's
+``/usr/share/datasets/fashion-mnist`` if they hold them, else the 500 real test images that ship
+with the package (test splits only; the run says which it used); ``--download`` fetches the
+official files instead. Other datasets are downloaded unless ``--data_dir`` is given.
 
 Every model is tested on the nine splits ``test_s0p500`` ... ``test_s2p000`` (size factors
 ``2**(k/4)``, k = -4..4). Images are never resized: the networks see the rescaled test images as
@@ -43,9 +50,8 @@ import re
 from pathlib import Path
 
 import datasets
-import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -53,7 +59,10 @@ import gaussder_hf  # registers the GaussDerResNets with timm and the rescaled d
 import timm
 from gaussder_hf import GaussDerResNet
 from gaussder_hf.analysis import plot_scale_generalisation, plot_scale_selection, scale_selection
-from gaussder_hf.image_processing import model_normalisation
+from gaussder_hf.data.sample import (
+    DATA_DIR_ENV, FASHION_MNIST_SAMPLE_SIZE, FULL_DATA_HINT, DataSource, default_data_source)
+from gaussder_hf.dataset_sources import FASHION_MNIST_DEBIAN_DIR
+from gaussder_hf.input_pipeline import InputPipeline, image_channels, model_normalisation
 from gaussder_hf.rescaling import SIZE_FACTORS, size_factor_name
 
 __all__ = ['ModelSpec', 'parse_model_spec', 'evaluate_models', 'write_evaluation', 'main']
@@ -127,12 +136,15 @@ def _create_model(spec: ModelSpec, in_chans: int, num_classes: int, pretrained: 
 
 # ---- data --------------------------------------------------------------------------------------
 
-def _load_test_splits(dataset: str, data_dir, max_examples, cache_dir) -> dict[float, datasets.Dataset]:
+def _load_test_splits(dataset: str, data_dir, max_examples, cache_dir,
+                      test_only: bool = False) -> dict[float, datasets.Dataset]:
     kwargs = dict(cache_dir=cache_dir)
     if data_dir is not None:
         kwargs['data_dir'] = data_dir
     if max_examples is not None:
         kwargs['max_examples'] = max_examples  # an option of the rescaled builders
+    if test_only:
+        kwargs['test_only'] = True  # likewise: only the test splits, e.g. from the embedded sample
     try:
         ds = datasets.load_dataset(dataset, **kwargs)
     except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:
@@ -147,30 +159,19 @@ def _load_test_splits(dataset: str, data_dir, max_examples, cache_dir) -> dict[f
     return {s: ds[name] for s, name in names.items()}
 
 
-def _normalisation(model: torch.nn.Module, in_chans: int) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, std = model_normalisation(model, in_chans)  # the rule recipes/train.py trains with
-    return (torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1),
-            torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
-
-
-def _to_tensors(in_chans: int, mean: torch.Tensor, std: torch.Tensor):
-    """Returns the batch transform: PIL images -> normalised float tensors (C, H, W), never resized."""
-    mode = 'L' if in_chans == 1 else 'RGB'
+def _to_tensors(pipeline: InputPipeline):
+    """Returns the batch transform: images -> normalised float tensors (C, H, W) by the package's input pipeline."""
 
     def transform(batch: dict) -> dict:
-        images = []
-        for image in batch['image']:
-            array = np.asarray(image.convert(mode), dtype=np.float32) / 255.0  # [0, 1]
-            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-            images.append((torch.from_numpy(array) - mean) / std)
-        return {'pixel_values': images, 'labels': torch.as_tensor(batch['label'], dtype=torch.long)}
+        return {'pixel_values': [pipeline(image) for image in batch['image']],
+                'labels': torch.as_tensor(batch['label'], dtype=torch.long)}
 
     return transform
 
 
 def _dataset_shape(split: datasets.Dataset) -> tuple[int, int]:
-    """Returns (input channels, classes) of a split: grey images -> 1 channel, anything else -> 3."""
-    in_chans = 1 if split[0]['image'].mode in ('L', 'I', 'I;16', 'F', '1') else 3
+    """Returns (input channels, classes) of a split, by the input pipeline's grey-or-RGB rule."""
+    in_chans = image_channels(split[0]['image'])
     label = split.features['label']
     num_classes = label.num_classes if hasattr(label, 'num_classes') else int(max(split['label'])) + 1
     return in_chans, num_classes
@@ -182,8 +183,9 @@ def _evaluate_one(accelerator: Accelerator, model: torch.nn.Module, splits: dict
                   batch_size: int, num_workers: int, label: str) -> dict:
     """Accuracy, example count and (GaussDerResNet) winner counts per size factor."""
     in_chans = getattr(model, 'in_chans', None) or model.pretrained_cfg['input_size'][0]
-    mean, std = _normalisation(model, in_chans)
-    transform = _to_tensors(in_chans, mean, std)
+    mean, std = model_normalisation(model, in_chans)  # the rule recipes/train.py trains with
+    # The test images are on their canvas already: no canvas here, only channels, [0, 1], normalisation.
+    transform = _to_tensors(InputPipeline(in_chans, mean, std))
     is_gaussder = isinstance(model, GaussDerResNet)
     num_scales = len(model.initial_scales) if is_gaussder else 0
     prepared = accelerator.prepare(model)
@@ -245,6 +247,7 @@ def evaluate_models(
         num_workers: int = 0,
         seed: int = 0,
         save_predictions: bool = False,
+        test_only: bool = False,
 ) -> dict:
     """Evaluates every model on the nine rescaled test splits of ``dataset``; returns the evaluation.json dict.
 
@@ -261,6 +264,8 @@ def evaluate_models(
         seed: random seed set before creating each model, so a randomly initialised baseline is
             reproducible (and the same in every process).
         save_predictions: also store every predicted class (``'predictions'``) in the JSON.
+        test_only: build only the test splits of a rescaled dataset (all a folder with only the
+            official test files, such as :data:`gaussder_hf.data.sample.FASHION_MNIST_SAMPLE_DIR`, holds).
     """
     if not models:
         raise ValueError('no model given')
@@ -272,7 +277,7 @@ def evaluate_models(
 
     accelerator = Accelerator()
     with accelerator.main_process_first():  # one process builds the dataset cache, the others read it
-        splits = _load_test_splits(dataset, data_dir, max_examples, cache_dir)
+        splits = _load_test_splits(dataset, data_dir, max_examples, cache_dir, test_only)
     in_chans, num_classes = _dataset_shape(splits[1.0])
 
     results = {}
@@ -321,7 +326,11 @@ def main(argv=None) -> None:
                                      epilog='\n'.join(__doc__.split('\n')[1:]))
     parser.add_argument('--model', action='append', required=True, help=SPEC_HELP + ' (repeat for several)')
     parser.add_argument('--dataset', default='rescaled_fashion_mnist', help='rescaled dataset name or folder')
-    parser.add_argument('--data_dir', '--data-dir', help='folder of the original dataset files')
+    parser.add_argument('--data_dir', '--data-dir',
+                        help=f'folder of the original dataset files (default for rescaled_fashion_mnist: '
+                             f'${DATA_DIR_ENV} or {FASHION_MNIST_DEBIAN_DIR} if they hold them, else the embedded '
+                             f'sample of real test images)')
+    parser.add_argument('--download', action='store_true', help='download the official files (needs network)')
     parser.add_argument('--max_examples', '--max-examples', type=int, help='originals per split (quick runs)')
     parser.add_argument('--batch_size', '--batch-size', type=int, default=64, help='images per batch and process')
     parser.add_argument('--out_dir', '--out-dir', default='evaluation', help='folder for evaluation.json and PNGs')
@@ -332,10 +341,21 @@ def main(argv=None) -> None:
     parser.add_argument('--save_predictions', '--save-predictions', action='store_true',
                         help='store the predicted class of every test image in evaluation.json')
     args = parser.parse_args(argv)
-    evaluate_models(args.model, args.dataset, data_dir=args.data_dir, max_examples=args.max_examples,
+    if args.download and args.data_dir:
+        parser.error('give --data_dir or --download, not both')
+    if args.download or args.data_dir:
+        source = DataSource(args.data_dir, False, f'data: {args.data_dir or "downloading the official files"}')
+    else:
+        source = default_data_source(args.dataset)
+    if PartialState().is_main_process:
+        print(source.description, flush=True)
+    evaluate_models(args.model, args.dataset, data_dir=source.data_dir, max_examples=args.max_examples,
                     batch_size=args.batch_size, out_dir=args.out_dir, cache_dir=args.cache_dir,
                     pretrained=args.pretrained, num_workers=args.num_workers, seed=args.seed,
-                    save_predictions=args.save_predictions)
+                    save_predictions=args.save_predictions, test_only=source.test_only)
+    if source.is_sample and PartialState().is_main_process:
+        print(f'These are the first {args.max_examples or FASHION_MNIST_SAMPLE_SIZE} of the '
+              f'{FASHION_MNIST_SAMPLE_SIZE} embedded test images. {FULL_DATA_HINT}')
 
 
 if __name__ == '__main__':

@@ -202,10 +202,17 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, **k
 # ----------------------------------------------------------------------------------------------
 
 def image_transform(cfg: TrainConfig, in_chans: int, mean, std, train: bool):
-    """Returns the torchvision v2 pipeline: PIL -> float tensor, augmentation (train only), normalisation."""
+    """Returns the package's input pipeline with the crop and (train only) the augmentation before normalisation.
+
+    Decoding, channels and scaling to [0, 1] are :class:`gaussder_hf.input_pipeline.InputPipeline`'s,
+    the same steps evaluation and the image processor run; the training images are on their
+    canvas already.
+    """
     from torchvision.transforms import v2
 
-    steps = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
+    from gaussder_hf.input_pipeline import InputPipeline
+
+    steps = []
     if cfg.crop_size:
         # The networks are fully convolutional: at size factor 1 a Fashion-MNIST object (28 px)
         # fits in a 48 px crop of its 72 px canvas, and training on the crop costs 2.25x less.
@@ -217,8 +224,7 @@ def image_transform(cfg: TrainConfig, in_chans: int, mean, std, train: bool):
             steps.append(v2.RandomHorizontalFlip(0.5))
         if cfg.color_jitter and in_chans == 3:
             steps.append(v2.ColorJitter(0.2, 0.2, 0.2, 0.05))
-    steps.append(v2.Normalize(list(mean), list(std)))
-    return v2.Compose(steps)
+    return InputPipeline(in_chans, mean, std, augment=v2.Compose(steps) if steps else None)
 
 
 class _RandomCropSameSize(torch.nn.Module):
@@ -243,8 +249,8 @@ class RescaledSplit(torch.utils.data.Dataset):
     images of the uninterrupted one.
     """
 
-    def __init__(self, split, transform, mode: str, seed: int):
-        self.split, self.transform, self.mode, self.seed = split, transform, mode, seed
+    def __init__(self, split, transform, seed: int):
+        self.split, self.transform, self.seed = split, transform, seed
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -254,13 +260,13 @@ class RescaledSplit(torch.utils.data.Dataset):
         example = self.split[int(index)]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash((self.seed, self.epoch, int(index))) & 0x7FFF_FFFF_FFFF_FFFF)
-            pixels = self.transform(example['image'].convert(self.mode))
+            pixels = self.transform(example['image'])
         return {'pixel_values': pixels, 'labels': example['label']}
 
 
 def normalisation(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Returns the ``(mean, std)`` the model is trained with (the rule evaluation uses too)."""
-    from gaussder_hf.image_processing import model_normalisation
+    from gaussder_hf.input_pipeline import model_normalisation
 
     return model_normalisation(model)
 
@@ -273,7 +279,7 @@ def make_dataset(cfg: TrainConfig, split, model, train: bool) -> RescaledSplit:
         if cfg.crop_size > min(width, height):
             raise ValueError(f'crop_size {cfg.crop_size} is larger than the {width}x{height} images of {cfg.dataset}')
     transform = image_transform(cfg, model.in_chans, mean, std, train)
-    return RescaledSplit(split, transform, 'L' if model.in_chans == 1 else 'RGB', cfg.seed)
+    return RescaledSplit(split, transform, cfg.seed)
 
 
 def epoch_loader(cfg: TrainConfig, dataset: RescaledSplit, epoch: int, skip: int = 0):
@@ -473,12 +479,15 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int):
 def save_model(model, folder: Path, cfg: TrainConfig, evaluation: dict | None = None) -> Path:
     """Saves the trained model as a Hub folder (GaussDerResNets: gaussder_hf.save_for_hub)."""
     import gaussder_hf
+    from gaussder_hf.input_pipeline import processor_settings
 
     if isinstance(model, gaussder_hf.GaussDerResNet):
         summary = (f'Trained with `recipes/train.py` on `{cfg.dataset}`: {cfg.epochs} epochs, batch {cfg.batch_size}, '
                    f'AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}, '
                    f'max_examples {cfg.max_examples}, max_steps {cfg.max_steps}.')
-        return gaussder_hf.save_for_hub(model, folder, evaluation=evaluation, summary=summary)
+        # The image processor places images where the training data has them (canvas, background).
+        return gaussder_hf.save_for_hub(model, folder, evaluation=evaluation, summary=summary,
+                                        **processor_settings(cfg.dataset))
     from timm.models import save_for_hf
 
     # The saved config must carry the normalisation the model was trained with: timm would
@@ -601,6 +610,7 @@ def _train(cfg: TrainConfig, output_dir: Path, accelerator) -> dict:
     from tqdm.auto import tqdm
 
     import gaussder_hf  # noqa: F401  (registers the datasets and models)
+    from gaussder_hf.input_pipeline import image_channels
 
     # The main process (holding the lock) decides what the folder becomes; the others follow.
     opened = [open_run_folder(cfg, say=accelerator.print) if accelerator.is_main_process else None]
@@ -616,7 +626,7 @@ def _train(cfg: TrainConfig, output_dir: Path, accelerator) -> dict:
 
         train_split = concatenate_datasets([data['train'], data['validation']])
     num_classes = train_split.features['label'].num_classes
-    in_chans = 1 if train_split[0]['image'].mode == 'L' else 3
+    in_chans = image_channels(train_split[0]['image'])
 
     # ---- model and optimiser
     model = build_model(cfg, num_classes, in_chans)

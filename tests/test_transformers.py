@@ -184,11 +184,11 @@ def test_image_processor_normalises_and_never_resizes():
         gaussder_hf.GaussDerResNetImageProcessor(canvas_size={'height': 0, 'width': 3})
 
 
-def test_mirror_extension_to_canvas_is_centred():
-    from gaussder_hf.image_processing import mirror_extend_to_canvas
+def test_mirror_extension_to_canvas_is_centred_and_never_crops():
+    from gaussder_hf.input_pipeline import place_on_canvas
     row = torch.arange(5.0).view(1, 1, 5)
-    torch.testing.assert_close(mirror_extend_to_canvas(row, 1, 9), torch.tensor([[[2.0, 1, 0, 1, 2, 3, 4, 3, 2]]]))
-    torch.testing.assert_close(mirror_extend_to_canvas(row, 1, 3), torch.tensor([[[1.0, 2, 3]]]))
+    torch.testing.assert_close(place_on_canvas(row, (1, 9), 'mirror'), torch.tensor([[[2.0, 1, 0, 1, 2, 3, 4, 3, 2]]]))
+    torch.testing.assert_close(place_on_canvas(row, (1, 3), 'mirror'), row)
 
 
 def test_trainer_step_changes_the_weights(tmp_path):

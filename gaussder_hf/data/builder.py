@@ -44,10 +44,14 @@ class RescaledConfig(datasets.BuilderConfig):
             builds and tests); ``None`` uses all.
         kept_ids: ids of the original images to keep (e.g. a hand-cleaned list), applied
             before the split; ``None`` keeps all. Ids are dataset specific (see each builder).
+        test_only: build only the test splits (``test`` and ``test_s*``) from the official test
+            files alone, e.g. from the package's embedded Fashion-MNIST sample
+            (:mod:`gaussder_hf.data.sample`), which has no training images.
     """
 
     max_examples: int | None = None
     kept_ids: tuple[int, ...] | None = None
+    test_only: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -60,6 +64,8 @@ class RescaledConfig(datasets.BuilderConfig):
             raise ValueError(f'max_examples must be a positive integer or None, got {self.max_examples!r}')
         if self.kept_ids is not None:
             self.kept_ids = tuple(int(i) for i in self.kept_ids)
+        if not isinstance(self.test_only, bool):
+            raise ValueError(f'test_only must be True or False, got {self.test_only!r}')
 
 
 class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
@@ -141,15 +147,19 @@ class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
     # -- datasets' builder interface ---------------------------------------------------------
 
     def _split_generators(self, dl_manager: datasets.DownloadManager) -> list[datasets.SplitGenerator]:
-        data_dir = self._local_files(dl_manager)
+        if self.config.test_only and self.config.data_dir:
+            # Only the test files are needed; the reader names any that are missing.
+            data_dir = Path(self.config.data_dir).expanduser()
+        else:
+            data_dir = self._local_files(dl_manager)
         # Read (and so validate) every original split now: a truncated or corrupt file then fails
         # with the reader's own message instead of datasets' generic generation error.
-        self._originals = {split: self._limited(*self.read_split(data_dir, split))
-                           for split in ('train', 'validation', 'test')}
+        splits = ('test',) if self.config.test_only else ('train', 'validation', 'test')
+        self._originals = {split: self._limited(*self.read_split(data_dir, split)) for split in splits}
         generators = [
             datasets.SplitGenerator(name=split, gen_kwargs=dict(
                 data_dir=data_dir, split=split, size_factor=1.0, canvas=self.TRAIN_CANVAS))
-            for split in ('train', 'validation')
+            for split in splits if split != 'test'
         ]
         generators.append(datasets.SplitGenerator(name='test', gen_kwargs=dict(
             data_dir=data_dir, split='test', size_factor=1.0, canvas=self.TEST_CANVAS)))
