@@ -26,7 +26,7 @@ from transformers.dynamic_module_utils import custom_object_save, get_relative_i
 from . import image_processing, modeling
 from .configuration import GaussDerResNetConfig
 from .image_processing import GaussDerResNetImageProcessor
-from .input_pipeline import dataset_background
+from .data import dataset_background
 from .model import GaussDerResNet
 from .modeling import GaussDerResNetForImageClassification
 from .presets import DATASET_INFO, HUB_NAMESPACE, PRESETS

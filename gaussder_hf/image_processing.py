@@ -15,7 +15,7 @@ from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import PILImageResampling
 
 from .input_pipeline import (
-    InputPipeline, dataset_background, decode_image, model_normalisation, normalise, to_model_channels)
+    InputPipeline, decode_image, model_normalisation, normalise, to_model_channels)
 from .presets import DATASET_INFO
 from .rescaling import BACKGROUNDS
 
@@ -32,7 +32,7 @@ class GaussDerResNetImageProcessor(TorchvisionBackend):
             datasets do at size factor 1 (``None``: keep each image's own size). An image larger
             than the canvas along an axis keeps its full size along it.
         background: ``'black'`` (Fashion-MNIST) or ``'mirror'`` (CIFAR-10, STL-10): the canvas
-            of the data the network was trained on (:func:`gaussder_hf.input_pipeline.dataset_background`).
+            of the data the network was trained on (:func:`gaussder_hf.data.dataset_background`).
             Configs saved before this field existed read as ``'black'``.
     """
 
@@ -106,7 +106,7 @@ class GaussDerResNetImageProcessor(TorchvisionBackend):
         if dataset not in DATASET_INFO:
             raise ValueError(f'unknown preset {name!r}')
         info = DATASET_INFO[dataset]
-        kwargs.setdefault('background', dataset_background(dataset))
+        kwargs.setdefault('background', info['background'])
         return cls(num_channels=info['input_size'][0], image_mean=list(info['mean']), image_std=list(info['std']),
                    **kwargs)
 

@@ -17,7 +17,7 @@ An image goes through four steps, in this order:
 4. :func:`normalise`: ``(x - mean) / std`` per channel, with :func:`model_normalisation`'s
    statistics in training and evaluation alike.
 
-The canvas background follows the data the network was trained on (:func:`dataset_background`:
+The canvas background follows the data the network was trained on (:func:`gaussder_hf.data.dataset_background`:
 black for Fashion-MNIST, mirror extension for CIFAR-10 and STL-10, as their builders draw them).
 Training inserts its augmentation between steps 3 and 4 (:class:`InputPipeline`'s ``augment``).
 """
@@ -34,8 +34,8 @@ from . import rescaling
 from .rescaling import check_background
 
 __all__ = [
-    'GREY_MODES', 'InputPipeline', 'dataset_background', 'decode_image', 'image_channels', 'model_normalisation',
-    'normalise', 'place_on_canvas', 'processor_settings', 'to_model_channels', 'to_unit_range',
+    'GREY_MODES', 'InputPipeline', 'decode_image', 'image_channels', 'model_normalisation',
+    'normalise', 'place_on_canvas', 'to_model_channels', 'to_unit_range',
 ]
 
 #: PIL modes read as grey (their alpha band, if any, dropped); every other mode is read as RGB.
@@ -217,38 +217,6 @@ def model_normalisation(
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
-def dataset_background(dataset: str) -> str:
-    """Returns the canvas background of a rescaled dataset (name, e.g. ``'rescaled_fashion_mnist'``, or preset key).
-
-    ``'fashionmnist'`` works like ``'rescaled_fashion_mnist'``.
-
-    Read from the dataset's builder (``BACKGROUND``), the one place that draws its canvases.
-    """
-    from .data import BUILDERS
-    from .presets import DATASET_INFO
-
-    name = DATASET_INFO[dataset]['dataset'] if dataset in DATASET_INFO else dataset
-    if name not in BUILDERS:
-        raise ValueError(f'unknown dataset {dataset!r}; known: {", ".join(BUILDERS)} or {", ".join(DATASET_INFO)}')
-    return BUILDERS[name].BACKGROUND
-
-
-def processor_settings(dataset: str) -> dict:
-    """Returns ``save_for_hub``'s ``canvas_size`` and ``background`` for a network trained on rescaled ``dataset``.
-
-    The canvas of the dataset's test split at size factor 1 and the dataset's background, so
-    that the saved image processor puts an image at its native size where that split has it.
-    ``{}`` for a dataset that is not one of the rescaled builders (e.g. an exported folder).
-    """
-    from .data import BUILDERS
-
-    builder = BUILDERS.get(dataset)
-    if builder is None:
-        return {}
-    return {'canvas_size': {'height': builder.TEST_CANVAS, 'width': builder.TEST_CANVAS},
-            'background': builder.BACKGROUND}
-
-
 @dataclass
 class InputPipeline:
     """The chain decode -> model channels -> canvas -> [0, 1] -> (augment) -> normalise, as one callable.
@@ -258,7 +226,7 @@ class InputPipeline:
         mean, std: per-channel normalisation (:func:`model_normalisation`).
         canvas: canvas to centre every image on (int, ``(H, W)`` or ``{'height', 'width'}``);
             ``None`` keeps each image's size. Never crops.
-        background: ``'black'`` or ``'mirror'`` (:func:`dataset_background`).
+        background: ``'black'`` or ``'mirror'`` (:func:`gaussder_hf.data.dataset_background`).
         augment: applied to the float image in [0, 1] before normalisation (training).
         uint8_factor: what uint8 values are multiplied by (1/255).
     """

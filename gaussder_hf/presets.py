@@ -45,13 +45,13 @@ _STL10_CLASSES = ('airplane', 'bird', 'car', 'cat', 'deer', 'dog', 'horse', 'mon
 DATASET_INFO = MappingProxyType({
     'fashionmnist': MappingProxyType(dict(
         dataset='rescaled_fashion_mnist', input_size=(1, 72, 72), test_input_size=(1, 72, 72),
-        class_names=_FASHION_MNIST_CLASSES, **_MEAN_STD_GREY)),
+        class_names=_FASHION_MNIST_CLASSES, background='black', **_MEAN_STD_GREY)),
     'cifar10': MappingProxyType(dict(
         dataset='rescaled_cifar10', input_size=(3, 64, 64), test_input_size=(3, 64, 64),
-        class_names=_CIFAR10_CLASSES, **_MEAN_STD_RGB)),
+        class_names=_CIFAR10_CLASSES, background='mirror', **_MEAN_STD_RGB)),
     'stl10': MappingProxyType(dict(
         dataset='rescaled_stl10', input_size=(3, 96, 96), test_input_size=(3, 192, 192),
-        class_names=_STL10_CLASSES, **_MEAN_STD_RGB)),
+        class_names=_STL10_CLASSES, background='mirror', **_MEAN_STD_RGB)),
 })
 
 # Architecture per dataset (Table 1). The DS variants differ only in `separable_from_block`.

@@ -479,7 +479,7 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int):
 def save_model(model, folder: Path, cfg: TrainConfig, evaluation: dict | None = None) -> Path:
     """Saves the trained model as a Hub folder (GaussDerResNets: gaussder_hf.save_for_hub)."""
     import gaussder_hf
-    from gaussder_hf.input_pipeline import processor_settings
+    from gaussder_hf.data import processor_settings
 
     if isinstance(model, gaussder_hf.GaussDerResNet):
         summary = (f'Trained with `recipes/train.py` on `{cfg.dataset}`: {cfg.epochs} epochs, batch {cfg.batch_size}, '

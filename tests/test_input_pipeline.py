@@ -9,11 +9,14 @@ from the dataset, not through the image processor).
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
 import importlib.util
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +28,11 @@ import torch
 from PIL import Image
 
 import gaussder_hf
-from gaussder_hf.data.sample import DATA_DIR_ENV, FASHION_MNIST_SAMPLE_DIR, default_data_source
+from gaussder_hf.data.sample import DATA_DIR_ENV, FASHION_MNIST_SAMPLE_DIR, FASHION_MNIST_SAMPLE_MD5, default_data_source
 from gaussder_hf.dataset_sources import read_fashion_mnist
 from gaussder_hf.image_processing import GaussDerResNetImageProcessor
-from gaussder_hf.input_pipeline import (
-    InputPipeline, dataset_background, decode_image, image_channels, place_on_canvas, processor_settings,
-    to_model_channels)
+from gaussder_hf.data import dataset_background, processor_settings
+from gaussder_hf.input_pipeline import InputPipeline, decode_image, image_channels, place_on_canvas, to_model_channels
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / 'checkpoints' / 'gaussderresnet10_fashionmnist'
@@ -240,6 +242,29 @@ def test_embedded_sample_is_the_start_of_the_official_test_set():
     np.testing.assert_array_equal(images, official_images)
     np.testing.assert_array_equal(labels, official_labels)
     assert 'Zalando SE' in (FASHION_MNIST_SAMPLE_DIR / 'LICENSE').read_text()
+
+
+@needs_fashion
+def test_embedded_sample_md5_is_that_of_the_official_files_first_500_records(tmp_path):
+    # The builder checks the sample against FASHION_MNIST_SAMPLE_MD5; recompute it from the
+    # official files: an IDX header claiming 500 items, then their first 500 records.
+    for name, record in (('t10k-images-idx3-ubyte.gz', 28 * 28), ('t10k-labels-idx1-ubyte.gz', 1)):
+        with gzip.open(Path(FASHION_DIR) / name) as f:
+            content = f.read()
+        header_size = 4 + 4 * content[3]
+        header = content[:4] + (500).to_bytes(4, 'big') + content[8:header_size]
+        body = content[header_size:header_size + 500 * record]
+        assert FASHION_MNIST_SAMPLE_MD5[name] == hashlib.md5(header + body).hexdigest()
+    # A changed sample (one label relabelled) is refused like a changed official file.
+    copy = tmp_path / 'sample'
+    shutil.copytree(FASHION_MNIST_SAMPLE_DIR, copy)
+    labels = bytearray(gzip.decompress((copy / 't10k-labels-idx1-ubyte.gz').read_bytes()))
+    labels[8] = (labels[8] + 1) % 10
+    (copy / 't10k-labels-idx1-ubyte.gz').write_bytes(gzip.compress(bytes(labels)))
+    from datasets import load_dataset
+
+    with pytest.raises(ValueError, match='md5'):
+        load_dataset('rescaled_fashion_mnist', data_dir=str(copy), test_only=True, cache_dir=str(tmp_path / 'c'))
 
 
 def test_default_data_source_is_the_full_data_if_present_else_the_sample(tmp_path, monkeypatch):

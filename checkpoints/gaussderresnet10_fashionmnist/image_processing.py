@@ -1,8 +1,11 @@
-"""Image processor of GaussDerResNets: normalisation, no resizing.
+"""Image processor of GaussDerResNets: the package's input pipeline behind transformers' interface.
 
-A GaussDerResNet is scale invariant and accepts any image size, so images are not resized by
-default. Optionally an image is mirror-extended, centred, to a canvas, as the rescaled test sets
-are (DESIGN.md §4).
+A GaussDerResNet is scale invariant and accepts any image size, so images are never resized.
+Every image goes through :mod:`gaussder_hf.input_pipeline`, the same steps training and
+evaluation use: conversion to the model's channels (one rule for grey vs RGB, alpha dropped),
+centring on ``canvas_size`` on the ``background`` of the data the network was trained on
+(pixel-identical to the rescaled dataset at size factor 1; an image larger than the canvas is
+never cropped, the canvas grows to cover it), scaling to [0, 1] and normalisation.
 """
 from __future__ import annotations
 
@@ -11,47 +14,26 @@ from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import PILImageResampling
 
-from .kernels import centred_reflect_index
+from .input_pipeline import (
+    InputPipeline, decode_image, model_normalisation, normalise, to_model_channels)
 from .presets import DATASET_INFO
+from .rescaling import BACKGROUNDS
 
-__all__ = ['GaussDerResNetImageProcessor', 'mirror_extend_to_canvas', 'model_normalisation']
-
-
-def model_normalisation(
-        model: torch.nn.Module, in_chans: int | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Returns the ``(mean, std)`` a timm model's inputs are normalised with, in training and evaluation alike.
-
-    The model's ``pretrained_cfg`` statistics where they have one value per input channel, else
-    0.5 per channel (e.g. ImageNet's RGB statistics on a 1-channel timm baseline).
-    """
-    in_chans = in_chans if in_chans is not None else getattr(model, 'in_chans', 3)
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    mean, std = cfg.get('mean'), cfg.get('std')
-    if mean is None or std is None or len(mean) != in_chans or len(std) != in_chans:
-        return (0.5,) * in_chans, (0.5,) * in_chans
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
-
-
-def mirror_extend_to_canvas(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Returns ``images (..., H, W)`` centred on an ``height x width`` canvas by mirror extension.
-
-    The same centring rule as the rescaled datasets (``kernels.centred_reflect_index``); images
-    larger than the canvas are centre-cropped along that axis.
-    """
-    for dim, target in ((-2, height), (-1, width)):
-        index = torch.as_tensor(centred_reflect_index(images.shape[dim], target), device=images.device)
-        images = images.index_select(dim, index)
-    return images
+__all__ = ['GaussDerResNetImageProcessor', 'model_normalisation']
 
 
 class GaussDerResNetImageProcessor(TorchvisionBackend):
-    """Rescales to [0, 1], normalises, converts to the model's channel count; never resizes by default.
+    """Converts to the model's channels, centres on a canvas, rescales to [0, 1], normalises; never resizes.
 
     Args:
-        num_channels: channels the model expects; RGB images are turned to grey for 1, grey
-            images repeated for 3.
-        canvas_size: ``{'height': H, 'width': W}`` to mirror-extend every image to, centred
-            (``None``: keep each image's own size).
+        num_channels: channels the model expects (1 or 3); RGB images are turned to grey for 1
+            (ITU-R 601-2 luma, as PIL), grey images repeated for 3, alpha dropped.
+        canvas_size: ``{'height': H, 'width': W}`` to centre every image on, as the rescaled
+            datasets do at size factor 1 (``None``: keep each image's own size). An image larger
+            than the canvas along an axis keeps its full size along it.
+        background: ``'black'`` (Fashion-MNIST) or ``'mirror'`` (CIFAR-10, STL-10): the canvas
+            of the data the network was trained on (:func:`gaussder_hf.data.dataset_background`).
+            Configs saved before this field existed read as ``'black'``.
     """
 
     model_input_names = ['pixel_values']
@@ -65,56 +47,74 @@ class GaussDerResNetImageProcessor(TorchvisionBackend):
     do_convert_rgb = False
     num_channels = 1
     canvas_size = None
+    background = 'black'
 
-    def __init__(self, num_channels: int | None = None, canvas_size: dict | None = None, **kwargs):
+    def __init__(self, num_channels: int | None = None, canvas_size: dict | None = None,
+                 background: str | None = None, **kwargs):
         super().__init__(**kwargs)
+        for name in ('do_resize', 'do_center_crop', 'do_pad'):
+            if kwargs.get(name):
+                raise ValueError(f'{name}=True is not supported: GaussDerResNets are scale invariant and this '
+                                 f'processor never resizes, crops or pads an image (use canvas_size to centre it)')
         if num_channels is not None:
-            if num_channels not in (1, 3):
+            if isinstance(num_channels, bool) or num_channels not in (1, 3):
                 raise ValueError(f'num_channels must be 1 or 3, got {num_channels!r}')
             self.num_channels = num_channels
         if canvas_size is not None:
-            if set(canvas_size) != {'height', 'width'} or min(canvas_size.values()) < 1:
+            if (not isinstance(canvas_size, dict) or set(canvas_size) != {'height', 'width'}
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                               for v in canvas_size.values())):
                 raise ValueError(f"canvas_size must be {{'height': H, 'width': W}} with H, W >= 1, got {canvas_size!r}")
             self.canvas_size = dict(canvas_size)
+        background = self.background if background is None else background
+        if background not in BACKGROUNDS:
+            raise ValueError(f'background must be one of {BACKGROUNDS}, got {background!r}')
+        self.background = background  # an instance attribute, so that it is saved
 
-    def _to_channels(self, image: torch.Tensor) -> torch.Tensor:
-        channels = image.shape[0]
-        if channels == 4:  # drop alpha
-            image, channels = image[:3], 3
-        if channels == self.num_channels:
-            return image
-        if self.num_channels == 1 and channels == 3:
-            # ITU-R 601 luma, as PIL's convert('L').
-            weights = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32).view(3, 1, 1)
-            return (image.float() * weights).sum(0, keepdim=True)
-        if self.num_channels == 3 and channels == 1:
-            return image.expand(3, -1, -1)
-        raise ValueError(f'cannot turn a {channels}-channel image into {self.num_channels} channels')
+    def process_image(self, image, *args, device: torch.device | None = None, **kwargs) -> torch.Tensor:
+        """Returns one input image as a ``(num_channels, H, W)`` tensor of its own dtype (decoding, channels)."""
+        image = to_model_channels(decode_image(image), self.num_channels)
+        return image.to(device) if device is not None else image
 
-    def _preprocess(self, images: list[torch.Tensor], **kwargs) -> BatchFeature:
-        images = [self._to_channels(image) for image in images]
-        return_tensors = kwargs.pop('return_tensors', None)
-        features = super()._preprocess(images, return_tensors=None, **kwargs)
-        pixel_values = features['pixel_values']
-        if self.canvas_size is not None:
-            pixel_values = [
-                mirror_extend_to_canvas(image, self.canvas_size['height'], self.canvas_size['width'])
-                for image in pixel_values]
+    def _preprocess(self, images: list[torch.Tensor], do_rescale: bool = True, rescale_factor: float = 1 / 255,
+                    do_normalize: bool = True, image_mean=None, image_std=None, return_tensors=None,
+                    do_resize: bool = False, do_center_crop: bool = False, do_pad: bool | None = False,
+                    **kwargs) -> BatchFeature:
+        for name, value in (('do_resize', do_resize), ('do_center_crop', do_center_crop), ('do_pad', do_pad)):
+            if value:
+                raise ValueError(f'{name}=True is not supported: this processor never resizes, crops or pads')
+        mean = _per_channel(image_mean, self.num_channels, 'image_mean')
+        std = _per_channel(image_std, self.num_channels, 'image_std')
+        pipeline = InputPipeline(self.num_channels, mean, std, canvas=self.canvas_size, background=self.background,
+                                 uint8_factor=rescale_factor if do_rescale else 1.0)
+        pixel_values = [pipeline.pixels(image) for image in images]
+        if do_normalize:
+            pixel_values = [normalise(image, mean, std) for image in pixel_values]
         if return_tensors is not None:
             sizes = {tuple(image.shape) for image in pixel_values}
             if len(sizes) > 1:
                 raise ValueError(
                     f'images of different sizes {sorted(sizes)} cannot be stacked into one tensor; '
-                    'pass them one at a time or set canvas_size')
+                    'pass them one at a time or set a canvas_size that covers them all')
             pixel_values = torch.stack(pixel_values)
         return BatchFeature(data={'pixel_values': pixel_values}, tensor_type=return_tensors)
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> 'GaussDerResNetImageProcessor':
-        """Returns the processor matching preset ``name`` (its mean, std and channel count)."""
+        """Returns the processor matching preset ``name``: its mean, std, channel count and canvas background."""
         dataset = name.rsplit('_', 1)[-1]
         if dataset not in DATASET_INFO:
             raise ValueError(f'unknown preset {name!r}')
         info = DATASET_INFO[dataset]
+        kwargs.setdefault('background', info['background'])
         return cls(num_channels=info['input_size'][0], image_mean=list(info['mean']), image_std=list(info['std']),
                    **kwargs)
+
+
+def _per_channel(values, channels: int, name: str) -> tuple[float, ...]:
+    values = (values,) if isinstance(values, (int, float)) else tuple(values)
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels:
+        raise ValueError(f'{name} needs 1 or {channels} value(s), got {values}')
+    return tuple(float(v) for v in values)

@@ -17,6 +17,7 @@ import inspect
 import datasets
 import datasets.load
 
+from ..presets import DATASET_INFO
 from .builder import RescaledConfig, RescaledImageBuilder, split_names
 from .rescaled_cifar10 import RescaledCIFAR10
 from .rescaled_fashion_mnist import RescaledFashionMNIST
@@ -24,7 +25,7 @@ from .rescaled_stl10 import RescaledSTL10, stl10_split_ids
 
 __all__ = [
     'BUILDERS', 'RescaledCIFAR10', 'RescaledConfig', 'RescaledFashionMNIST', 'RescaledImageBuilder', 'RescaledSTL10',
-    'builder_for', 'split_names', 'stl10_split_ids',
+    'builder_for', 'dataset_background', 'processor_settings', 'split_names', 'stl10_split_ids',
 ]
 
 BUILDERS: dict[str, type[RescaledImageBuilder]] = {
@@ -39,6 +40,33 @@ def builder_for(name: str, **kwargs) -> RescaledImageBuilder:
     if name not in BUILDERS:
         raise ValueError(f'unknown dataset {name!r}; known: {", ".join(BUILDERS)}')
     return BUILDERS[name](dataset_name=name, **kwargs)
+
+
+def dataset_background(dataset: str) -> str:
+    """Returns the canvas background of a rescaled dataset (name, e.g. ``'rescaled_fashion_mnist'``, or preset key).
+
+    ``'fashionmnist'`` works like ``'rescaled_fashion_mnist'``.
+
+    Read from the dataset's builder (``BACKGROUND``), the one place that draws its canvases.
+    """
+    name = DATASET_INFO[dataset]['dataset'] if dataset in DATASET_INFO else dataset
+    if name not in BUILDERS:
+        raise ValueError(f'unknown dataset {dataset!r}; known: {", ".join(BUILDERS)} or {", ".join(DATASET_INFO)}')
+    return BUILDERS[name].BACKGROUND
+
+
+def processor_settings(dataset: str) -> dict:
+    """Returns ``save_for_hub``'s ``canvas_size`` and ``background`` for a network trained on rescaled ``dataset``.
+
+    The canvas of the dataset's test split at size factor 1 and the dataset's background, so
+    that the saved image processor puts an image at its native size where that split has it.
+    ``{}`` for a dataset that is not one of the rescaled builders (e.g. an exported folder).
+    """
+    builder = BUILDERS.get(dataset)
+    if builder is None:
+        return {}
+    return {'canvas_size': {'height': builder.TEST_CANVAS, 'width': builder.TEST_CANVAS},
+            'background': builder.BACKGROUND}
 
 
 @functools.cache

@@ -94,21 +94,29 @@ class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
         self._extract_dir = Path(cache_root) / 'gaussder_hf' / 'extracted'
         self._source_dir = None
         if kwargs.get('data_dir'):
-            self._source_dir, md5s = self._verified_sources(Path(kwargs['data_dir']).expanduser())
+            self._source_dir, md5s = self._verified_sources(
+                Path(kwargs['data_dir']).expanduser(), bool(kwargs.get('test_only')))
             content = hashlib.sha256(repr(sorted(md5s.items())).encode()).hexdigest()[:16]
             kwargs['hash'] = f'{kwargs["hash"]}-{content}' if kwargs.get('hash') else content
         super().__init__(**kwargs)
         self.config.validate()
 
-    def _verified_sources(self, data_dir: Path) -> tuple[Path, dict[str, str]]:
+    def _verified_sources(self, data_dir: Path, test_only: bool = False) -> tuple[Path, dict[str, str]]:
         """Returns the folder the readers should read and the content md5s of the original files in ``data_dir``.
 
         An archive is extracted into ``<cache_dir>/gaussder_hf/extracted``, and the extracted
         folder is returned. Every file must match its official md5 (dataset_sources.verify_files);
         the md5s are remembered in ``<cache_dir>/gaussder_hf/verified.json`` by each file's stat.
+        ``test_only`` needs the test files alone; the package's Fashion-MNIST sample is checked
+        against its own md5s.
         """
-        files = check_files(self.SOURCE, data_dir, cache_dir=self._extract_dir)  # lists what is expected where
-        md5s = verify_files(self.SOURCE, files, record=self._extract_dir.parent / 'verified.json')
+        from .sample import FASHION_MNIST_SAMPLE_DIR, FASHION_MNIST_SAMPLE_MD5
+
+        split = 'test' if test_only else None  # lists what is expected where
+        files = check_files(self.SOURCE, data_dir, split=split, cache_dir=self._extract_dir)
+        sample = self.SOURCE == 'fashion_mnist' and data_dir.resolve() == FASHION_MNIST_SAMPLE_DIR
+        md5s = verify_files(self.SOURCE, files, record=self._extract_dir.parent / 'verified.json',
+                            expected_md5=FASHION_MNIST_SAMPLE_MD5 if sample else None)
         folders = {path.parent for name, path in files.items() if name in md5s}
         return (folders.pop() if len(folders) == 1 else data_dir), md5s
 
@@ -147,11 +155,7 @@ class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
     # -- datasets' builder interface ---------------------------------------------------------
 
     def _split_generators(self, dl_manager: datasets.DownloadManager) -> list[datasets.SplitGenerator]:
-        if self.config.test_only and self.config.data_dir:
-            # Only the test files are needed; the reader names any that are missing.
-            data_dir = Path(self.config.data_dir).expanduser()
-        else:
-            data_dir = self._local_files(dl_manager)
+        data_dir = self._local_files(dl_manager)
         # Read (and so validate) every original split now: a truncated or corrupt file then fails
         # with the reader's own message instead of datasets' generic generation error.
         splits = ('test',) if self.config.test_only else ('train', 'validation', 'test')
@@ -173,7 +177,8 @@ class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
     def _local_files(self, dl_manager: datasets.DownloadManager) -> Path:
         if self.config.data_dir:
             if self._source_dir is None:  # data_dir set on the config after construction
-                self._source_dir, _ = self._verified_sources(Path(self.config.data_dir).expanduser())
+                self._source_dir, _ = self._verified_sources(
+                    Path(self.config.data_dir).expanduser(), self.config.test_only)
             return self._source_dir
         # Download the official files, check their md5 and give them their official names.
         files = SOURCES[self.SOURCE]

@@ -7,6 +7,7 @@ mirror-extended. Splits: ``train`` = official training batches 1-4 (40,000 image
 from __future__ import annotations
 
 from ..dataset_sources import read_cifar10
+from ..presets import DATASET_INFO
 from .builder import RescaledImageBuilder
 
 
@@ -17,7 +18,7 @@ class RescaledCIFAR10(RescaledImageBuilder):
     SOURCE = 'cifar10'
     TRAIN_CANVAS = 64
     TEST_CANVAS = 64
-    BACKGROUND = 'mirror'
+    BACKGROUND = DATASET_INFO['cifar10']['background']
     DESCRIPTION = (
         'Rescaled CIFAR-10: 32x32 CIFAR-10 images rescaled (bicubic, antialiased) by size factors 2**(k/4), '
         'k = -4..4, and mirror-extended to 64x64; training and validation at size factor 1.')

@@ -6,6 +6,7 @@ Splits from the official files: ``train`` = the first 50,000 official training i
 from __future__ import annotations
 
 from ..dataset_sources import read_fashion_mnist
+from ..presets import DATASET_INFO
 from .builder import RescaledImageBuilder
 
 
@@ -16,7 +17,7 @@ class RescaledFashionMNIST(RescaledImageBuilder):
     SOURCE = 'fashion_mnist'
     TRAIN_CANVAS = 72
     TEST_CANVAS = 72
-    BACKGROUND = 'black'
+    BACKGROUND = DATASET_INFO['fashionmnist']['background']
     DESCRIPTION = (
         'Rescaled Fashion-MNIST: 28x28 Fashion-MNIST images rescaled (bicubic, antialiased) by size factors '
         '2**(k/4), k = -4..4, and centred on a 72x72 black canvas; training and validation at size factor 1.')

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..dataset_sources import read_stl10
+from ..presets import DATASET_INFO
 from .builder import RescaledImageBuilder
 
 OFFICIAL_TRAIN = 5_000
@@ -53,7 +54,7 @@ class RescaledSTL10(RescaledImageBuilder):
     SOURCE = 'stl10'
     TRAIN_CANVAS = 96
     TEST_CANVAS = 192
-    BACKGROUND = 'mirror'
+    BACKGROUND = DATASET_INFO['stl10']['background']
     DESCRIPTION = (
         'Rescaled STL-10: 96x96 STL-10 images for training at size factor 1; test images rescaled (bicubic, '
         'antialiased) by size factors 2**(k/4), k = -4..4, and mirror-extended to 192x192. Deterministic '

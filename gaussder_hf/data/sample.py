@@ -18,12 +18,17 @@ from pathlib import Path
 
 from ..dataset_sources import FASHION_MNIST_DEBIAN_DIR, SOURCES, check_files
 
-__all__ = ['DATA_DIR_ENV', 'DataSource', 'FASHION_MNIST_SAMPLE_DIR', 'FASHION_MNIST_SAMPLE_SIZE',
+__all__ = ['DATA_DIR_ENV', 'DataSource', 'FASHION_MNIST_SAMPLE_DIR', 'FASHION_MNIST_SAMPLE_MD5', 'FASHION_MNIST_SAMPLE_SIZE',
            'FULL_DATA_HINT', 'default_data_source']
 
 #: The embedded sample: the first 500 official Fashion-MNIST test images and labels.
 FASHION_MNIST_SAMPLE_DIR = Path(__file__).resolve().parent / 'fashion_mnist_sample'
 FASHION_MNIST_SAMPLE_SIZE = 500
+#: md5 of what the sample's files decompress to: the builder checks the sample like official files.
+FASHION_MNIST_SAMPLE_MD5 = {
+    't10k-images-idx3-ubyte.gz': '4255ad7a7e77f5f027f05fd7644a6d38',
+    't10k-labels-idx1-ubyte.gz': '46aa1f456ad6a5c48b50f4f28b2cc651',
+}
 
 #: Environment variable naming the folder of the official Fashion-MNIST files (default: Debian's).
 DATA_DIR_ENV = 'GAUSSDER_HF_FASHION_MNIST_DIR'
