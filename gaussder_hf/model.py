@@ -207,9 +207,10 @@ class GaussDerBlock(nn.Module):
     """Gaussian derivative residual block: ``GD -> BN -> ReLU -> GD -> BN``, skip, ReLU (eq. 32).
 
     Both GD layers work at the same ``sigma``. When the channel count changes, the skip is a
-    1x1 convolution (He-uniform, :class:`ShortcutConv`) followed by batch normalisation (§3.3). ``drop_path`` is the stochastic-depth
-    rate: in training, the residual branch of a sample is dropped with this probability (and
-    rescaled otherwise) while the shortcut is kept, as in timm's ResNet.
+    1x1 convolution (He-uniform, :class:`ShortcutConv`) followed by batch normalisation (§3.3).
+    ``drop_path`` is the stochastic-depth rate: in training, the residual branch of a sample is
+    dropped with this probability (and rescaled otherwise) while the shortcut is kept, as in timm's
+    ResNet.
     """
 
     def __init__(
