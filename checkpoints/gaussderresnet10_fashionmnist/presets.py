@@ -99,7 +99,8 @@ _MEAN_STD_RGB = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 # channel lies below 1/2. At evaluation "an extra boundary scale channel" helps "at the larger size
 # factors" (App. A.4, A.5), which gives the boundary channels "at both the ends" of §3.6.
 _SQRT2 = math.sqrt(2.0)
-PAPER_INITIAL_SCALES = geometric_scales(2.0 ** -1.5, _SQRT2, 6)   # 0.354, 1/2, 1/sqrt2, 1, sqrt2, 2
+# Written as powers of 2 so that the grid values print exactly (0.5, 1.0, 2.0) in configs.
+PAPER_INITIAL_SCALES = tuple(2.0 ** (k / 2) for k in range(-3, 3))  # 0.354, 1/2, 1/sqrt2, 1, sqrt2, 2
 PAPER_EVALUATION_SCALES = PAPER_INITIAL_SCALES + (2.0 * _SQRT2,)  # ... plus the large boundary channel
 # The grid of earlier versions (and of the committed 10-layer checkpoint): 1/2 ... 2 sqrt2.
 INITIAL_SCALES_V0 = geometric_scales(0.5, _SQRT2, 6)
