@@ -23,12 +23,22 @@ What is measured:
 
 Error: per image ``||a - b|| / ||a||`` over the 10 centred class scores, averaged over the images.
 
-Measured (seed 0, sigma0 = 1, test images 0-31, ``PYTHONPATH=. python tests/test_scale_covariance.py``):
-``gaussderresnet10_fashionmnist`` on the 72x72 canvas, central pixel: matched 0.146 / 0.192 against
-unmatched 0.823 / 1.315 at s = sqrt2 / 2 (ratios 0.18 / 0.15; seeds 1 and 2 give 0.16 / 0.13 and
-0.18 / 0.14); at sigma0 = 2 the matched error falls to 0.07 (discretisation error falls with the
-scale). ``gaussderresnet18_fashionmnist`` on a 160x160 canvas (slow): see the slow tests' bounds
-and ``benchmarks/scale_covariance.py`` for the sweep over presets, sigma0 and canvases.
+Measured (seed 0, ``PYTHONPATH=. python tests/test_scale_covariance.py``), matched / unmatched at
+s = sqrt2 and s = 2:
+
+| network, canvas, images | selection | sigma0 = 1 | sigma0 = 2 |
+|---|---|---|---|
+| 10-layer, 72, 0-31 | central pixel | 0.146 / 0.823, 0.192 / 1.315 | 0.072 / 0.694, 0.066 / 1.107 |
+| 10-layer, 72, 0-31 | spatial max | 0.103 / 0.274, 0.127 / 0.380 | 0.031 / 0.335, 0.543 / 0.567 |
+| 18-layer, 160, 0-11 | central pixel | 0.171 / 0.614, 0.195 / 1.061 | 0.033 / 0.788, 0.031 / 1.158 |
+| 18-layer, 160, 0-11 | spatial max | 0.078 / 0.188, 0.098 / 0.310 | 0.024 / 0.351, 0.027 / 0.527 |
+
+The matched error is mostly discretisation error at the finest scales: it falls several times from
+sigma0 = 1 to sigma0 = 2. Seeds 1 and 2 give matched / unmatched ratios of 0.16 / 0.13 and 0.18 /
+0.14 for the 10-layer network at the central pixel. The one failure of covariance in the table,
+spatial max at sigma0 = 2, s = 2 on the 72x72 canvas (channel sigma0 = 4), is the canvas boundary:
+the maximum over the map reaches the border, where the mirror extension is not a rescaled copy;
+the central pixel and the 160x160 canvas do not see it.
 
 Calibrating the BN running statistics in train mode on real images was tried and rejected: the BN
 biases make the random 18-layer network amplify small perturbations with depth, so the matched
@@ -319,12 +329,23 @@ def test_raw_scores_hide_the_error_that_centred_scores_show():
 
 @needs_data
 @pytest.mark.slow
-@pytest.mark.parametrize('spatial_pool', ['center', 'max'])
-def test_scale_covariance_of_the_paper_network(spatial_pool):
-    """The 18-layer preset on a 160x160 canvas (minutes): central pixel and spatial max pooling."""
+@pytest.mark.parametrize('spatial_pool, sigma0, max_matched, max_ratio', [
+    ('center', 1.0, 0.25, 0.35),  # measured 0.171 / 0.195, ratios 0.28 / 0.18
+    ('max', 1.0, 0.15, 0.5),      # measured 0.078 / 0.098, ratios 0.42 / 0.32
+    ('center', 2.0, 0.06, 0.1),   # measured 0.033 / 0.031, ratios 0.04 / 0.03
+    ('max', 2.0, 0.06, 0.15),     # measured 0.024 / 0.027, ratios 0.07 / 0.05
+])
+def test_scale_covariance_of_the_paper_network(spatial_pool, sigma0, max_matched, max_ratio):
+    """The 18-layer preset on a 160x160 canvas, 12 images (about a minute per case on one core).
+
+    Measured at s = sqrt2 / 2, seed 0, images 0-11. Under spatial max pooling at sigma0 = 1 the
+    matched channel removes only about 60% of the unmatched error: the maximum moves over the map,
+    and the finest layers' discretisation error enters wherever it lands.
+    """
     images = load_test_images(12)
-    for s, e in measure('gaussderresnet18_fashionmnist', 1.0, 160, images, spatial_pool=spatial_pool).items():
-        check_covariance(e, s, max_matched=0.25, max_ratio=0.35)
+    errors = measure('gaussderresnet18_fashionmnist', sigma0, 160, images, spatial_pool=spatial_pool)
+    for s, e in errors.items():
+        check_covariance(e, s, max_matched=max_matched, max_ratio=max_ratio)
 
 
 @needs_data
