@@ -81,6 +81,7 @@ def config_from_model(
         num_channels=net.in_chans, channels=list(net.channels), jet_order=net.jet_order, zero_order=net.zero_order,
         initial_scales=list(net.initial_scales), scale_ratio=net.scale_ratio, eps=net.eps,
         spatial_pool=net.spatial_pool, scale_pool=net.scale_pool, scale_dropout=net.scale_dropout.p,
+        scale_dropout_mode=net.scale_dropout_mode,
         separable_from_block=net.separable_from_block, preset=preset,
         image_size=list(info['input_size'][1:]) if info else [72, 72],
         mean=list(info['mean']) if info and len(info['mean']) == net.in_chans else list(grey),

@@ -1,9 +1,11 @@
 """Move a trained GaussDerResNet to another grid of scale channels, without retraining (App. A.4, A.5).
 
-    # single-scale-channel training -> the six default channels 1/2 ... 2 sqrt2 (ratio sqrt2)
+    # single-scale-channel training -> the six channels of the source's preset (2**-1.5 ... 2 for
+    # the paper's presets, 1/2 ... 2 sqrt2 for gaussderresnet10_fashionmnist)
     python recipes/transfer.py runs/single/model checkpoints/multi
-    # the denser grid of App. A.5: ratio 2**(1/4) over the same range, plus a boundary channel
-    python recipes/transfer.py runs/single/model runs/dense --grid 0.5 1.189207115002721 11 --boundary 4
+    # the denser grid of App. A.5: ratio 2**(1/4) over the same range, plus the large boundary channel
+    python recipes/transfer.py runs/model runs/dense --grid 0.3535533905932738 1.189207115002721 11 \
+        --boundary 2.8284271247461903
     python recipes/transfer.py SRC DST --initial_scales 0.5,1,2
 
 All scale channels share their weights, so the trained weights serve any set of initial scales
@@ -42,7 +44,7 @@ def check_initial_scales(scales) -> tuple[float, ...]:
 
 def transfer(source: str, destination: str, initial_scales=None, summary: str = '',
              overwrite: bool = False) -> gaussder_hf.GaussDerResNet:
-    """Saves ``source``'s weights on ``initial_scales`` (default: the presets' six) to ``destination``."""
+    """Saves ``source``'s weights on ``initial_scales`` (default: its preset's six) to ``destination``."""
     if initial_scales is not None:
         initial_scales = check_initial_scales(initial_scales)
     dest = Path(destination)
@@ -54,7 +56,10 @@ def transfer(source: str, destination: str, initial_scales=None, summary: str = 
     model = timm.create_model(name, pretrained=True)
     if not isinstance(model, gaussder_hf.GaussDerResNet):
         raise ValueError(f'{source!r} is not a GaussDerResNet checkpoint')
-    scales = gaussder_hf.DEFAULT_INITIAL_SCALES if initial_scales is None else initial_scales
+    if initial_scales is None:  # the training grid of the source's preset
+        preset = gaussder_hf.PRESETS.get((getattr(model, 'pretrained_cfg', None) or {}).get('architecture'))
+        initial_scales = preset['initial_scales'] if preset else gaussder_hf.DEFAULT_INITIAL_SCALES
+    scales = initial_scales
     transferred = model.with_initial_scales(scales).eval()
     transferred.pretrained_cfg = model.pretrained_cfg
     from_scales = ', '.join(f'{s:.4g}' for s in model.initial_scales)

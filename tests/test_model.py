@@ -7,6 +7,7 @@ import torch
 import gaussder_hf
 from gaussder_hf import GaussDerResNet, geometric_scales, pool_scales, spatial_select, transfer_scales
 from gaussder_hf.layers import DSGaussDerConv, GaussDerConv
+from gaussder_hf.model import ShortcutConv, scale_channel_keep_mask
 
 
 def tiny(**kwargs):
@@ -130,16 +131,16 @@ def test_gradient_checkpointing_gives_the_same_output_and_gradients():
 
 def test_transfer_to_another_scale_grid_keeps_weights_and_leaves_the_original():
     single = tiny(initial_scales=1.0).eval()
-    dense = geometric_scales(0.5, 2 ** 0.25, 11) + (4.0,)
+    dense = geometric_scales(2 ** -1.5, 2 ** 0.25, 11) + (2 * math.sqrt(2),)  # App. A.5 with the boundary channel
     multi = transfer_scales(single, dense)
     assert single.initial_scales == (1.0,)
     assert multi.initial_scales == pytest.approx(dense)
-    assert multi.initial_scales[-1] == 4.0 and multi.initial_scales[4] == pytest.approx(1.0)
+    assert multi.initial_scales[-1] == 2 * math.sqrt(2) and multi.initial_scales[6] == pytest.approx(1.0)
     for (n, a), (_, b) in zip(single.state_dict().items(), multi.state_dict().items()):
         assert torch.equal(a, b), n
     x = torch.rand(2, 2, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(multi.forward_scale_channels(x)[:, 4], single.forward_scale_channels(x)[:, 0])
+        torch.testing.assert_close(multi.forward_scale_channels(x)[:, 6], single.forward_scale_channels(x)[:, 0])
     # The copies are independent: training one does not change the other.
     with torch.no_grad():
         multi.head_conv.weight.add_(1.0)
@@ -148,8 +149,128 @@ def test_transfer_to_another_scale_grid_keeps_weights_and_leaves_the_original():
 
 
 def test_default_grid_is_the_papers_six_channels():
-    expected = (0.5, 1 / math.sqrt(2), 1.0, math.sqrt(2), 2.0, 2 * math.sqrt(2))
-    assert gaussder_hf.DEFAULT_INITIAL_SCALES == pytest.approx(expected)
+    # Six channels, ratio sqrt2, covering the size factors 1/2 ... 2 plus one boundary channel below 1/2.
+    expected = (1 / (2 * math.sqrt(2)), 0.5, 1 / math.sqrt(2), 1.0, math.sqrt(2), 2.0)
+    assert gaussder_hf.DEFAULT_INITIAL_SCALES == pytest.approx(expected, rel=1e-15)
+
+
+def _scores(batch=64, channels=6, classes=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    # All negative: under max pooling a score set to 0 would beat every one of them.
+    return -0.5 - torch.randn(batch, channels, classes, generator=generator).abs()
+
+
+def test_masked_scale_pooling_equals_pooling_the_kept_channels_alone():
+    scores = _scores()
+    keep = scale_channel_keep_mask(scores.shape[0], scores.shape[1], 0.5, generator=torch.Generator().manual_seed(1))
+    assert keep.any(dim=1).all() and not keep.all()
+    for mode in ('max', 'logsumexp', 'avg'):
+        pooled = pool_scales(scores, mode, keep)
+        for b in range(scores.shape[0]):
+            kept = scores[b, keep[b]]  # (S_kept, K): the kept channels as a network of their own
+            expected = {'max': kept.max(0).values, 'avg': kept.mean(0),
+                        'logsumexp': torch.log(torch.exp(kept.double()).mean(0)).float()}[mode]
+            torch.testing.assert_close(pooled[b], expected, msg=f'{mode}, sample {b}')
+    with pytest.raises(ValueError, match='at least one scale channel'):
+        pool_scales(scores, 'max', torch.zeros(scores.shape[:2], dtype=torch.bool))
+    with pytest.raises(ValueError, match='boolean mask of shape'):
+        pool_scales(scores, 'max', torch.ones(scores.shape[:2]))
+
+
+def test_keep_mask_drops_at_rate_p_and_always_keeps_a_channel():
+    generator = torch.Generator().manual_seed(0)
+    keep = scale_channel_keep_mask(20_000, 6, 0.3, generator=generator)
+    assert keep.any(dim=1).all()
+    # Binomial: the drop rate is 0.3 (less at most 0.3**6 for the rescued rows); 3 standard errors.
+    assert abs((~keep).float().mean().item() - 0.3) < 3 * math.sqrt(0.3 * 0.7 / keep.numel()) + 0.3 ** 6
+    everything = scale_channel_keep_mask(1_000, 3, 0.99, generator=generator)
+    assert (everything.sum(dim=1) >= 1).all() and (everything.sum(dim=1) == 1).float().mean() > 0.9
+
+
+@pytest.mark.parametrize('scale_pool', ['max', 'logsumexp', 'avg'])
+def test_channel_dropout_pools_only_the_kept_channels_of_the_network(scale_pool, monkeypatch):
+    model = tiny(initial_scales=(0.7, 1.0, 1.4, 2.0), scale_dropout=0.5, scale_dropout_mode='channel',
+                 scale_pool=scale_pool).train()
+    x = torch.rand(8, 2, 12, 12)
+    drawn = []
+
+    def recording(*args, **kwargs):
+        drawn.append(scale_channel_keep_mask(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(gaussder_hf.model, 'scale_channel_keep_mask', recording)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        pooled = model(x)
+        torch.manual_seed(0)
+        per_channel = model.forward_scale_channels(x)  # the same BN batch statistics, no dropout inside
+    (keep,) = drawn
+    assert not keep.all()
+    for b in range(x.shape[0]):
+        kept = per_channel[b, keep[b]]
+        alone = {'max': kept.max(0).values, 'avg': kept.mean(0),
+                 'logsumexp': torch.logsumexp(kept, 0) - math.log(kept.shape[0])}[scale_pool]
+        torch.testing.assert_close(pooled[b], alone)
+    if scale_pool == 'max':  # a dropped channel never wins, even where every kept score is below it
+        dropped_max = per_channel.masked_fill(keep[..., None], -math.inf).amax(1)
+        assert (pooled < dropped_max).any()
+
+
+def test_score_dropout_can_let_a_dropped_zero_win_the_max_but_channel_dropout_cannot():
+    scores = _scores()
+    torch.manual_seed(0)
+    dropped = torch.nn.Dropout(0.5).train()(scores)
+    assert (pool_scales(dropped, 'max') == 0).any()  # the reading channel dropout avoids
+    keep = scale_channel_keep_mask(scores.shape[0], scores.shape[1], 0.5, generator=torch.Generator().manual_seed(0))
+    assert (pool_scales(scores, 'max', keep) < 0).all()
+
+
+@pytest.mark.parametrize('mode', ['score', 'channel'])
+def test_scale_channel_dropout_changes_nothing_in_eval_mode(mode):
+    x = torch.rand(4, 2, 12, 12)
+    plain = tiny(scale_dropout=0.0).eval()
+    dropped = tiny(scale_dropout=0.5, scale_dropout_mode=mode).eval()  # the same seed: the same weights
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(x), plain(x), rtol=0, atol=0)
+
+
+def test_channel_dropout_mode_goes_through_the_transformers_config_and_back():
+    from gaussder_hf.hub import config_from_model
+
+    model = tiny(scale_dropout=0.3, scale_dropout_mode='channel')
+    config = config_from_model(model)
+    assert config.scale_dropout_mode == 'channel' and config.model_args()['scale_dropout_mode'] == 'channel'
+    assert config.to_dict()['model_args']['scale_dropout_mode'] == 'channel'
+    assert GaussDerResNet(**config.model_args()).scale_dropout_mode == 'channel'
+    with pytest.raises(ValueError, match="scale_dropout_mode must be one of .*'sample'"):
+        gaussder_hf.GaussDerResNetConfig(scale_dropout_mode='sample')
+
+
+def test_shortcut_projections_are_he_uniform():
+    torch.manual_seed(0)
+    model = tiny(channels=(64, 64, 256, 128))
+    shortcuts = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(shortcuts) == 2 and all(isinstance(m, ShortcutConv) for m in shortcuts)
+    for conv in shortcuts:
+        fan_in = conv.in_channels  # 1x1 kernel
+        bound = math.sqrt(6.0 / fan_in)  # He uniform: variance 2 / fan_in = bound**2 / 3
+        weight = conv.weight.detach()
+        assert weight.abs().max() <= bound
+        # The draws fill the interval: PyTorch's default (bound 1/sqrt(fan_in)) would reach 41% of it.
+        assert weight.abs().max() > 0.95 * bound
+        assert weight.var().item() == pytest.approx(2.0 / fan_in, rel=0.1)
+    # The earlier initialisation is one call away.
+    torch.nn.Conv2d.reset_parameters(shortcuts[0])
+    assert shortcuts[0].weight.abs().max() <= 1 / math.sqrt(shortcuts[0].in_channels)
+
+
+def test_transformers_initialisation_keeps_he_uniform_shortcuts():
+    config = gaussder_hf.GaussDerResNetConfig.from_preset(
+        'gaussderresnet10_fashionmnist', channels=[64, 256], initial_scales=[1.0])
+    torch.manual_seed(0)
+    model = gaussder_hf.GaussDerResNetForImageClassification(config)
+    conv = model.gaussderresnet.blocks[0].downsample[0]
+    assert conv.weight.abs().max() > 0.95 * math.sqrt(6.0 / 64)
 
 
 @pytest.mark.parametrize('kwargs, pattern', [
@@ -161,6 +282,7 @@ def test_default_grid_is_the_papers_six_channels():
     (dict(initial_scales=()), 'initial_scales'),
     (dict(scale_ratio=0.0), 'sigma.*0.0'),
     (dict(scale_dropout=1.0), 'scale_dropout.*1.0'),
+    (dict(scale_dropout_mode='sample'), "scale_dropout_mode.*'sample'"),
     (dict(channels=(4, 0)), r'channels.*\(4, 0\)'),
     (dict(separable_from_block=7), 'separable_from_block.*7'),
 ])

@@ -1,37 +1,48 @@
 """Scale covariance of a randomly initialised GaussDerResNet on real Fashion-MNIST images.
 
 Each 28x28 test image (float in [0, 1]) is rescaled by a size factor ``s`` (bicubic, antialiased)
-and pasted centred on a black ``canvas x canvas`` image. With spatial max pooling, the class
-scores of the scale channel with initial scale ``sigma0`` on the ``s = 1`` image should equal
-those of the channel with initial scale ``s * sigma0`` on the rescaled image (matched channels,
-scale covariance, paper §3.5), up to discretisation and boundary effects. The same channel
-``sigma0`` on the rescaled image (unmatched) and a plain 3x3-conv ResNet of similar size
-without subsampling serve as the references the matched error must beat.
+and pasted centred on a black ``canvas x canvas`` image. The class scores of the scale channel
+with initial scale ``sigma0`` on the ``s = 1`` image should equal those of the channel with
+initial scale ``s * sigma0`` on the rescaled image (matched channels, scale covariance, paper
+§3.5), up to discretisation and boundary effects. The same channel ``sigma0`` on the rescaled
+image (unmatched) and a plain 3x3-conv ResNet of the same widths without subsampling serve as the
+references the matched error must beat.
 
-Error: per image ``||a - b|| / ||a||`` over the 10 class scores, averaged over the images.
+What is measured:
 
-The network is used as initialised, in eval mode: its batch normalisations have the default
-running statistics (mean 0, variance 1), so they are the identity (up to the BN epsilon), there
-are no biases, and the network is positively homogeneous. Its max-pooled class scores share a
-large common component (the class-mean part is about 97% of their norm), which makes every
-relative error small. That component is shared by the three errors compared here, and the
-scores still depend on the image: the test checks that the spread of the scores over the
-images is well above the matched error, so a network whose scores do not depend on the image
-fails. Calibrating the BN running statistics in train mode on real images was tried and
-rejected: the BN biases make the random 18-layer network amplify small perturbations with
-depth (the feature-map covariance error grows from ~15% after layer 1 to ~45% at the output
-for sigma0 = 1, s = 2, instead of staying flat), so the matched error exceeds the unmatched
-one. ``benchmarks/scale_covariance.py --calibrate-bn`` reproduces this.
+- the preset's own spatial selection: the central pixel for Fashion-MNIST (eq. 38), whose
+  covariance needs the object centred on the canvas, which the rescaling keeps; spatial max
+  pooling (eq. 39) in the slow tests;
+- class scores with their mean over the classes removed (:func:`centred`). The network is used as
+  initialised, in eval mode (BN is the identity up to its epsilon), and the scores of such a
+  random network share a large class-independent part (about 97% of their norm under spatial max
+  pooling) that would hide most of the error: an error relative to the raw scores is small for
+  any network. What decides the class is the centred part, and its relative error is measured;
+- the ratio matched / unmatched, not only the raw matched error: it says how much of the change
+  caused by rescaling the matched channel undoes.
 
-Margins (sigma0 = 1, canvas 160, measured with seed 0 on test images 0-11): matched 2.2% / 3.1%
-for s = sqrt2 / 2, unmatched 9.9% / 15.0%, plain 11.5% / 17.9%, so matched / plain is ~0.2 against
-the required 0.25. That ratio depends on the weights and the images: on images 0-5 alone it is
-0.24 / 0.25 (seed 0), and seed 2 on images 0-11 gives 0.29 at s = sqrt2. At sigma0 = 1 the
-matched error is set by discretisation (it falls to ~1% at sigma0 = 2); the plain net's error is
-bounded by how much its scores depend on the image at all (its spread over images is ~0.2).
+Error: per image ``||a - b|| / ||a||`` over the 10 centred class scores, averaged over the images.
 
-The long sweep (several sigma0 and canvases, all presets) is ``benchmarks/scale_covariance.py``;
-another seed and other images are under ``@pytest.mark.slow`` here.
+Measured (seed 0, ``PYTHONPATH=. python tests/test_scale_covariance.py``), matched / unmatched at
+s = sqrt2 and s = 2:
+
+| network, canvas, images | selection | sigma0 = 1 | sigma0 = 2 |
+|---|---|---|---|
+| 10-layer, 72, 0-31 | central pixel | 0.146 / 0.823, 0.192 / 1.315 | 0.072 / 0.694, 0.066 / 1.107 |
+| 10-layer, 72, 0-31 | spatial max | 0.103 / 0.274, 0.127 / 0.380 | 0.031 / 0.335, 0.543 / 0.567 |
+| 18-layer, 160, 0-11 | central pixel | 0.171 / 0.614, 0.195 / 1.061 | 0.033 / 0.788, 0.031 / 1.158 |
+| 18-layer, 160, 0-11 | spatial max | 0.078 / 0.188, 0.098 / 0.310 | 0.024 / 0.351, 0.027 / 0.527 |
+
+The matched error is mostly discretisation error at the finest scales: it falls several times from
+sigma0 = 1 to sigma0 = 2. Seeds 1 and 2 give matched / unmatched ratios of 0.16 / 0.13 and 0.18 /
+0.14 for the 10-layer network at the central pixel. The one failure of covariance in the table,
+spatial max at sigma0 = 2, s = 2 on the 72x72 canvas (channel sigma0 = 4), is the canvas boundary:
+the maximum over the map reaches the border, where the mirror extension is not a rescaled copy;
+the central pixel and the 160x160 canvas do not see it.
+
+Calibrating the BN running statistics in train mode on real images was tried and rejected: the BN
+biases make the random 18-layer network amplify small perturbations with depth, so the matched
+error exceeds the unmatched one. ``benchmarks/scale_covariance.py --calibrate-bn`` reproduces this.
 """
 from __future__ import annotations
 
@@ -50,6 +61,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fashion_mnist import fashion_mnist_available, load_fashion_mnist, read_idx  # noqa: E402
 
 import gaussder_hf  # noqa: E402
+from gaussder_hf.model import spatial_select  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,15 +109,16 @@ class PlainConvResNet(nn.Module):
 
     Stem ``conv3x3 -> BN -> ReLU``, one residual block ``conv3x3 -> BN -> ReLU -> conv3x3 -> BN``
     (+ identity, or 1x1 conv + BN when the width changes, then ReLU) per entry of ``channels[1:]``,
-    head ``conv3x3 -> BN`` to ``num_classes``, spatial max pooling. Convolutions have no bias and
-    the same He-uniform initialisation as the GD layers (the 1x1 skips keep PyTorch's default, as in
-    the GaussDerResNet). Zero padding: on a black canvas it agrees with the GD layers' mirror
-    extension wherever the margin is wide enough.
+    head ``conv3x3 -> BN`` to ``num_classes``, then the spatial selection ``spatial_pool`` (spatial
+    max pooling by default). Convolutions have no bias and the same He-uniform initialisation as
+    the GaussDerResNet's layers, 1x1 skips included. Zero padding: on a black canvas it agrees with
+    the GD layers' mirror extension wherever the margin is wide enough.
     """
 
-    def __init__(self, in_chans: int, num_classes: int, channels):
+    def __init__(self, in_chans: int, num_classes: int, channels, spatial_pool: str = 'max'):
         super().__init__()
         channels = tuple(channels)
+        self.spatial_pool = spatial_pool
 
         def conv(cin, cout):
             layer = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
@@ -118,8 +131,11 @@ class PlainConvResNet(nn.Module):
             block = nn.Module()
             block.body = nn.Sequential(
                 conv(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(), conv(cout, cout), nn.BatchNorm2d(cout))
-            block.skip = (nn.Identity() if cin == cout
-                          else nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)))
+            block.skip = nn.Identity()
+            if cin != cout:
+                skip = nn.Conv2d(cin, cout, 1, bias=False)
+                nn.init.kaiming_uniform_(skip.weight, nonlinearity='relu')
+                block.skip = nn.Sequential(skip, nn.BatchNorm2d(cout))
             self.blocks.append(block)
         self.head = nn.Sequential(conv(channels[-1], num_classes), nn.BatchNorm2d(num_classes))
 
@@ -127,7 +143,7 @@ class PlainConvResNet(nn.Module):
         x = self.stem(x)
         for block in self.blocks:
             x = F.relu(block.body(x) + block.skip(x))
-        return self.head(x).amax(dim=(-2, -1))
+        return spatial_select(self.head(x), self.spatial_pool)
 
 
 def relative_l2_error(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -135,12 +151,21 @@ def relative_l2_error(reference: torch.Tensor, other: torch.Tensor) -> float:
     return ((reference - other).norm(dim=-1) / reference.norm(dim=-1)).mean().item()
 
 
-def build_networks(preset: str, sigma0: float, seed: int = 0):
-    """Returns ``(gaussderresnet, plain)``: the preset with spatial max pooling and one scale channel
-    ``sigma0``, and a plain 3x3-conv ResNet of the same widths, both randomly initialised, eval mode."""
+def centred(scores: torch.Tensor) -> torch.Tensor:
+    """Returns class scores ``(..., K)`` with their mean over the classes removed."""
+    return scores - scores.mean(dim=-1, keepdim=True)
+
+
+def build_networks(preset: str, sigma0: float, seed: int = 0, spatial_pool: str | None = 'max'):
+    """Returns ``(gaussderresnet, plain)``: the preset with one scale channel ``sigma0`` and a plain
+    3x3-conv ResNet of the same widths, both randomly initialised, eval mode, both with the spatial
+    selection ``spatial_pool`` (``None``: the preset's own)."""
     torch.manual_seed(seed)
-    model = gaussder_hf.create_gaussderresnet(preset, initial_scales=(sigma0,), spatial_pool='max').eval()
-    plain = PlainConvResNet(model.in_chans, model.num_classes, model.channels).eval()
+    overrides = dict(initial_scales=(sigma0,))
+    if spatial_pool is not None:
+        overrides['spatial_pool'] = spatial_pool
+    model = gaussder_hf.create_gaussderresnet(preset, **overrides).eval()
+    plain = PlainConvResNet(model.in_chans, model.num_classes, model.channels, model.spatial_pool).eval()
     return model, plain
 
 
@@ -163,21 +188,28 @@ def rescaled_scores(model, plain, images: torch.Tensor, s: float, sigma0: float,
     return scores[:, 1], scores[:, 0], plain(x)
 
 
-def covariance_errors(model, plain, images: torch.Tensor, s: float, sigma0: float, canvas: int, reference=None):
-    """Returns ``{'matched', 'unmatched', 'plain', 'spread'}`` mean relative L2 errors for size factor ``s``.
+def covariance_errors(model, plain, images: torch.Tensor, s: float, sigma0: float, canvas: int, reference=None,
+                      centre: bool = True):
+    """Returns ``{'matched', 'unmatched', 'plain', 'spread', 'plain_spread'}`` mean relative L2 errors for ``s``.
 
     ``matched``: channel ``s * sigma0`` on the rescaled image against channel ``sigma0`` on the
     ``s = 1`` image; ``unmatched``: channel ``sigma0`` on both; ``plain``: the plain conv net on both;
-    ``spread``: the ``s = 1`` scores against their mean over the images (how much they depend on
-    the image). ``reference`` reuses :func:`reference_scores`.
+    ``spread`` (``plain_spread``): the ``s = 1`` scores of the GaussDerResNet (the plain net) against
+    their mean over the images, i.e. how much they depend on the image at all. With ``centre``
+    (default) every score vector first loses its mean over the classes (:func:`centred`).
+    ``reference`` reuses :func:`reference_scores`.
     """
     ref, plain_ref = reference if reference is not None else reference_scores(model, plain, images, sigma0, canvas)
     matched, unmatched, plain_scores = rescaled_scores(model, plain, images, s, sigma0, canvas)
+    if centre:
+        ref, plain_ref, matched, unmatched, plain_scores = map(
+            centred, (ref, plain_ref, matched, unmatched, plain_scores))
     return dict(
         matched=relative_l2_error(ref, matched),
         unmatched=relative_l2_error(ref, unmatched),
         plain=relative_l2_error(plain_ref, plain_scores),
         spread=relative_l2_error(ref, ref.mean(dim=0, keepdim=True).expand_as(ref)),
+        plain_spread=relative_l2_error(plain_ref, plain_ref.mean(dim=0, keepdim=True).expand_as(plain_ref)),
     )
 
 
@@ -191,18 +223,25 @@ needs_data = pytest.mark.skipif(
     not fashion_mnist_available() and not os.environ.get('CI'),
     reason="Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
 
-# 12 images take ~45 s on 2 CPU cores. At sigma0 = 1 the matched / plain ratio (~0.2) is close to
-# the required 1/4 and varies with the images and the seed (see the module docstring).
-NUM_IMAGES = 12
-
-
-def check_covariance(errors: dict, s: float) -> None:
+def check_covariance(errors: dict, s: float, max_matched: float, max_ratio: float) -> None:
     where = f's = {s:.4g}: {", ".join(f"{k} {v:.4f}" for k, v in errors.items())}'
-    assert errors['matched'] <= 0.05, where
-    assert errors['matched'] <= 0.5 * errors['unmatched'], where
-    assert errors['matched'] <= 0.25 * errors['plain'], where
-    # Not a network whose scores ignore the image (which would pass the three checks above).
-    assert errors['spread'] >= 4 * errors['matched'], where
+    assert errors['matched'] <= max_matched, where
+    # The matched channel undoes most of what rescaling changed in the unmatched one.
+    assert errors['matched'] <= max_ratio * errors['unmatched'], where
+    # Not a network whose scores ignore the image (which would pass the checks above).
+    assert errors['spread'] >= 2 * errors['matched'], where
+    # Against the plain conv net, each error is taken relative to how much the net's scores vary over
+    # the images: a small receptive field makes the plain net's scores nearly image-independent, so
+    # its raw error says little.
+    assert errors['matched'] / errors['spread'] <= 0.5 * errors['plain'] / errors['plain_spread'], where
+
+
+def measure(preset: str, sigma0: float, canvas: int, images: torch.Tensor, seed: int = 0,
+            spatial_pool: str | None = None, factors=(math.sqrt(2.0), 2.0)) -> dict:
+    """Returns ``{s: covariance_errors(...)}`` on centred scores for a randomly initialised ``preset``."""
+    model, plain = build_networks(preset, sigma0, seed=seed, spatial_pool=spatial_pool)
+    reference = reference_scores(model, plain, images, sigma0, canvas)
+    return {s: covariance_errors(model, plain, images, s, sigma0, canvas, reference) for s in factors}
 
 
 def test_idx_reader_checks_magic_and_sizes(tmp_path):
@@ -249,25 +288,82 @@ def test_rescale_on_canvas_keeps_the_centre():
         rescale_on_canvas(images, 2.0, 40)
 
 
+# The 10-layer preset on the dataset's 72x72 canvas: 16 images take ~2 s on one CPU core.
+SMALL = 'gaussderresnet10_fashionmnist'
+
+
 @needs_data
-def test_scale_covariance_fashion_mnist():
-    """Matched scale channels agree to <= 5%, <= 1/2 the unmatched and <= 1/4 the plain-conv error."""
-    sigma0, canvas = 1.0, 160
-    model, plain = build_networks('gaussderresnet18_fashionmnist', sigma0)
-    images = load_test_images(NUM_IMAGES)
-    reference = reference_scores(model, plain, images, sigma0, canvas)
-    for s in (math.sqrt(2.0), 2.0):
-        check_covariance(covariance_errors(model, plain, images, s, sigma0, canvas, reference), s)
+def test_scale_covariance_at_the_central_pixel():
+    """Matched channels: centred scores within 25% and at most 0.3 x the unmatched error.
+
+    Measured (seed 0, images 0-15): matched 0.160 / 0.202, unmatched 0.837 / 1.443 (ratios 0.19 / 0.14)
+    at s = sqrt2 / 2; relative to the spread over images, 0.12 / 0.15 against the plain net's 0.46 / 0.71.
+    """
+    images = load_test_images(16)
+    errors = measure(SMALL, 1.0, 72, images)
+    for s, e in errors.items():
+        check_covariance(e, s, max_matched=0.25, max_ratio=0.3)
+    # The matched error is discretisation error: it falls at a coarser initial scale.
+    coarser = measure(SMALL, 2.0, 72, images, factors=(2.0,))
+    assert coarser[2.0]['matched'] < 0.6 * errors[2.0]['matched'], (coarser, errors)
+
+
+@needs_data
+def test_scale_covariance_under_spatial_max_pooling():
+    """Measured (seed 0, images 0-15): matched 0.106 / 0.135, unmatched 0.305 / 0.413 (ratios 0.35 / 0.33)."""
+    for s, e in measure(SMALL, 1.0, 72, load_test_images(16), spatial_pool='max').items():
+        check_covariance(e, s, max_matched=0.2, max_ratio=0.45)
+
+
+@needs_data
+def test_raw_scores_hide_the_error_that_centred_scores_show():
+    # The reason the errors are measured on centred scores: the class-independent part of a random
+    # network's scores makes the raw relative error several times smaller.
+    model, plain = build_networks(SMALL, 1.0, spatial_pool='max')
+    images = load_test_images(8)
+    reference = reference_scores(model, plain, images, 1.0, 72)
+    raw = covariance_errors(model, plain, images, 2.0, 1.0, 72, reference, centre=False)
+    centred_errors = covariance_errors(model, plain, images, 2.0, 1.0, 72, reference)
+    assert centred_errors['unmatched'] > 3 * raw['unmatched'], (raw, centred_errors)
+
+
+@needs_data
+@pytest.mark.slow
+@pytest.mark.parametrize('spatial_pool, sigma0, max_matched, max_ratio', [
+    ('center', 1.0, 0.25, 0.35),  # measured 0.171 / 0.195, ratios 0.28 / 0.18
+    ('max', 1.0, 0.15, 0.5),      # measured 0.078 / 0.098, ratios 0.42 / 0.32
+    ('center', 2.0, 0.06, 0.1),   # measured 0.033 / 0.031, ratios 0.04 / 0.03
+    ('max', 2.0, 0.06, 0.15),     # measured 0.024 / 0.027, ratios 0.07 / 0.05
+])
+def test_scale_covariance_of_the_paper_network(spatial_pool, sigma0, max_matched, max_ratio):
+    """The 18-layer preset on a 160x160 canvas, 12 images (about a minute per case on one core).
+
+    Measured at s = sqrt2 / 2, seed 0, images 0-11. Under spatial max pooling at sigma0 = 1 the
+    matched channel removes only about 60% of the unmatched error: the maximum moves over the map,
+    and the finest layers' discretisation error enters wherever it lands.
+    """
+    images = load_test_images(12)
+    errors = measure('gaussderresnet18_fashionmnist', sigma0, 160, images, spatial_pool=spatial_pool)
+    for s, e in errors.items():
+        check_covariance(e, s, max_matched=max_matched, max_ratio=max_ratio)
 
 
 @needs_data
 @pytest.mark.slow
 @pytest.mark.parametrize('sigma0', [1.0, 2.0])
-def test_scale_covariance_fashion_mnist_slow(sigma0):
+def test_scale_covariance_other_weights_and_images(sigma0):
     """Other weights (seed 1), 16 other images, and sigma0 = 2 as well as 1."""
-    canvas = 160
-    model, plain = build_networks('gaussderresnet18_fashionmnist', sigma0, seed=1)
     images = load_test_images(16, start=100)
-    reference = reference_scores(model, plain, images, sigma0, canvas)
-    for s in (math.sqrt(2.0), 2.0):
-        check_covariance(covariance_errors(model, plain, images, s, sigma0, canvas, reference), s)
+    for s, e in measure(SMALL, sigma0, 72, images, seed=1).items():
+        check_covariance(e, s, max_matched=0.25, max_ratio=0.3)
+
+
+if __name__ == '__main__':  # prints the numbers quoted in the module docstring
+    torch.set_num_threads(1)
+    for preset, canvas, count in ((SMALL, 72, 32), ('gaussderresnet18_fashionmnist', 160, 12)):
+        for pool in ('center', 'max'):
+            for sigma0 in (1.0, 2.0):
+                for s, e in measure(preset, sigma0, canvas, load_test_images(count), spatial_pool=pool).items():
+                    print(f'{preset} canvas {canvas}, {count} images, {pool}, sigma0 {sigma0}, s {s:.4g}: '
+                          + ', '.join(f'{k} {v:.3f}' for k, v in e.items())
+                          + f', matched/unmatched {e["matched"] / e["unmatched"]:.3f}')

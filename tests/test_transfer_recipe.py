@@ -30,7 +30,9 @@ def test_transfer_to_the_default_grid_keeps_every_weight_and_the_matching_channe
     before = (folder / 'model.safetensors').read_bytes()
     recipe.main([str(folder), str(tmp_path / 'multi')])
     multi = timm.create_model(f'local-dir:{tmp_path / "multi"}', pretrained=True).eval()
-    assert multi.initial_scales == pytest.approx(gaussder_hf.DEFAULT_INITIAL_SCALES)
+    # Without --initial_scales: the grid of the source's preset (1/2 ... 2 sqrt2 for the 10-layer one).
+    preset_grid = gaussder_hf.PRESETS['gaussderresnet10_fashionmnist']['initial_scales']
+    assert multi.initial_scales == pytest.approx(preset_grid)
     assert (folder / 'model.safetensors').read_bytes() == before  # the source is untouched
     source, target = load_file(folder / 'model.safetensors'), load_file(tmp_path / 'multi' / 'model.safetensors')
     assert source.keys() == target.keys() and all(torch.equal(source[k], target[k]) for k in source)

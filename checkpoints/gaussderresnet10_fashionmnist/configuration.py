@@ -15,7 +15,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import GenerationConfig, PreTrainedConfig
 
 from .kernels import MAX_JET_ORDER
-from .model import SCALE_POOLS, SPATIAL_POOLS
+from .model import SCALE_DROPOUT_MODES, SCALE_POOLS, SPATIAL_POOLS
 from .presets import DATASET_INFO, PRESETS, get_preset
 
 __all__ = ['GaussDerResNetConfig']
@@ -66,6 +66,7 @@ class GaussDerResNetConfig(PreTrainedConfig):
         spatial_pool: ``'center'`` or ``'max'``.
         scale_pool: ``'max'``, ``'logsumexp'`` or ``'avg'``.
         scale_dropout: dropout on the per-scale-channel scores during training.
+        scale_dropout_mode: ``'score'`` (single class scores) or ``'channel'`` (whole scale channels).
         separable_from_block: first depthwise-separable residual block, or ``None``.
         preset: the registered timm name these settings derive from.
         image_size: nominal training image size (height, width); any size works.
@@ -88,6 +89,7 @@ class GaussDerResNetConfig(PreTrainedConfig):
     spatial_pool: str = _DEFAULT['spatial_pool']
     scale_pool: str = _DEFAULT['scale_pool']
     scale_dropout: float = _DEFAULT['scale_dropout']
+    scale_dropout_mode: str = 'score'  # what configs written before this field was added meant
     separable_from_block: int | None = _DEFAULT['separable_from_block']
     preset: str | None = 'gaussderresnet18_fashionmnist'
     image_size: list[int] | tuple[int, ...] = DATASET_INFO['fashionmnist']['input_size'][1:]
@@ -175,6 +177,8 @@ class GaussDerResNetConfig(PreTrainedConfig):
             fail('scale_pool', f'must be one of {SCALE_POOLS}')
         if not 0 <= self.scale_dropout < 1:
             fail('scale_dropout', 'must lie in [0, 1)')
+        if self.scale_dropout_mode not in SCALE_DROPOUT_MODES:
+            fail('scale_dropout_mode', f'must be one of {SCALE_DROPOUT_MODES}')
         if self.separable_from_block is not None and not 1 <= self.separable_from_block <= len(self.channels):
             fail('separable_from_block', f'must be None or in 1..{len(self.channels)}')
         if self.preset is not None and self.preset not in PRESETS:
@@ -205,7 +209,7 @@ class GaussDerResNetConfig(PreTrainedConfig):
             jet_order=self.jet_order, zero_order=self.zero_order, initial_scales=tuple(self.initial_scales),
             scale_ratio=self.scale_ratio, eps=self.eps, spatial_pool=self.spatial_pool,
             scale_pool=self.scale_pool, scale_dropout=self.scale_dropout,
-            separable_from_block=self.separable_from_block)
+            scale_dropout_mode=self.scale_dropout_mode, separable_from_block=self.separable_from_block)
 
     def _timm_dict(self, labels: list[str] | None = None) -> dict:
         """Returns the keys timm reads, derived from the fields (and ``labels``, default id2label)."""

@@ -36,12 +36,17 @@ __all__ = [
     'SCALE_POOLS',
     'spatial_select',
     'pool_scales',
+    'scale_channel_keep_mask',
+    'SCALE_DROPOUT_MODES',
     'transfer_scales',
 ]
 
 # Spatial selections that give one value per map: the paper's two (eq. 38, 39) and two of timm's.
 SPATIAL_POOLS = ('center', 'max', 'avg', 'avgmax')
 SCALE_POOLS = ('max', 'logsumexp', 'avg')
+# Scale-channel dropout (design.md §3.10): 'score' drops single class scores of the (B, S, K)
+# tensor like nn.Dropout; 'channel' drops whole scale channels from the scale pooling.
+SCALE_DROPOUT_MODES = ('score', 'channel')
 
 # timm's ``global_pool`` names (and the paper's 'center') -> the spatial selection they give.
 # The classifier of a GaussDerResNet is a GD layer applied to maps, so the spatial selection
@@ -98,19 +103,54 @@ def resolve_global_pool(global_pool: str, num_classes: int) -> str:
     return mode
 
 
-def pool_scales(scores: torch.Tensor, mode: str) -> torch.Tensor:
-    """Returns the scale-pooled scores, ``(B, S, K) -> (B, K)`` (eq. 44-46).
+def pool_scales(scores: torch.Tensor, mode: str, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Returns the scale-pooled scores, ``(B, S, K, ...) -> (B, K, ...)`` (eq. 44-46).
 
     ``'logsumexp'`` is normalised as ``logsumexp - log(S)`` (reconstructed), so that it equals
     the common value when all scale channels agree.
+
+    ``keep`` (boolean, ``(B, S)``, at least one ``True`` per row) pools each sample over its kept
+    scale channels only, as if the others did not exist: the maximum of the kept scores, their
+    ``logsumexp - log(S_kept)``, or their mean.
     """
-    if mode == 'max':
-        return scores.amax(dim=1)
-    if mode == 'logsumexp':
-        return torch.logsumexp(scores, dim=1) - math.log(scores.shape[1])
-    if mode == 'avg':
+    if mode not in SCALE_POOLS:
+        raise ValueError(f'scale_pool must be one of {SCALE_POOLS}, got {mode!r}')
+    if keep is None:
+        if mode == 'max':
+            return scores.amax(dim=1)
+        if mode == 'logsumexp':
+            return torch.logsumexp(scores, dim=1) - math.log(scores.shape[1])
         return scores.mean(dim=1)
-    raise ValueError(f'scale_pool must be one of {SCALE_POOLS}, got {mode!r}')
+    if keep.dtype != torch.bool or tuple(keep.shape) != tuple(scores.shape[:2]):
+        raise ValueError(f'keep must be a boolean mask of shape {tuple(scores.shape[:2])} (batch, scale channels), '
+                         f'got {keep.dtype} of shape {tuple(keep.shape)}')
+    if not bool(keep.any(dim=1).all()):
+        raise ValueError('keep must keep at least one scale channel of every sample')
+    mask = keep.view(*keep.shape, *(1,) * (scores.ndim - 2))
+    kept = mask.sum(dim=1).to(scores.dtype)
+    if mode == 'max':
+        return scores.masked_fill(~mask, -math.inf).amax(dim=1)
+    if mode == 'logsumexp':
+        return torch.logsumexp(scores.masked_fill(~mask, -math.inf), dim=1) - kept.log()
+    return scores.masked_fill(~mask, 0.0).sum(dim=1) / kept
+
+
+def scale_channel_keep_mask(
+        batch: int, channels: int, p: float, device=None, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Returns which scale channels each sample keeps under whole-channel dropout, boolean ``(batch, channels)``.
+
+    Every channel is dropped independently with probability ``p``. Where that would drop all of a
+    sample's channels, one of them, drawn uniformly, is kept, so the pooling always has an input
+    (this lowers the drop rate by at most ``p**channels``).
+    """
+    p = _check_rate('scale_dropout', p)
+    keep = torch.rand(batch, channels, device=device, generator=generator) >= p
+    empty = ~keep.any(dim=1)
+    if bool(empty.any()):
+        rescue = torch.randint(channels, (batch,), device=device, generator=generator)
+        keep[empty, rescue[empty]] = True
+    return keep
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
@@ -148,13 +188,29 @@ def _check_scales(initial_scales: float | Iterable[float]) -> tuple[float, ...]:
     return tuple(float(s) for s in scales)
 
 
+class ShortcutConv(nn.Conv2d):
+    """The 1x1 projection of a residual shortcut, He-uniform initialised like the GD layers.
+
+    The paper initialises "the network weights" with "a uniform He initialisation" (§5.2): this
+    draws from ``U(-b, b)`` with ``b = sqrt(6 / fan_in)``, ``fan_in = C_in``, the rule of the GD
+    layers (design.md §2.3), instead of PyTorch's default for ``nn.Conv2d`` (``b = 1 / sqrt(fan_in)``).
+    ``nn.Conv2d.reset_parameters(conv)`` still gives that default.
+    """
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.weight, nonlinearity='relu')  # sqrt(2) * sqrt(3 / fan_in)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
 class GaussDerBlock(nn.Module):
     """Gaussian derivative residual block: ``GD -> BN -> ReLU -> GD -> BN``, skip, ReLU (eq. 32).
 
     Both GD layers work at the same ``sigma``. When the channel count changes, the skip is a
-    1x1 convolution followed by batch normalisation (§3.3). ``drop_path`` is the stochastic-depth
-    rate: in training, the residual branch of a sample is dropped with this probability (and
-    rescaled otherwise) while the shortcut is kept, as in timm's ResNet.
+    1x1 convolution (He-uniform, :class:`ShortcutConv`) followed by batch normalisation (§3.3).
+    ``drop_path`` is the stochastic-depth rate: in training, the residual branch of a sample is
+    dropped with this probability (and rescaled otherwise) while the shortcut is kept, as in timm's
+    ResNet.
     """
 
     def __init__(
@@ -181,7 +237,7 @@ class GaussDerBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels, **factory)
         if in_channels != out_channels:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False, **factory),
+                ShortcutConv(in_channels, out_channels, kernel_size=1, bias=False, **factory),
                 nn.BatchNorm2d(out_channels, **factory),
             )
         else:
@@ -218,6 +274,10 @@ class GaussDerResNet(nn.Module):
             (spatial mean) or ``'avgmax'`` (mean of the two).
         scale_pool: ``'max'``, ``'logsumexp'`` or ``'avg'`` pooling over scale channels.
         scale_dropout: dropout rate on the per-scale-channel scores before scale pooling.
+        scale_dropout_mode: what ``scale_dropout`` drops in training: ``'score'`` single class
+            scores of the ``(B, S, K)`` tensor (set to 0, the rest multiplied by ``1/(1-p)``, as
+            ``nn.Dropout``); ``'channel'`` whole scale channels of a sample, which then take no part
+            in the scale pooling (at least one is always kept; no rescaling). See design.md §3.10.
         separable_from_block: first residual block (1-based) built from depthwise-separable GD
             layers, as in the DSGaussDerResNet; ``None`` for standard layers throughout.
         drop_rate: timm's classifier dropout: channel dropout (whole maps) on the features
@@ -244,6 +304,7 @@ class GaussDerResNet(nn.Module):
             spatial_pool: str = 'center',
             scale_pool: str = 'max',
             scale_dropout: float = 0.0,
+            scale_dropout_mode: str = 'score',
             separable_from_block: int | None = None,
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
@@ -294,6 +355,7 @@ class GaussDerResNet(nn.Module):
         self.eps = check_eps(eps)
         self.spatial_pool = spatial_pool
         self.scale_pool = _check_choice('scale_pool', scale_pool, SCALE_POOLS)
+        self.scale_dropout_mode = _check_choice('scale_dropout_mode', scale_dropout_mode, SCALE_DROPOUT_MODES)
         self.separable_from_block = separable_from_block
         self.grad_checkpointing = False
         self.bn_momentum = bn_momentum
@@ -428,9 +490,14 @@ class GaussDerResNet(nn.Module):
         return self._pool(self.forward_scale_channels(x))
 
     def _pool(self, scores: torch.Tensor) -> torch.Tensor:
-        if self.head_conv is not None:
-            scores = self.scale_dropout(scores)
-        return pool_scales(scores, self.scale_pool)
+        """Scale-channel dropout (training only, with a classifier) and scale pooling of ``(B, S, K, ...)`` scores."""
+        keep = None
+        if self.head_conv is not None and self.training and self.scale_dropout.p > 0:
+            if self.scale_dropout_mode == 'channel':
+                keep = scale_channel_keep_mask(scores.shape[0], scores.shape[1], self.scale_dropout.p, scores.device)
+            else:
+                scores = self.scale_dropout(scores)
+        return pool_scales(scores, self.scale_pool, keep)
 
     # The timm model contract. Features keep one map per scale channel, ``(B, S, C, H, W)``,
     # because the last GD layer needs each channel's own scale.
@@ -591,7 +658,8 @@ class GaussDerResNet(nn.Module):
     def extra_repr(self) -> str:
         scales = ', '.join(f'{s:.4g}' for s in self.initial_scales)
         return (f'initial_scales=({scales}), scale_ratio={self.scale_ratio}, '
-                f'spatial_pool={self.spatial_pool!r}, scale_pool={self.scale_pool!r}')
+                f'spatial_pool={self.spatial_pool!r}, scale_pool={self.scale_pool!r}, '
+                f'scale_dropout_mode={self.scale_dropout_mode!r}')
 
 
 def transfer_scales(model: GaussDerResNet, initial_scales: float | Sequence[float]) -> GaussDerResNet:
@@ -599,9 +667,10 @@ def transfer_scales(model: GaussDerResNet, initial_scales: float | Sequence[floa
 
     Since all scale channels share their weights, moving a trained network to another grid of
     initial scales needs no retraining: single-scale-channel to multi-scale-channel transfer
-    (App. A.4) and the denser grid with an extra boundary channel (App. A.5), e.g.
-    ``transfer_scales(model, geometric_scales(0.5, 2**0.25, 11) + (4.0,))``. The input model is
-    left untouched.
+    (App. A.4) and the evaluation grid with the extra large boundary channel (App. A.4, A.5), e.g.
+    ``transfer_scales(model, evaluation_scales('gaussderresnet18_fashionmnist'))`` or the denser
+    grid ``geometric_scales(2**-1.5, 2**0.25, 11) + (2 * 2**0.5,)``. The input model is left
+    untouched.
     """
     scales = _check_scales(initial_scales)
     clone = copy.deepcopy(model)
