@@ -106,7 +106,7 @@ def main() -> None:
             best, total, rounding = search(dataset, args.step, args.top, separable_from_block, bias, args.monotone)
             print(f'{dataset}: DS from block {separable_from_block}, GD bias {bias}: {total} lists follow the '
                   f'fragment, {rounding} round to both printed counts')
-            for worst, channels, standard, separable, (e1, e2) in best:
+            for _worst, channels, standard, separable, (e1, e2) in best:
                 mark = '  rounds to the tables' if rounds_to_tables(dataset, standard, separable) else ''
                 print(f'  {"-".join(map(str, channels))}: {standard:,} ({100 * e1:+.2f}%) / '
                       f'{separable:,} ({100 * e2:+.2f}%){mark}')

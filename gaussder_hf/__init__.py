@@ -1,14 +1,16 @@
 """gaussder_hf: scale-invariant Gaussian derivative residual networks (arXiv:2603.02843)."""
+from . import (
+    data,  # registers the rescaled datasets with datasets.load_dataset
+    timm_models,  # registers the models with timm
+)
+from .configuration import GaussDerResNetConfig
+from .hub import push_to_hub, save_for_hub
+from .image_processing import GaussDerResNetImageProcessor
 from .kernels import discrete_gaussian_kernel, gaussian_jet, gaussian_smooth, jet_indices, truncation_radius
 from .layers import DSGaussDerConv, GaussDerConv
 from .model import GaussDerBlock, GaussDerResNet, pool_scales, spatial_select, transfer_scales
-from .presets import DEFAULT_INITIAL_SCALES, HUB_NAMESPACE, PRESETS, geometric_scales, get_preset
-from . import timm_models  # registers the models with timm
-from .configuration import GaussDerResNetConfig
-from .image_processing import GaussDerResNetImageProcessor
 from .modeling import GaussDerResNetForImageClassification, GaussDerResNetPreTrainedModel
-from .hub import push_to_hub, save_for_hub
-from . import data  # registers the rescaled datasets with datasets.load_dataset
+from .presets import DEFAULT_INITIAL_SCALES, HUB_NAMESPACE, PRESETS, geometric_scales, get_preset
 
 __version__ = '0.1.0'
 

@@ -8,8 +8,8 @@ selection counts per size factor (:func:`evaluate`), and the two figures
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch

@@ -13,10 +13,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Mapping
 
 import torch
 from huggingface_hub import EvalResult, HfApi, ModelCardData
@@ -25,8 +25,8 @@ from transformers.dynamic_module_utils import custom_object_save, get_relative_i
 
 from . import image_processing, modeling
 from .configuration import GaussDerResNetConfig
-from .image_processing import GaussDerResNetImageProcessor
 from .data import dataset_background
+from .image_processing import GaussDerResNetImageProcessor
 from .model import GaussDerResNet
 from .modeling import GaussDerResNetForImageClassification
 from .presets import DATASET_INFO, HUB_NAMESPACE, PRESETS

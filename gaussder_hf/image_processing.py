@@ -14,8 +14,7 @@ from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import PILImageResampling
 
-from .input_pipeline import (
-    InputPipeline, decode_image, model_normalisation, normalise, to_model_channels)
+from .input_pipeline import InputPipeline, decode_image, model_normalisation, normalise, to_model_channels
 from .presets import DATASET_INFO
 from .rescaling import BACKGROUNDS
 
@@ -100,7 +99,7 @@ class GaussDerResNetImageProcessor(TorchvisionBackend):
         return BatchFeature(data={'pixel_values': pixel_values}, tensor_type=return_tensors)
 
     @classmethod
-    def from_preset(cls, name: str, **kwargs) -> 'GaussDerResNetImageProcessor':
+    def from_preset(cls, name: str, **kwargs) -> GaussDerResNetImageProcessor:
         """Returns the processor matching preset ``name``: its mean, std, channel count and canvas background."""
         dataset = name.rsplit('_', 1)[-1]
         if dataset not in DATASET_INFO:

@@ -24,8 +24,8 @@ Training inserts its augmentation between steps 3 and 4 (:class:`InputPipeline`'
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

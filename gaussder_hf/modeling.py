@@ -69,9 +69,7 @@ class GaussDerResNetPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # As in the plain nn.Module: He-uniform GD layers and 1x1 shortcuts (§5.2), default BN init.
-        if isinstance(module, (GaussDerConv, DSGaussDerConv, nn.Conv2d)):
-            module.reset_parameters()
-        elif isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, (GaussDerConv, DSGaussDerConv, nn.Conv2d, nn.BatchNorm2d)):
             module.reset_parameters()
 
 

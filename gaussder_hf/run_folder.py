@@ -21,8 +21,8 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 RUN_FILE = 'run.json'
 LOCK_FILE = '.lock'

@@ -11,7 +11,7 @@ Scale selection per image and per size factor lives in :mod:`gaussder_hf.analysi
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -89,7 +89,7 @@ def plot_activation_maps(
 
 @torch.no_grad()
 def receptive_fields(model: GaussDerResNet, layer: int, sigma0: float | None = None) -> torch.Tensor:
-    """Returns the composed filters of GD layer ``layer`` (1-based) in scale channel ``sigma0``, ``(C_out, C_in, K, K)``.
+    """Returns the composed filters of GD layer ``layer`` (1-based) in channel ``sigma0``, ``(C_out, C_in, K, K)``.
 
     Computed from the learned jet weights and the discrete kernels; it is the layer's impulse
     response. ``sigma0`` defaults to the middle scale channel.
@@ -139,7 +139,7 @@ def plot_scale_space(
         sigmas: Sequence[float] = (1.0, 2.0, 4.0),
         channel: int = 0,
 ):
-    """Writes the scale-normalised jet of the first layer at each sigma (rows) per member (columns); returns the figure."""
+    """Writes the first layer's scale-normalised jet at each sigma (rows) per member (columns); returns the figure."""
     if image.ndim != 3 or not 0 <= channel < image.shape[0]:
         raise ValueError(f'expected one (C, H, W) image and a channel in range, got {tuple(image.shape)}, {channel}')
     stem = model.stem_conv

@@ -50,17 +50,22 @@ import re
 from pathlib import Path
 
 import datasets
+import timm
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 import gaussder_hf  # registers the GaussDerResNets with timm and the rescaled datasets with load_dataset
-import timm
 from gaussder_hf import GaussDerResNet
 from gaussder_hf.analysis import plot_scale_generalisation, plot_scale_selection, scale_selection
 from gaussder_hf.data.sample import (
-    DATA_DIR_ENV, FASHION_MNIST_SAMPLE_SIZE, FULL_DATA_HINT, DataSource, default_data_source)
+    DATA_DIR_ENV,
+    FASHION_MNIST_SAMPLE_SIZE,
+    FULL_DATA_HINT,
+    DataSource,
+    default_data_source,
+)
 from gaussder_hf.dataset_sources import FASHION_MNIST_DEBIAN_DIR
 from gaussder_hf.input_pipeline import InputPipeline, image_channels, model_normalisation
 from gaussder_hf.rescaling import SIZE_FACTORS, size_factor_name

@@ -24,7 +24,6 @@ import timm
 import gaussder_hf
 from gaussder_hf.hub import WEIGHTS_NAME
 
-
 # The largest initial scale accepted, in pixels. The first GD layer smooths over about 6 sigma0
 # pixels and the deeper ones over sigma0 times powers of the scale ratio: beyond 1024 px even the
 # first layer averages over more than 6000 px, wider than any image these networks see, so such

@@ -93,7 +93,8 @@ _UPSTREAM_MTIME = {'train': 1504176606, 't10k': 1504176627}
 @needs_fashion_mnist
 def test_fashion_mnist_md5_debian_vs_upstream():
     for source in ds.SOURCES['fashion_mnist']:
-        data = (open(os.path.join(FMNIST_DIR, source.name), 'rb')).read()
+        with open(os.path.join(FMNIST_DIR, source.name), 'rb') as f:
+            data = f.read()
         assert _md5(data) == ds.FASHION_MNIST_DEBIAN_MD5[source.name]
         assert _md5(data) != source.md5  # Debian re-wrote the gzip header ...
         assert _md5(gzip.decompress(data)) == ds.FASHION_MNIST_IDX_MD5[source.name]
@@ -196,7 +197,7 @@ def _py2_pickle(obj) -> bytes:
     data = pickle.dumps(obj, protocol=3)
     ops = list(pickletools.genops(data))
     out = bytearray()
-    for k, (op, arg, pos) in enumerate(ops):
+    for k, (op, _arg, pos) in enumerate(ops):
         end = ops[k + 1][2] if k + 1 < len(ops) else len(data)
         chunk = bytearray(data[pos:end])
         if op.name == 'PROTO':

@@ -106,7 +106,8 @@ def test_export_loads_without_the_package_and_card_describes_it(fashion, tmp_pat
     assert list(reloaded) == SPLITS
     assert reloaded['test_s2p000'].features == fashion['test_s2p000'].features
     assert reloaded['test_s2p000'][3]['label'] == fashion['test_s2p000'][3]['label']
-    assert np.array_equal(np.asarray(reloaded['test_s2p000'][3]['image']), np.asarray(fashion['test_s2p000'][3]['image']))
+    assert np.array_equal(np.asarray(reloaded['test_s2p000'][3]['image']),
+                          np.asarray(fashion['test_s2p000'][3]['image']))
 
 
 @needs_fashion

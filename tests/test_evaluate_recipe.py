@@ -65,7 +65,7 @@ def test_json_structure_and_figures(run):
     assert list(on_disk) == ['tiny', 'baseline']
     keys = [str(s) for s in SIZE_FACTORS]
     assert '0.5946035575013605' in keys
-    for label, entry in on_disk.items():
+    for _label, entry in on_disk.items():
         assert set(entry) == {'model', 'dataset', 'size_factors', 'num_examples', 'accuracy', 'winners',
                               'initial_scales'}
         assert entry['dataset'] == 'rescaled_fashion_mnist'

@@ -81,7 +81,8 @@ def test_push_to_hub_uploads_only_the_checkpoint_files(model, tmp_path, recordin
     api = recording_api
     assert push_to_hub(folder, 'someone/gdr', private=True, api=api) == 'commit-url'
     (create, repo, create_kwargs), (upload, repo2, upload_kwargs) = api.calls
-    assert (create, repo, create_kwargs['private'], create_kwargs['exist_ok']) == ('create_repo', 'someone/gdr', True, True)
+    assert (create, repo, create_kwargs['private'], create_kwargs['exist_ok']) == (
+        'create_repo', 'someone/gdr', True, True)
     assert (upload, repo2) == ('upload_folder', 'someone/gdr')
     assert 'model.safetensors' in upload_kwargs['allow_patterns']
     assert not any(p.endswith('.bin') for p in upload_kwargs['allow_patterns'])

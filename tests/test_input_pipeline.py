@@ -28,10 +28,15 @@ import torch
 from PIL import Image
 
 import gaussder_hf
-from gaussder_hf.data.sample import DATA_DIR_ENV, FASHION_MNIST_SAMPLE_DIR, FASHION_MNIST_SAMPLE_MD5, default_data_source
+from gaussder_hf.data import dataset_background, processor_settings
+from gaussder_hf.data.sample import (
+    DATA_DIR_ENV,
+    FASHION_MNIST_SAMPLE_DIR,
+    FASHION_MNIST_SAMPLE_MD5,
+    default_data_source,
+)
 from gaussder_hf.dataset_sources import read_fashion_mnist
 from gaussder_hf.image_processing import GaussDerResNetImageProcessor
-from gaussder_hf.data import dataset_background, processor_settings
 from gaussder_hf.input_pipeline import InputPipeline, decode_image, image_channels, place_on_canvas, to_model_channels
 
 ROOT = Path(__file__).resolve().parents[1]

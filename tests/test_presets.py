@@ -10,8 +10,13 @@ import yaml
 import gaussder_hf
 from gaussder_hf import GaussDerResNet
 from gaussder_hf.presets import (
-    CHANNELS_V0, INITIAL_SCALES_V0, PAPER_EVALUATION_SCALES, PAPER_INITIAL_SCALES, count_parameters,
-    evaluation_scales)
+    CHANNELS_V0,
+    INITIAL_SCALES_V0,
+    PAPER_EVALUATION_SCALES,
+    PAPER_INITIAL_SCALES,
+    count_parameters,
+    evaluation_scales,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / 'recipes' / 'configs'

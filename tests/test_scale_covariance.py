@@ -63,7 +63,6 @@ from fashion_mnist import fashion_mnist_available, load_fashion_mnist, read_idx 
 import gaussder_hf  # noqa: E402
 from gaussder_hf.model import spatial_select  # noqa: E402
 
-
 # ---------------------------------------------------------------------------------------------
 # Helpers, shared with benchmarks/scale_covariance.py
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +236,7 @@ def check_covariance(errors: dict, s: float, max_matched: float, max_ratio: floa
 
 
 def measure(preset: str, sigma0: float, canvas: int, images: torch.Tensor, seed: int = 0,
-            spatial_pool: str | None = None, factors=(math.sqrt(2.0), 2.0)) -> dict:
+            spatial_pool: str | None = None, factors: tuple[float, ...] = (2 ** 0.5, 2.0)) -> dict:
     """Returns ``{s: covariance_errors(...)}`` on centred scores for a randomly initialised ``preset``."""
     model, plain = build_networks(preset, sigma0, seed=seed, spatial_pool=spatial_pool)
     reference = reference_scores(model, plain, images, sigma0, canvas)

@@ -14,14 +14,15 @@ import shutil
 import struct
 import tarfile
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
 from datasets import load_dataset
+from test_dataset_sources import _cifar_row, _idx, _pattern, _py2_pickle, _write_cifar, _write_stl
 
 import gaussder_hf  # noqa: F401  (registers the builders)
 from gaussder_hf import dataset_sources as ds
-from test_dataset_sources import _cifar_row, _idx, _pattern, _py2_pickle, _write_cifar, _write_stl
 
 FASHION_DIR = ds.FASHION_MNIST_DEBIAN_DIR
 needs_fashion = pytest.mark.skipif(
@@ -52,7 +53,7 @@ def test_local_gz_files_are_checked_by_their_decompressed_content(tmp_path):
     folder = tmp_path / 'recompressed'
     folder.mkdir()
     for name in T10K:
-        raw = gzip.decompress(open(os.path.join(FASHION_DIR, name), 'rb').read())
+        raw = gzip.decompress(Path(FASHION_DIR, name).read_bytes())
         (folder / name).write_bytes(gzip.compress(raw, compresslevel=1, mtime=0))
         assert ds.content_md5(folder / name) == ds.FASHION_MNIST_IDX_MD5[name]
     md5s = ds.verify_files('fashion_mnist', {name: folder / name for name in T10K})

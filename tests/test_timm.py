@@ -17,7 +17,8 @@ def _input(model, size=16, batch=2):
 
 def test_all_presets_are_registered():
     assert sorted(MODELS) == sorted(
-        [f'{prefix}gaussderresnet18_{dataset}' for prefix in ('', 'ds') for dataset in ('fashionmnist', 'cifar10', 'stl10')]
+        [f'{prefix}gaussderresnet18_{dataset}'
+         for prefix in ('', 'ds') for dataset in ('fashionmnist', 'cifar10', 'stl10')]
         + ['gaussderresnet10_fashionmnist'])
 
 

@@ -184,12 +184,13 @@ class GaussDerResNetConfig(PreTrainedConfig):
         if self.preset is not None and self.preset not in PRESETS:
             fail('preset', f'must be None or one of {sorted(PRESETS)}')
         if len(self.mean) != self.num_channels or len(self.std) != self.num_channels:
-            raise ValueError(f'mean {self.mean!r} and std {self.std!r} need one value per channel ({self.num_channels})')
+            raise ValueError(
+                f'mean {self.mean!r} and std {self.std!r} need one value per channel ({self.num_channels})')
         if self.num_labels < 1:
             raise ValueError(f'num_labels must be >= 1, got {self.num_labels}')
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> 'GaussDerResNetConfig':
+    def from_preset(cls, name: str, **overrides) -> GaussDerResNetConfig:
         """Returns the configuration of preset ``name``; keyword arguments override fields."""
         args = get_preset(name)
         info = DATASET_INFO[name.rsplit('_', 1)[1]]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -643,7 +643,7 @@ class GaussDerResNet(nn.Module):
         blocks = r'^blocks\.(\d+)' if coarse else [(r'^blocks\.(\d+)', None), (r'^head_', (99999,))]
         return dict(stem=r'^stem_', blocks=blocks)
 
-    def with_initial_scales(self, initial_scales: float | Sequence[float]) -> 'GaussDerResNet':
+    def with_initial_scales(self, initial_scales: float | Sequence[float]) -> GaussDerResNet:
         """Returns a copy of this network with the same weights on another grid of scale channels."""
         return transfer_scales(self, initial_scales)
 

@@ -203,7 +203,10 @@ class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
 
     def _generate_examples(self, data_dir: Path, split: str, size_factor: float, canvas: int):
         originals = getattr(self, '_originals', {})
-        images, labels = originals[split] if split in originals else self._limited(*self.read_split(Path(data_dir), split))
+        if split in originals:
+            images, labels = originals[split]
+        else:
+            images, labels = self._limited(*self.read_split(Path(data_dir), split))
         # Rescale in chunks: vectorised, and bounded in memory for the large training splits.
         chunk = 4096
         for start in range(0, len(images), chunk):

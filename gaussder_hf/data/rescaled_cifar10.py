@@ -11,7 +11,6 @@ from ..presets import DATASET_INFO
 from .builder import RescaledImageBuilder
 
 
-
 class RescaledCIFAR10(RescaledImageBuilder):
     """CIFAR-10 at size factor 1 for training, and its test set at nine size factors 1/2 .. 2."""
 

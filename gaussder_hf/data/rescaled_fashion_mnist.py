@@ -10,7 +10,6 @@ from ..presets import DATASET_INFO
 from .builder import RescaledImageBuilder
 
 
-
 class RescaledFashionMNIST(RescaledImageBuilder):
     """Fashion-MNIST at size factor 1 for training, and its test set at nine size factors 1/2 .. 2."""
 

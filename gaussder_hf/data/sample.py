@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ..dataset_sources import FASHION_MNIST_DEBIAN_DIR, SOURCES, check_files
 
-__all__ = ['DATA_DIR_ENV', 'DataSource', 'FASHION_MNIST_SAMPLE_DIR', 'FASHION_MNIST_SAMPLE_MD5', 'FASHION_MNIST_SAMPLE_SIZE',
-           'FULL_DATA_HINT', 'default_data_source']
+__all__ = ['DATA_DIR_ENV', 'DataSource', 'FASHION_MNIST_SAMPLE_DIR', 'FASHION_MNIST_SAMPLE_MD5',
+           'FASHION_MNIST_SAMPLE_SIZE', 'FULL_DATA_HINT', 'default_data_source']
 
 #: The embedded sample: the first 500 official Fashion-MNIST test images and labels.
 FASHION_MNIST_SAMPLE_DIR = Path(__file__).resolve().parent / 'fashion_mnist_sample'
