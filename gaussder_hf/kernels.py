@@ -479,14 +479,8 @@ def _smooth_dense(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, 
 
 
 def _mirror_extend(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Returns ``x`` of shape ``(B, C, *spatial)`` mirror-extended by ``pad`` along every spatial dim."""
-    spatial = x.shape[2:]
-    if pad == 0:
-        return x
-    if all(pad < size for size in spatial):
-        # One reflection per side: F.pad's 'reflect' is numpy's, i.e. :func:`reflect_index`.
-        return F.pad(x, [pad] * (2 * len(spatial)), mode='reflect')
-    # A kernel wider than the image reflects more than once: gather with the general rule.
+    """Returns ``x`` of shape ``(B, C, *spatial)`` mirror-extended by ``pad`` along every spatial dim,
+    reflecting as often as needed (:func:`reflect_index`)."""
     for dim in range(2, x.ndim):
         x = x.index_select(dim, _reflect_index_tensor(x.shape[dim], pad, x.device))
     return x
@@ -496,33 +490,48 @@ _CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
 
 
 def _smooth_conv(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
+    """The ``'conv'`` smoothing method: a depthwise convolution with the 1-D kernel per axis.
+
+    The result may be channels-last (2-D, 3-D): it is what the convolutions that consume it
+    run fastest on.
+    """
     # Every signal of x becomes one channel of a depthwise convolution: (1, N, *spatial).
     lead, spatial = x.shape[:-spatial_dims], x.shape[-spatial_dims:]
     taps = _conv_taps(sigma, eps, x.device, x.dtype)
     radius = (taps.shape[0] - 1) // 2
-    # Smoothing the input extended by radius + pad gives the smoothed signal extended by pad:
-    # the extension is symmetric about every edge sample, and so is its smoothing.
-    y = _mirror_extend(x.reshape(1, -1, *spatial), radius + pad)
+    y = x.reshape(1, -1, *spatial)
     channels = y.shape[1]
     if spatial_dims in _CHANNELS_LAST and y.dtype != torch.float64:
         # oneDNN's depthwise kernels are several times faster on channels-last maps (measured,
         # benchmarks/README.md); float64 has no oneDNN kernels and keeps the plain layout.
         y = y.contiguous(memory_format=_CHANNELS_LAST[spatial_dims])
+    # Smoothing the input extended by radius + pad gives the smoothed signal extended by pad:
+    # the extension is symmetric about every edge sample, and so is its smoothing.
+    extension = radius + pad
+    if all(extension < size for size in spatial):
+        # One reflection per side: F.pad's 'reflect' is numpy's, i.e. :func:`reflect_index`, and
+        # it keeps the channels-last layout. (Zero padding inside the convolutions with the
+        # border rows fixed afterwards saves this pass, but its autograd costs more than it saves.)
+        y = F.pad(y, [extension] * (2 * spatial_dims), mode='reflect')
+    else:
+        # A kernel wider than the image reflects more than once: gather with the general rule.
+        y = _mirror_extend(y, extension)
     conv = _CONV[spatial_dims]
     for axis in range(spatial_dims):
         shape = [1] * spatial_dims
         shape[axis] = taps.shape[0]
         y = conv(y, taps.view(1, 1, *shape).expand(channels, 1, *shape).contiguous(), groups=channels)
-    return y.contiguous().view(*lead, *y.shape[2:])
+    return y.reshape(*lead, *y.shape[2:])
 
 
 # Cost model of the two smoothing methods (benchmarks/smoothing_cost.py, benchmarks/README.md):
-# per pixel and channel, forward + backward on the CPU, dense costs about a + b * size per
-# axis (a GEMM with a size-long inner product) and conv about c + d * taps per axis (a
-# depthwise stencil, plus the extension and layout passes). Conv wins once the smallest image
-# side exceeds CONV_SIZE_PER_TAP taps plus CONV_MIN_SIZE.
-_CONV_MIN_SIZE = 64
-_CONV_SIZE_PER_TAP = 4.0
+# per pixel and channel, forward + backward, 24 channels, one CPU thread, dense costs about
+# 5 + 0.23 * side ns (a GEMM with a side-long inner product per axis) and conv about
+# 55 + 1.2 * taps ns (two depthwise stencils, plus the extension and layout passes, which
+# dominate up to ~30 taps). They cross near side = 220 + 5 * taps; conv is taken from
+# _CONV_BASE_SIDE + _CONV_SIDE_PER_TAP * taps on the shortest side.
+_CONV_BASE_SIDE = 192
+_CONV_SIDE_PER_TAP = 5
 _METHODS = ('auto', 'dense', 'conv')
 _forced_method = 'auto'
 
@@ -551,7 +560,7 @@ def uses_conv_smoothing(sigma: float, eps: float, spatial_shape: Sequence[int]) 
         return _forced_method == 'conv'
     taps = len(_kernel_taps(sigma, eps))  # (traceable: a constant under torch.compile)
     smallest = min(spatial_shape)
-    return smallest >= _CONV_MIN_SIZE and smallest >= _CONV_SIZE_PER_TAP * taps
+    return smallest >= _CONV_BASE_SIDE + _CONV_SIDE_PER_TAP * taps
 
 
 def _smooth_padded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
@@ -670,7 +679,7 @@ def gaussian_jet(
         jet = conv(smoothed.reshape(batch * channels, 1, *smoothed.shape[2:]), basis.unsqueeze(1))
     else:
         jet = conv(smoothed, basis.unsqueeze(1).repeat(channels, *([1] * (spatial_dims + 1))), groups=channels)
-    return jet.view(batch, channels, jet_size, *x.shape[2:])
+    return jet.reshape(batch, channels, jet_size, *x.shape[2:])
 
 
 def composed_kernel_1d(sigma: float, order: int, eps: float = 0.01, radius: int | None = None) -> torch.Tensor:
