@@ -524,14 +524,15 @@ def _smooth_conv(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, p
     return y.reshape(*lead, *y.shape[2:])
 
 
-# Cost model of the two smoothing methods (benchmarks/smoothing_cost.py, benchmarks/README.md):
-# per pixel and channel, forward + backward, 24 channels, one CPU thread, dense costs about
-# 5 + 0.23 * side ns (a GEMM with a side-long inner product per axis) and conv about
-# 55 + 1.2 * taps ns (two depthwise stencils, plus the extension and layout passes, which
-# dominate up to ~30 taps). They cross near side = 220 + 5 * taps; conv is taken from
-# _CONV_BASE_SIDE + _CONV_SIDE_PER_TAP * taps on the shortest side.
-_CONV_BASE_SIDE = 192
-_CONV_SIDE_PER_TAP = 5
+# Cost model of the two smoothing methods, measured on a 2-core x86 CPU (benchmarks/README.md,
+# "Smoothing method"). Smoothing alone (benchmarks/smoothing_cost.py; per pixel and channel,
+# forward + backward): dense about 5 + 0.23 * side ns, conv about 55 + 1.2 * taps ns, equal
+# near side = 220 + 5 * taps. Inside a GD layer (benchmarks/size_scaling.py) conv also pays
+# the layout passes around the mixing convolution and was no faster at side 256 and 512, won
+# at 1024 for 5 and 11 taps, lost for 33 and 83, and won at 2048 (dense extrapolated). The
+# rule follows the layer: conv from side 512 + 16 * taps on the shortest side.
+_CONV_BASE_SIDE = 512
+_CONV_SIDE_PER_TAP = 16
 _METHODS = ('auto', 'dense', 'conv')
 _forced_method = 'auto'
 

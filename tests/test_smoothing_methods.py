@@ -61,10 +61,11 @@ def test_float32_conv_path_on_channels_last_maps_matches_float64():
 
 
 def test_the_cost_model_takes_conv_for_narrow_kernels_on_large_images_only():
-    assert uses_conv_smoothing(1.0, 0.01, (512, 512))
+    assert uses_conv_smoothing(1.0, 0.01, (1024, 1024))
+    assert uses_conv_smoothing(16.0, 0.01, (2048, 2048))
     assert not uses_conv_smoothing(1.0, 0.01, (16, 16))
-    assert not uses_conv_smoothing(16.0, 0.01, (64, 64))  # 83 taps on 64 samples
-    assert not uses_conv_smoothing(1.0, 0.01, (512, 8))  # the shortest side decides
+    assert not uses_conv_smoothing(16.0, 0.01, (1024, 1024))  # 83 taps: a GEMM is still cheaper
+    assert not uses_conv_smoothing(1.0, 0.01, (1024, 8))  # the shortest side decides
     with smoothing_method('conv'):
         assert uses_conv_smoothing(16.0, 0.01, (8, 8))
     with smoothing_method('dense'):
@@ -99,13 +100,13 @@ def test_conv_path_layers_equal_dense_reference_with_gradients(layer_cls, spatia
 def test_layer_on_a_large_image_takes_the_conv_path_and_keeps_the_input_layout():
     torch.manual_seed(0)
     layer = GaussDerConv(2, 3, bias=False)
-    x = torch.randn(1, 2, 240, 232)
-    assert uses_conv_smoothing(1.0, layer.eps, x.shape[2:])
-    y = layer(x, 1.0)
+    x = torch.randn(1, 2, 600, 596)
+    assert uses_conv_smoothing(0.5, layer.eps, x.shape[2:])
+    y = layer(x, 0.5)
     assert y.is_contiguous()
-    assert layer(x.contiguous(memory_format=torch.channels_last), 1.0).is_contiguous(memory_format=torch.channels_last)
+    assert layer(x.contiguous(memory_format=torch.channels_last), 0.5).is_contiguous(memory_format=torch.channels_last)
     with smoothing_method('dense'):
-        torch.testing.assert_close(y, layer(x, 1.0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(y, layer(x, 0.5), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('layer_cls', [GaussDerConv, DSGaussDerConv])
