@@ -75,7 +75,7 @@ def main(argv=None) -> None:
             times[size, sigma] = (dense, conv)
         print(f'  side {size:5d} done', flush=True)
     print()
-    print('conv / dense time (< 1: conv faster); in brackets the ms per pixel-channel x 1e6 of dense, conv')
+    print('conv / dense time (< 1: conv faster)')
     print(f'{"sigma":>6} {"taps":>5} | ' + ' '.join(f'{s:>7d}' for s in args.sizes) + ' | conv wins from | rule picks conv from')
     for sigma in args.sigmas:
         taps = 2 * kernels.truncation_radius(sigma, args.eps) + 1
