@@ -4,14 +4,15 @@ and the scale-normalised N-jet (Perzanowski & Lindeberg, arXiv:2603.02843, §3.9
 This module is the bottom of the import graph: it depends on torch, numpy and scipy only.
 
 Smoothing has two exact implementations, chosen per call by a cost model measured on a CPU
-(``benchmarks/smoothing_cost.py``, ``benchmarks/README.md``):
+(``benchmarks/smoothing_cost.py``, ``benchmarks/size_scaling.py``, ``benchmarks/README.md``):
 
 * ``'conv'``: the input is mirror-extended (:func:`reflect_index`, repeated reflection for
   kernels wider than the image) and convolved depthwise with the truncated 1-D kernel along
   each axis. Its cost per pixel grows with the kernel's support, not with the image side.
 * ``'dense'``: one ``(size + 2 pad) x size`` matrix product per axis with the mirror extension
   folded into the matrix. Its cost per pixel grows with the image side, not with sigma, and it
-  is the faster one on small images with wide kernels, where a GEMM beats a long stencil.
+  is the faster one on small and mid-sized images, where one GEMM beats the stencils and the
+  layout passes around them.
 
 Both give the same numbers up to rounding (the same taps, summed in another order).
 :func:`smoothing_method` forces either one, e.g. for tests and benchmarks.
