@@ -558,6 +558,10 @@ def smoothing_method(method: str) -> Iterator[None]:
 
 def uses_conv_smoothing(sigma: float, eps: float, spatial_shape: Sequence[int]) -> bool:
     """Returns whether smoothing at ``sigma`` of signals of ``spatial_shape`` takes the ``'conv'`` method."""
+    return _uses_conv(check_sigma(sigma), check_eps(eps), spatial_shape)
+
+
+def _uses_conv(sigma: float, eps: float, spatial_shape: Sequence[int]) -> bool:
     if _forced_method != 'auto':
         return _forced_method == 'conv'
     taps = len(_kernel_taps(sigma, eps))  # (traceable: a constant under torch.compile)
@@ -567,7 +571,7 @@ def uses_conv_smoothing(sigma: float, eps: float, spatial_shape: Sequence[int]) 
 
 def _smooth_padded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
     """Returns ``x`` smoothed along its trailing ``spatial_dims`` dims and mirror-extended by ``pad``."""
-    if x.numel() > 0 and uses_conv_smoothing(sigma, eps, x.shape[x.ndim - spatial_dims:]):
+    if x.numel() > 0 and _uses_conv(sigma, eps, x.shape[x.ndim - spatial_dims:]):
         return _smooth_conv(x, sigma, eps, spatial_dims, pad)
     return _smooth_dense(x, sigma, eps, spatial_dims, pad)
 
