@@ -12,9 +12,10 @@ in_chans=C, num_classes=10)`` at the SAME input size, in one run:
   mirror padding, pooling and elementwise ops are not counted, for either network. For ours the
   count splits into ``conv`` (the 3x3 convolutions that fold the central differences and the
   channel mix together, plus the 1x1 shortcut convolutions: the "mixing" FLOPs) and ``smooth``
-  (the Gaussian smoothing, done as a dense ``(H+2) x H`` matrix product per axis: counted as a
-  full GEMM although most matrix entries are zero at small sigma, so these FLOPs are real work
-  for the BLAS but not useful arithmetic). The achieved FLOP rate is counted forward FLOPs x
+  (the Gaussian smoothing, done at the presets' input sizes as a dense ``(H+2) x H`` matrix
+  product per axis: counted as a full GEMM although most matrix entries are zero at small sigma,
+  so these FLOPs are real work for the BLAS but not useful arithmetic; on images of ~600 px and
+  more the cost model switches to depthwise convolutions, which the counter books under ``conv``). The achieved FLOP rate is counted forward FLOPs x
   images/s; for training it uses the usual 3x forward (forward + backward) convention;
 * peak training memory per sample of one preset (default: the STL-10 preset, 96x96, all six
   scale channels), with and without gradient checkpointing. Each case runs in a fresh

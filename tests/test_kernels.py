@@ -100,20 +100,17 @@ def test_smoothing_matrix_equals_scipy_convolution_of_mirrored_signal(sigma, siz
     np.testing.assert_allclose(matrix @ signal, expected, atol=1e-12)
 
 
-def test_kernels_are_cached_not_rebuilt():
+def test_operators_are_cached_and_rebuilt_identically_after_clearing():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 20, 20)
-    gaussian_jet(x, 1.7, 2)
-    before = kernels._kernel_np.cache_info().misses, kernels._smoothing_matrix_cached.cache_info().misses
-    for _ in range(3):
-        gaussian_jet(x, 1.7, 2)
-    after = kernels._kernel_np.cache_info().misses, kernels._smoothing_matrix_cached.cache_info().misses
-    assert after == before
-    assert smoothing_matrix(1.7, 0.01, 20) is not None
     # Same (sigma, eps, size, device, dtype): the very same cached tensor storage.
-    a = kernels._smoothing_matrix_cached(1.7, 0.01, 20, torch.device('cpu'), torch.float32)
-    b = kernels._smoothing_matrix_cached(1.7, 0.01, 20, torch.device('cpu'), torch.float32)
-    assert a.data_ptr() == b.data_ptr()
+    a = smoothing_matrix(1.7, 0.01, 20)
+    assert smoothing_matrix(1.7, 0.01, 20).data_ptr() == a.data_ptr()
+    before = gaussian_jet(x, 1.7, 2)
+    kernels.clear_caches()
+    assert kernels.operator_cache_bytes() == 0
+    torch.testing.assert_close(gaussian_jet(x, 1.7, 2), before, rtol=0, atol=0)
+    torch.testing.assert_close(smoothing_matrix(1.7, 0.01, 20), a, rtol=0, atol=0)
 
 
 def _gaussian_blob_derivatives(coords, variance, alpha):

@@ -1,0 +1,176 @@
+"""The two smoothing methods (dense matrix product, depthwise convolution) against numpy references,
+against each other through the layers, under torch.compile, torch.export and autocast, and the
+byte-bounded operator cache."""
+import numpy as np
+import pytest
+import torch
+
+from gaussder_hf import kernels
+from gaussder_hf.kernels import (
+    clear_caches,
+    discrete_gaussian_kernel,
+    gaussian_jet,
+    gaussian_smooth,
+    operator_cache_bytes,
+    set_operator_cache_budget,
+    smoothing_method,
+    uses_conv_smoothing,
+)
+from gaussder_hf.layers import DSGaussDerConv, GaussDerConv, dense_reference
+
+METHODS = ['dense', 'conv']
+
+
+def _numpy_smooth(signal: np.ndarray, sigma: float, eps: float, spatial_dims: int, pad: int) -> np.ndarray:
+    """Separable smoothing by numpy alone: np.pad 'reflect' (repeated for wide pads), np.convolve 'valid'."""
+    kernel = discrete_gaussian_kernel(sigma, eps, dtype=torch.float64).numpy()
+    radius = len(kernel) // 2
+    for axis in range(signal.ndim - spatial_dims, signal.ndim):
+        widths = [(0, 0)] * signal.ndim
+        widths[axis] = (radius + pad, radius + pad)
+        if signal.shape[axis] == 1:
+            extended = np.pad(signal, widths, mode='edge')  # a single sample mirrors onto itself
+        else:
+            extended = np.pad(signal, widths, mode='reflect')
+        signal = np.apply_along_axis(lambda line: np.convolve(line, kernel, mode='valid'), axis, extended)
+    return signal
+
+
+@pytest.mark.parametrize('method', METHODS)
+@pytest.mark.parametrize('shape, spatial_dims', [((2, 3, 23), 1), ((1, 2, 13, 9), 2), ((1, 2, 6, 5, 4), 3),
+                                                 ((2, 1, 1), 2)])
+@pytest.mark.parametrize('sigma', [0.4, 1.5, 4.0, 11.0])  # 11: wider than every image here
+@pytest.mark.parametrize('pad', [0, 1, 2])
+def test_both_methods_equal_numpy_mirror_convolution(method, shape, spatial_dims, sigma, pad):
+    rng = np.random.default_rng(0)
+    signal = rng.standard_normal(shape)
+    expected = _numpy_smooth(signal, sigma, 1e-4, spatial_dims, pad)
+    with smoothing_method(method):
+        got = kernels._smooth_padded(torch.tensor(signal), sigma, 1e-4, spatial_dims, pad)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_float32_conv_path_on_channels_last_maps_matches_float64():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 70, 66, dtype=torch.float64)
+    expected = gaussian_smooth(x, 2.5)
+    for source in (x.float(), x.float().contiguous(memory_format=torch.channels_last)):
+        with smoothing_method('conv'):
+            got = gaussian_smooth(source, 2.5)
+        torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-6)
+
+
+def test_the_cost_model_takes_conv_for_narrow_kernels_on_large_images_only():
+    assert uses_conv_smoothing(1.0, 0.01, (1024, 1024))
+    assert uses_conv_smoothing(16.0, 0.01, (2048, 2048))
+    assert not uses_conv_smoothing(1.0, 0.01, (16, 16))
+    assert not uses_conv_smoothing(16.0, 0.01, (1024, 1024))  # 83 taps: a GEMM is still cheaper
+    assert not uses_conv_smoothing(1.0, 0.01, (1024, 8))  # the shortest side decides
+    with smoothing_method('conv'):
+        assert uses_conv_smoothing(16.0, 0.01, (8, 8))
+    with smoothing_method('dense'):
+        assert not uses_conv_smoothing(1.0, 0.01, (512, 512))
+    with pytest.raises(ValueError, match='sigma.*-1'):
+        uses_conv_smoothing(-1.0, 0.01, (64, 64))
+    with pytest.raises(ValueError, match="smoothing method.*'fft'"):
+        with smoothing_method('fft'):
+            pass
+
+
+@pytest.mark.parametrize('layer_cls', [GaussDerConv, DSGaussDerConv])
+@pytest.mark.parametrize('spatial_dims, shape', [(1, (2, 3, 19)), (2, (2, 3, 11, 9)), (3, (1, 3, 7, 6, 5))])
+@pytest.mark.parametrize('sigma', [0.6, 2.0, 9.0])
+def test_conv_path_layers_equal_dense_reference_with_gradients(layer_cls, spatial_dims, shape, sigma):
+    torch.manual_seed(0)
+    layer = layer_cls(3, 4, jet_order=3 if spatial_dims == 2 else 2, zero_order=True, eps=1e-3,
+                      spatial_dims=spatial_dims).double()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    expected = dense_reference(layer, x, sigma)
+    with smoothing_method('conv'):
+        got = layer(x, sigma)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-11)
+    # Gradients of the conv path against those of the dense path (the reference's are exact too).
+    probe = torch.randn_like(got)
+    grads = {}
+    for method in METHODS:
+        with smoothing_method(method):
+            grads[method] = torch.autograd.grad((layer(x, sigma) * probe).sum(), [x, *layer.parameters()])
+    for a, b in zip(grads['conv'], grads['dense']):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
+
+
+def test_layer_on_a_large_image_takes_the_conv_path_and_keeps_the_input_layout():
+    torch.manual_seed(0)
+    layer = GaussDerConv(2, 3, bias=False)
+    x = torch.randn(1, 2, 600, 596)
+    assert uses_conv_smoothing(0.5, layer.eps, x.shape[2:])
+    y = layer(x, 0.5)
+    assert y.is_contiguous()
+    assert layer(x.contiguous(memory_format=torch.channels_last), 0.5).is_contiguous(memory_format=torch.channels_last)
+    with smoothing_method('dense'):
+        torch.testing.assert_close(y, layer(x, 0.5), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('layer_cls', [GaussDerConv, DSGaussDerConv])
+def test_conv_path_under_bfloat16_autocast_matches_float32(layer_cls):
+    torch.manual_seed(0)
+    layer = layer_cls(4, 4)
+    x = torch.rand(1, 4, 40, 40) + 1.0
+    with torch.no_grad(), smoothing_method('conv'):
+        reference = layer(x, 4.0)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            y = layer(x, 4.0)
+    assert ((y.float() - reference).norm() / reference.norm()).item() < 0.01
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_both_paths_compile_in_one_graph_and_export(method):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = GaussDerConv(2, 3, jet_order=2)
+    x = torch.randn(1, 2, 21, 17, requires_grad=True)
+    with smoothing_method(method):
+        eager = layer(x, 6.0)  # 33 taps on 17 samples: the conv path reflects more than once
+        compiled = torch.compile(lambda t: layer(t, 6.0), fullgraph=True, backend='aot_eager')
+        got = compiled(x)
+        torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-6)
+        (grad_compiled,) = torch.autograd.grad(got.square().sum(), x)
+        (grad_eager,) = torch.autograd.grad(eager.square().sum(), x)
+        torch.testing.assert_close(grad_compiled, grad_eager, rtol=1e-4, atol=1e-5)
+
+        class AtSigma(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.layer = layer
+
+            def forward(self, t):
+                return self.layer(t, 6.0)
+
+        exported = torch.export.export(AtSigma(), (x.detach(),))
+        torch.testing.assert_close(exported.module()(x.detach()), eager.detach(), rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
+
+
+def test_operator_cache_is_bounded_by_its_byte_budget():
+    torch.manual_seed(0)
+    old = set_operator_cache_budget(2 ** 20)
+    try:
+        with smoothing_method('dense'):
+            for size in range(40, 240, 10):  # 20 sizes; the largest padded matrices are ~0.2 MB each
+                gaussian_jet(torch.randn(1, 1, size, size), 2.0)
+                assert operator_cache_bytes() <= 2 ** 20
+        assert operator_cache_bytes() > 0
+        x = torch.randn(1, 2, 50, 50)
+        with smoothing_method('dense'):
+            kept = gaussian_jet(x, 3.0)
+        clear_caches()
+        assert operator_cache_bytes() == 0
+        set_operator_cache_budget(0)  # nothing is kept, results are the same
+        with smoothing_method('dense'):
+            torch.testing.assert_close(gaussian_jet(x, 3.0), kept, rtol=0, atol=0)
+        assert operator_cache_bytes() == 0
+    finally:
+        set_operator_cache_budget(old)
+    for bad in (-1, 1.5, '1GB', True):
+        with pytest.raises(ValueError, match='budget_bytes'):
+            set_operator_cache_budget(bad)
