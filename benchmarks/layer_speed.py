@@ -136,7 +136,8 @@ def main(argv=None) -> None:
 
     conv, gemm = ms['conv1x1'], ms['gemm']
     print()
-    print(f'floor conv1x1 ({c_in * jet_size}->{c_out}, 1x1): {conv:8.1f} ms  (min..max {spread["conv1x1"]:.1f} ms apart)')
+    print(f'floor conv1x1 ({c_in * jet_size}->{c_out}, 1x1): {conv:8.1f} ms  '
+          f'(min..max {spread["conv1x1"]:.1f} ms apart)')
     print(f'floor gemm    ({c_out}x{c_in * jet_size} @ {c_in * jet_size}x{size * size}, x{batch}): '
           f'{gemm:8.1f} ms  (min..max {spread["gemm"]:.1f} ms apart)')
     print()
@@ -160,7 +161,8 @@ def main(argv=None) -> None:
         if prefix == 'ds' and args.no_ds:
             continue
         times = [ms[f'{prefix}@{s:g}'] for s in args.sigmas]
-        line = f'{label} spread over sigma {min(args.sigmas):g}..{max(args.sigmas):g}: max/min {max(times) / min(times):.2f}'
+        line = (f'{label} spread over sigma {min(args.sigmas):g}..{max(args.sigmas):g}: '
+                f'max/min {max(times) / min(times):.2f}')
         if 0.7 in args.sigmas and 16.0 in args.sigmas:
             change = ms[f'{prefix}@16'] / ms[f'{prefix}@0.7'] - 1.0
             line += f'; sigma 0.7 -> 16: {100 * change:+.0f}%'
@@ -184,7 +186,8 @@ def _time_dense(gd: GaussDerConv, args: argparse.Namespace, dtype: torch.dtype) 
         predicted = None if last is None else last[2] * area / last[1]
         if predicted is not None and predicted > args.dense_budget:
             result[sigma] = (1e3 * predicted * scale,
-                             f'~ extrapolated from sigma {last[0]:g} by filter area (x{area / last[1]:.1f}), x{scale:g} batch')
+                             f'~ extrapolated from sigma {last[0]:g} by filter area (x{area / last[1]:.1f}), '
+                             f'x{scale:g} batch')
             continue
         # Warm the composed-kernel computation on a tiny input, then one timed run.
         _step(lambda: dense_reference(gd, x[:, :, :4, :4].detach(), sigma), list(gd.parameters()))

@@ -15,8 +15,9 @@ in_chans=C, num_classes=10)`` at the SAME input size, in one run:
   (the Gaussian smoothing, done at the presets' input sizes as a dense ``(H+2) x H`` matrix
   product per axis: counted as a full GEMM although most matrix entries are zero at small sigma,
   so these FLOPs are real work for the BLAS but not useful arithmetic; on images of ~600 px and
-  more the cost model switches to depthwise convolutions, which the counter books under ``conv``). The achieved FLOP rate is counted forward FLOPs x
-  images/s; for training it uses the usual 3x forward (forward + backward) convention;
+  more the cost model switches to depthwise convolutions, which the counter books under ``conv``).
+  The achieved FLOP rate is counted forward FLOPs x images/s; for training it uses the usual
+  3x forward (forward + backward) convention;
 * peak training memory per sample of one preset (default: the STL-10 preset, 96x96, all six
   scale channels), with and without gradient checkpointing. Each case runs in a fresh
   subprocess: the peak RSS is reset (``/proc/self/clear_refs``) after model, optimizer and
@@ -41,11 +42,11 @@ import subprocess
 import sys
 import time
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import timm
 import gaussder_hf  # noqa: F401  (registers the presets with timm)
 from gaussder_hf.presets import DATASET_INFO, get_preset
 
@@ -189,7 +190,7 @@ def _memory_cuda(args) -> list[dict]:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         x = torch.rand(args.mem_batch, *_input_size(args.mem_preset), device=device)
         y = torch.randint(0, 10, (args.mem_batch,), device=device)
-        for step in range(2):  # the first step also allocates AdamW's state and cuDNN workspaces
+        for _ in range(2):  # the first step also allocates AdamW's state and cuDNN workspaces
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
@@ -290,7 +291,8 @@ def main(argv=None) -> None:
             print(f'  {ours["label"]:32s} FLOPs x{ours["total"] / ref["total"]:6.1f} '
                   f'(conv x{ours["conv"] / ref["conv"]:.1f}) | '
                   f'throughput inf {ours["infer"] / ref["infer"]:.4f} train {ours["train"] / ref["train"]:.4f} | '
-                  f'FLOP rate inf {ours["rate_i"] / ref["rate_i"]:.2f} (conv only {ours["conv_rate_i"] / ref["rate_i"]:.2f}) '
+                  f'FLOP rate inf {ours["rate_i"] / ref["rate_i"]:.2f} '
+                  f'(conv only {ours["conv_rate_i"] / ref["rate_i"]:.2f}) '
                   f'train {ours["rate_t"] / ref["rate_t"]:.2f}  (goal: >= 0.50)')
     if memory:
         plain, ckpt = memory

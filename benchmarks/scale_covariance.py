@@ -11,8 +11,8 @@ Part 2 sweeps sigma0 and the canvas for the Fashion-MNIST preset: the matched er
 as sigma0 grows (discretisation) and as the canvas grows (boundary).
 
 Extra columns: ``spread`` (``p_spr`` for the plain net) is the relative distance of the s = 1
-scores to their mean over the images (how much the scores depend on the image); ``*_c`` are the same errors after removing
-each score vector's mean over the classes (the random network's max-pooled scores share a large
+scores to their mean over the images (how much the scores depend on the image); ``*_c`` are the same
+errors after removing each score vector's mean over the classes (the random network's max-pooled scores share a large
 common component that makes all raw relative errors small). ``--calibrate-bn`` adds rows for
 networks whose BN running statistics were set by one train-mode pass over real images.
 
@@ -98,7 +98,8 @@ HEADER = (f'{"network":<34} {"sigma0":>6} {"canvas":>6} {"s":>5} | {"matched":>7
 def fmt(label, sigma0, canvas, r):
     return (f'{label:<34} {sigma0:>6.3g} {canvas:>6d} {r["s"]:>5} | {r["matched"]:>7.4f} {r["unmatched"]:>7.4f} '
             f'{r["plain"]:>7.4f} | {r["matched"] / r["unmatched"]:>5.2f} {r["matched"] / r["plain"]:>5.2f} | '
-            f'{r["spread"]:>6.3f} {r["plain_spread"]:>6.3f} {r["common"]:>6.3f} | {r["matched_c"]:>6.3f} {r["unmatched_c"]:>6.3f} '
+            f'{r["spread"]:>6.3f} {r["plain_spread"]:>6.3f} {r["common"]:>6.3f} | '
+            f'{r["matched_c"]:>6.3f} {r["unmatched_c"]:>6.3f} '
             f'{r["plain_c"]:>6.3f}')
 
 

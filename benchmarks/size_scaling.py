@@ -25,7 +25,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from gaussder_hf import kernels
 from gaussder_hf.layers import GaussDerConv
@@ -145,7 +144,8 @@ def _memory(args: argparse.Namespace) -> None:
     for method in ('dense', 'auto'):
         code = ('import sys; from gaussder_hf import kernels; import benchmarks.size_scaling as b; '
                 f'ctx = kernels.smoothing_method({method!r}); ctx.__enter__(); '
-                f'b._memory_child(b._parse_args(["--memory-sizes", "{args.memory_sizes}", "--preset", "{args.preset}"]))')
+                'b._memory_child(b._parse_args('
+                f'["--memory-sizes", "{args.memory_sizes}", "--preset", "{args.preset}"]))')
         out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         results[method] = json.loads(out.stdout.strip().splitlines()[-1])

@@ -76,7 +76,8 @@ def main(argv=None) -> None:
         print(f'  side {size:5d} done', flush=True)
     print()
     print('conv / dense time (< 1: conv faster)')
-    print(f'{"sigma":>6} {"taps":>5} | ' + ' '.join(f'{s:>7d}' for s in args.sizes) + ' | conv wins from | rule picks conv from')
+    sizes = ' '.join(f'{s:>7d}' for s in args.sizes)
+    print(f'{"sigma":>6} {"taps":>5} | {sizes} | conv wins from | rule picks conv from')
     for sigma in args.sigmas:
         taps = 2 * kernels.truncation_radius(sigma, args.eps) + 1
         row = ' '.join(f'{ratios[s, sigma]:7.2f}' for s in args.sizes)

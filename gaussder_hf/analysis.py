@@ -1,4 +1,4 @@
-"""Scale generalisation and scale selection: the analyses of the paper's Fig. 7-11 (§6, DESIGN.md §6).
+"""Scale generalisation and scale selection: the analyses of the paper's Fig. 7-11 (§6, docs/design.md §6).
 
 One implementation shared by the evaluation recipe, the visualisation recipe and the model
 cards: which scale channel wins the scale pooling (:func:`scale_selection`), accuracy and

@@ -1,6 +1,6 @@
 """Readers of the ORIGINAL benchmark files, in their official formats, and where to download them.
 
-Three datasets are read (DESIGN.md §4):
+Three datasets are read (docs/design.md §4):
 
 * Fashion-MNIST: the four gzip-compressed IDX files of Zalando research. Debian's
   ``dataset-fashion-mnist`` package installs them at ``/usr/share/datasets/fashion-mnist``

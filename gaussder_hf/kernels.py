@@ -28,9 +28,9 @@ import contextlib
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from itertools import product
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -224,7 +224,7 @@ def _kernel_np(sigma: float, eps: float) -> np.ndarray:
 
 
 def truncation_radius(sigma: float, eps: float = 0.01) -> int:
-    """Returns N, the half-width of the truncated discrete Gaussian kernel (DESIGN.md §1).
+    """Returns N, the half-width of the truncated discrete Gaussian kernel (docs/design.md §1).
 
     N is the smallest integer with tail mass ``1 - sum_{|n|<=N} T(n; sigma**2) <= eps``.
     """
@@ -299,7 +299,7 @@ def jet_normalisation(alpha: Sequence[int], sigma: float = 1.0) -> float:
 
     The scale normalisation ``sigma**|alpha|`` (§3.1, Lindeberg 1998) makes the jet at scale
     ``s * sigma`` of an image rescaled by ``s`` equal the jet at ``sigma`` of the original. The
-    ``1 / alpha!`` factor of eq. (3) is our reconstruction (DESIGN.md §2); the weights are
+    ``1 / alpha!`` factor of eq. (3) is our reconstruction (docs/design.md §2); the weights are
     learned, so it only affects initialisation.
     """
     # A list, not a generator: torch.compile traces a generator argument of math.prod only with a graph break.
@@ -372,7 +372,8 @@ def _smoothing_matrix_np(sigma: float, eps: float, size: int) -> np.ndarray:
     return matrix
 
 
-def _smoothing_matrix_cached(sigma: float, eps: float, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _smoothing_matrix_cached(
+        sigma: float, eps: float, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     # Transposed and contiguous: smoothing along the last axis is then one plain GEMM, x @ M.T.
     return _CACHE.get(('matrix', sigma, eps, size, device, dtype),
                       lambda: _constant(_smoothing_matrix_np(sigma, eps, size).T, device, dtype))

@@ -238,7 +238,8 @@ def _tensor_io(cfg: dict) -> tuple[int | None, int | None]:
         shapes = {k: tuple(v.shape) for k, v in cfg['state_dict'].items()}
     elif cfg.get('file') and str(cfg['file']).endswith('.safetensors') and Path(cfg['file']).is_file():
         with safe_open(cfg['file'], framework='pt') as weights:
-            shapes = {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}  # noqa: SIM118 (safe_open is not iterable)
+            # safe_open is not iterable: keys() it is.
+            shapes = {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}  # noqa: SIM118
     shapes = {k[len(HF_PREFIX):] if k.startswith(HF_PREFIX) else k: v for k, v in shapes.items()}
     head, stem = shapes.get('head_conv.weight'), shapes.get('stem_conv.weight')
     return (head[0] if head else None), (stem[1] if stem else None)

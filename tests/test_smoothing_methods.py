@@ -72,9 +72,8 @@ def test_the_cost_model_takes_conv_for_narrow_kernels_on_large_images_only():
         assert not uses_conv_smoothing(1.0, 0.01, (512, 512))
     with pytest.raises(ValueError, match='sigma.*-1'):
         uses_conv_smoothing(-1.0, 0.01, (64, 64))
-    with pytest.raises(ValueError, match="smoothing method.*'fft'"):
-        with smoothing_method('fft'):
-            pass
+    with pytest.raises(ValueError, match="smoothing method.*'fft'"), smoothing_method('fft'):
+        pass
 
 
 @pytest.mark.parametrize('layer_cls', [GaussDerConv, DSGaussDerConv])

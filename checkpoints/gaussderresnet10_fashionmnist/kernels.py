@@ -3,25 +3,38 @@ and the scale-normalised N-jet (Perzanowski & Lindeberg, arXiv:2603.02843, §3.9
 
 This module is the bottom of the import graph: it depends on torch, numpy and scipy only.
 
-Everything fixed is computed once and cached: the 1-D kernel per ``(sigma, eps)``, the
-smoothing operator per ``(sigma, eps, size, device, dtype)`` (and, with the mirror extension of
-the difference stencils folded in, per ``(sigma, eps, size, pad, device, dtype)``) and the
-difference stencils of the jet per ``(jet_order, spatial_dims, zero_order, device, dtype)``.
-Nothing is rebuilt in a forward pass after the first call with a given image size.
+Smoothing has two exact implementations, chosen per call by a cost model measured on a CPU
+(``benchmarks/smoothing_cost.py``, ``benchmarks/size_scaling.py``, ``benchmarks/README.md``):
 
-Cost: smoothing is a dense matrix product along each axis, so its cost depends on the image
-size but not on sigma; the differences of the jet are one small convolution.
+* ``'conv'``: the input is mirror-extended (:func:`reflect_index`, repeated reflection for
+  kernels wider than the image) and convolved depthwise with the truncated 1-D kernel along
+  each axis. Its cost per pixel grows with the kernel's support, not with the image side.
+* ``'dense'``: one ``(size + 2 pad) x size`` matrix product per axis with the mirror extension
+  folded into the matrix. Its cost per pixel grows with the image side, not with sigma, and it
+  is the faster one on small and mid-sized images, where one GEMM beats the stencils and the
+  layout passes around them.
+
+Both give the same numbers up to rounding (the same taps, summed in another order).
+:func:`smoothing_method` forces either one, e.g. for tests and benchmarks.
+
+The fixed operators (dense matrices, kernel taps, reflection indices, difference stencils)
+are built on first use and kept in one least-recently-used cache bounded by bytes
+(:func:`set_operator_cache_budget`, :func:`operator_cache_bytes`, :func:`clear_caches`), so a
+network fed images of many sizes does not accumulate matrices without bound.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from itertools import product
-from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.special import ive
 
 __all__ = [
@@ -37,6 +50,11 @@ __all__ = [
     'centred_reflect_index',
     'mirror_pad',
     'smoothing_matrix',
+    'smoothing_method',
+    'uses_conv_smoothing',
+    'clear_caches',
+    'operator_cache_bytes',
+    'set_operator_cache_budget',
     'gaussian_smooth',
     'gaussian_jet',
     'composed_kernel_1d',
@@ -98,7 +116,89 @@ def _constant(array, device: torch.device | None, dtype: torch.dtype | None = No
         return torch.as_tensor(np.array(array, order='C'), device=device, dtype=dtype)
 
 
-@lru_cache(maxsize=None)
+class _OperatorCache:
+    """A least-recently-used cache of tensors bounded by the bytes it holds.
+
+    Keys carry everything the tensor depends on (sigma, eps, size, pad, device, dtype). When an
+    insertion takes the total over the budget, the least recently used entries are dropped; an
+    entry larger than the whole budget is returned but not kept.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = int(budget_bytes)
+        self._entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        with self._lock:
+            tensor = self._entries.get(key)
+            if tensor is not None:
+                self._entries.move_to_end(key)
+                return tensor
+        tensor = build()
+        size = tensor.untyped_storage().nbytes()
+        with self._lock:
+            if key in self._entries or size > self.budget_bytes:
+                return self._entries.get(key, tensor)
+            self._entries[key] = tensor
+            self._bytes += size
+            self._evict()
+        return tensor
+
+    def _evict(self) -> None:
+        while self._bytes > self.budget_bytes and self._entries:
+            _, old = self._entries.popitem(last=False)
+            self._bytes -= old.untyped_storage().nbytes()
+
+    def resize(self, budget_bytes: int) -> None:
+        with self._lock:
+            self.budget_bytes = int(budget_bytes)
+            self._evict()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+# 64 MiB holds every dense operator the cost model ever picks for the preset scales at a few
+# image sizes (one 256 x 258 float32 matrix is 0.26 MB); the conv path needs only kernel taps.
+_DEFAULT_CACHE_BUDGET = 64 * 2 ** 20
+_CACHE = _OperatorCache(_DEFAULT_CACHE_BUDGET)
+
+
+def clear_caches() -> None:
+    """Drops every cached operator (dense smoothing matrices, kernel taps, reflection indices,
+    difference stencils). They are rebuilt on next use; results do not change."""
+    _CACHE.clear()
+    _kernel_np.cache_clear()
+    _stencil_basis_cached.cache_clear()
+
+
+def operator_cache_bytes() -> int:
+    """Returns the bytes of tensor storage the operator cache holds now."""
+    return _CACHE.nbytes
+
+
+def set_operator_cache_budget(budget_bytes: int) -> int:
+    """Sets the byte budget of the operator cache (dropping entries over it); returns the old budget.
+
+    Args:
+        budget_bytes: the most bytes of cached operators to keep, >= 0 (0 caches nothing).
+    """
+    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, (int, np.integer)) or budget_bytes < 0:
+        raise ValueError(f'budget_bytes must be an integer >= 0, got {budget_bytes!r}')
+    old = _CACHE.budget_bytes
+    _CACHE.resize(int(budget_bytes))
+    return old
+
+
+@lru_cache(maxsize=4096)  # a few hundred bytes per (sigma, eps)
 def _kernel_np(sigma: float, eps: float) -> np.ndarray:
     t = sigma * sigma
     # T(n; t) = exp(-t) I_n(t) (eq. 56) is scipy's exponentially scaled Bessel function ive.
@@ -124,7 +224,7 @@ def _kernel_np(sigma: float, eps: float) -> np.ndarray:
 
 
 def truncation_radius(sigma: float, eps: float = 0.01) -> int:
-    """Returns N, the half-width of the truncated discrete Gaussian kernel (DESIGN.md §1).
+    """Returns N, the half-width of the truncated discrete Gaussian kernel (docs/design.md §1).
 
     N is the smallest integer with tail mass ``1 - sum_{|n|<=N} T(n; sigma**2) <= eps``.
     """
@@ -199,7 +299,7 @@ def jet_normalisation(alpha: Sequence[int], sigma: float = 1.0) -> float:
 
     The scale normalisation ``sigma**|alpha|`` (§3.1, Lindeberg 1998) makes the jet at scale
     ``s * sigma`` of an image rescaled by ``s`` equal the jet at ``sigma`` of the original. The
-    ``1 / alpha!`` factor of eq. (3) is our reconstruction (DESIGN.md §2); the weights are
+    ``1 / alpha!`` factor of eq. (3) is our reconstruction (docs/design.md §2); the weights are
     learned, so it only affects initialisation.
     """
     # A list, not a generator: torch.compile traces a generator argument of math.prod only with a graph break.
@@ -234,9 +334,10 @@ def centred_reflect_index(size: int, target: int) -> np.ndarray:
     return reflect_index(size, pad)[start:start + target]
 
 
-@lru_cache(maxsize=256)
 def _reflect_index_tensor(size: int, pad: int, device: torch.device) -> torch.Tensor:
-    return _constant(reflect_index(size, pad), device)
+    if torch.compiler.is_compiling():
+        return _traced_reflect_index(size, pad, device)
+    return _CACHE.get(('reflect', size, pad, device), lambda: _constant(reflect_index(size, pad), device))
 
 
 def mirror_pad(x: torch.Tensor, pad: int, dims: Sequence[int]) -> torch.Tensor:
@@ -260,7 +361,6 @@ def _reflect_pad_1d(x: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
     return torch.cat([left, x, right], dim=dim)
 
 
-@lru_cache(maxsize=512)
 def _smoothing_matrix_np(sigma: float, eps: float, size: int) -> np.ndarray:
     kernel = _kernel_np(sigma, eps)
     radius = (len(kernel) - 1) // 2
@@ -272,10 +372,11 @@ def _smoothing_matrix_np(sigma: float, eps: float, size: int) -> np.ndarray:
     return matrix
 
 
-@lru_cache(maxsize=512)
-def _smoothing_matrix_cached(sigma: float, eps: float, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _smoothing_matrix_cached(
+        sigma: float, eps: float, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     # Transposed and contiguous: smoothing along the last axis is then one plain GEMM, x @ M.T.
-    return _constant(_smoothing_matrix_np(sigma, eps, size).T, device, dtype)
+    return _CACHE.get(('matrix', sigma, eps, size, device, dtype),
+                      lambda: _constant(_smoothing_matrix_np(sigma, eps, size).T, device, dtype))
 
 
 def smoothing_matrix(
@@ -291,7 +392,7 @@ def smoothing_matrix(
     ``(M @ f)[i] = sum_{|n|<=N} T(n; sigma**2) f_ext(i + n)`` where ``f_ext`` is ``f`` mirror
     extended (:func:`reflect_index`). Folding the boundary into a dense matrix makes smoothing a
     single matrix product whose cost does not depend on sigma, and kernels wider than the
-    signal need no special case.
+    signal need no special case. This is the operator of the ``'dense'`` smoothing method.
     """
     sigma, eps = check_sigma(sigma), check_eps(eps)
     if size < 1:
@@ -300,13 +401,14 @@ def smoothing_matrix(
     return _smoothing_matrix_cached(sigma, eps, int(size), device, dtype).T
 
 
-@lru_cache(maxsize=512)
 def _padded_smoothing_matrix_cached(
         sigma: float, eps: float, size: int, pad: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     # Smoothing followed by mirror extension by ``pad`` as one (size + 2 pad, size) matrix: the
     # rows of M at the reflected positions. Extending the smoothed signal costs no extra pass.
-    matrix = _smoothing_matrix_np(sigma, eps, size)[reflect_index(size, pad)]
-    return _constant(matrix, device, dtype)
+    def build():
+        return _constant(_smoothing_matrix_np(sigma, eps, size)[reflect_index(size, pad)], device, dtype)
+
+    return _CACHE.get(('padded matrix', sigma, eps, size, pad, device, dtype), build)
 
 
 def _smoothing_operator(sigma: float, eps: float, size: int, pad: int, device: torch.device, dtype: torch.dtype):
@@ -351,6 +453,13 @@ def _traced_smoothing_operator(sigma: float, eps: float, size: int, pad: int, de
     return matrix.to(dtype)
 
 
+def _conv_taps(sigma: float, eps: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Returns the truncated kernel as a tensor, the weights of the ``'conv'`` smoothing method."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(_kernel_taps(sigma, eps), device=device, dtype=dtype)
+    return _CACHE.get(('taps', sigma, eps, device, dtype), lambda: _constant(_kernel_np(sigma, eps), device, dtype))
+
+
 def _smooth_along(x: torch.Tensor, matrix: torch.Tensor, dim: int) -> torch.Tensor:
     """Returns ``matrix`` applied along ``dim`` of ``x``: ``y[..., i, ...] = sum_j matrix[i, j] x[..., j, ...]``."""
     if dim == x.ndim - 1:
@@ -362,14 +471,110 @@ def _smooth_along(x: torch.Tensor, matrix: torch.Tensor, dim: int) -> torch.Tens
     return torch.matmul(matrix, x3).view(*shape[:dim], matrix.shape[0], *shape[dim + 1:])
 
 
-def _smooth_padded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
-    """Returns ``x`` smoothed along its trailing ``spatial_dims`` dims and mirror-extended by ``pad``."""
+def _smooth_dense(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
     # The last axis goes last: its backward (a plain GEMM) makes any incoming gradient contiguous.
     # A batched GEMM fed an expanded gradient (e.g. from ``.sum()``) falls off the BLAS path and
     # is ~100x slower on CPU.
     for dim in range(x.ndim - spatial_dims, x.ndim):
         x = _smooth_along(x, _smoothing_operator(sigma, eps, x.shape[dim], pad, x.device, x.dtype), dim)
     return x
+
+
+def _mirror_extend(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Returns ``x`` of shape ``(B, C, *spatial)`` mirror-extended by ``pad`` along every spatial dim,
+    reflecting as often as needed (:func:`reflect_index`)."""
+    for dim in range(2, x.ndim):
+        x = x.index_select(dim, _reflect_index_tensor(x.shape[dim], pad, x.device))
+    return x
+
+
+_CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
+
+
+def _smooth_conv(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
+    """The ``'conv'`` smoothing method: a depthwise convolution with the 1-D kernel per axis.
+
+    The result may be channels-last (2-D, 3-D): it is what the convolutions that consume it
+    run fastest on.
+    """
+    # Every signal of x becomes one channel of a depthwise convolution: (1, N, *spatial).
+    lead, spatial = x.shape[:-spatial_dims], x.shape[-spatial_dims:]
+    taps = _conv_taps(sigma, eps, x.device, x.dtype)
+    radius = (taps.shape[0] - 1) // 2
+    y = x.reshape(1, -1, *spatial)
+    channels = y.shape[1]
+    if spatial_dims in _CHANNELS_LAST and y.dtype != torch.float64:
+        # oneDNN's depthwise kernels are several times faster on channels-last maps (measured,
+        # benchmarks/README.md); float64 has no oneDNN kernels and keeps the plain layout.
+        y = y.contiguous(memory_format=_CHANNELS_LAST[spatial_dims])
+    # Smoothing the input extended by radius + pad gives the smoothed signal extended by pad:
+    # the extension is symmetric about every edge sample, and so is its smoothing.
+    extension = radius + pad
+    if all(extension < size for size in spatial):
+        # One reflection per side: F.pad's 'reflect' is numpy's, i.e. :func:`reflect_index`, and
+        # it keeps the channels-last layout. (Zero padding inside the convolutions with the
+        # border rows fixed afterwards saves this pass, but its autograd costs more than it saves.)
+        y = F.pad(y, [extension] * (2 * spatial_dims), mode='reflect')
+    else:
+        # A kernel wider than the image reflects more than once: gather with the general rule.
+        y = _mirror_extend(y, extension)
+    conv = _CONV[spatial_dims]
+    for axis in range(spatial_dims):
+        shape = [1] * spatial_dims
+        shape[axis] = taps.shape[0]
+        y = conv(y, taps.view(1, 1, *shape).expand(channels, 1, *shape).contiguous(), groups=channels)
+    return y.reshape(*lead, *y.shape[2:])
+
+
+# Cost model of the two smoothing methods, measured on a 2-core x86 CPU (benchmarks/README.md,
+# "Smoothing method"). Smoothing alone (benchmarks/smoothing_cost.py; per pixel and channel,
+# forward + backward): dense about 5 + 0.23 * side ns, conv about 55 + 1.2 * taps ns, equal
+# near side = 220 + 5 * taps. Inside a GD layer (benchmarks/size_scaling.py) conv also pays
+# the layout passes around the mixing convolution and was no faster at side 256 and 512, won
+# at 1024 for 5 and 11 taps, lost for 33 and 83, and won at 2048 (dense extrapolated). The
+# rule follows the layer: conv from side 512 + 16 * taps on the shortest side.
+_CONV_BASE_SIDE = 512
+_CONV_SIDE_PER_TAP = 16
+_METHODS = ('auto', 'dense', 'conv')
+_forced_method = 'auto'
+
+
+@contextlib.contextmanager
+def smoothing_method(method: str) -> Iterator[None]:
+    """Forces the smoothing implementation inside a ``with`` block (tests, benchmarks).
+
+    Args:
+        method: ``'dense'`` (matrix product per axis), ``'conv'`` (depthwise convolution of the
+            mirror-extended signal) or ``'auto'`` (the cost model, the default).
+    """
+    global _forced_method
+    if method not in _METHODS:
+        raise ValueError(f'smoothing method must be one of {_METHODS}, got {method!r}')
+    previous, _forced_method = _forced_method, method
+    try:
+        yield
+    finally:
+        _forced_method = previous
+
+
+def uses_conv_smoothing(sigma: float, eps: float, spatial_shape: Sequence[int]) -> bool:
+    """Returns whether smoothing at ``sigma`` of signals of ``spatial_shape`` takes the ``'conv'`` method."""
+    return _uses_conv(check_sigma(sigma), check_eps(eps), spatial_shape)
+
+
+def _uses_conv(sigma: float, eps: float, spatial_shape: Sequence[int]) -> bool:
+    if _forced_method != 'auto':
+        return _forced_method == 'conv'
+    taps = len(_kernel_taps(sigma, eps))  # (traceable: a constant under torch.compile)
+    smallest = min(spatial_shape)
+    return smallest >= _CONV_BASE_SIDE + _CONV_SIDE_PER_TAP * taps
+
+
+def _smooth_padded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
+    """Returns ``x`` smoothed along its trailing ``spatial_dims`` dims and mirror-extended by ``pad``."""
+    if x.numel() > 0 and _uses_conv(sigma, eps, x.shape[x.ndim - spatial_dims:]):
+        return _smooth_conv(x, sigma, eps, spatial_dims, pad)
+    return _smooth_dense(x, sigma, eps, spatial_dims, pad)
 
 
 def gaussian_smooth(x: torch.Tensor, sigma: float, eps: float = 0.01, spatial_dims: int | None = None) -> torch.Tensor:
@@ -481,7 +686,7 @@ def gaussian_jet(
         jet = conv(smoothed.reshape(batch * channels, 1, *smoothed.shape[2:]), basis.unsqueeze(1))
     else:
         jet = conv(smoothed, basis.unsqueeze(1).repeat(channels, *([1] * (spatial_dims + 1))), groups=channels)
-    return jet.view(batch, channels, jet_size, *x.shape[2:])
+    return jet.reshape(batch, channels, jet_size, *x.shape[2:])
 
 
 def composed_kernel_1d(sigma: float, order: int, eps: float = 0.01, radius: int | None = None) -> torch.Tensor:

@@ -5,8 +5,9 @@ derivatives of its input channels. The weights do not depend on the scale: ``sig
 per call, so one layer serves every scale channel of a multi-scale-channel network.
 
 Efficient form (used in ``forward``): one separable discrete Gaussian smoothing per input
-channel (a dense matrix product along each axis, with the mirror extension folded in, so its
-cost does not depend on sigma), then the central differences and the channel mix together as
+channel (a depthwise convolution with the 1-D kernel along each axis of the mirror-extended
+input on large images, a dense matrix product per axis with the extension folded in on small
+ones: see :mod:`gaussder_hf.kernels`), then the central differences and the channel mix together as
 one small convolution of the smoothed input: ``sum_alpha w[j, i, alpha] delta^alpha`` is a
 3x3 filter in 2-D (5x5 for jet_order 3). The jet ``(B, C_in, J, H, W)`` is never materialised,
 which on CPU costs less than the 1x1 mix over ``C_in * J`` channels alone. The dense form (one
@@ -43,6 +44,15 @@ from .kernels import (
 )
 
 __all__ = ['GaussDerConv', 'DSGaussDerConv', 'dense_reference']
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """Returns the memory format of ``x`` (channels-last only when ``x`` is laid out that way)."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.ndim == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 
 class _GaussDerBase(nn.Module):
@@ -195,9 +205,13 @@ class GaussDerConv(_GaussDerBase):
         if torch.is_autocast_enabled(x.device.type):
             # Low precision: the jet in float32, the mix as a 1x1 convolution in the autocast dtype.
             weight = self.mixing_weight(sigma).view(self.out_channels, -1, *([1] * self.spatial_dims))
-            return _CONV[self.spatial_dims](self.float32_jet(x, sigma), weight, self.bias)
+            out = _CONV[self.spatial_dims](self.float32_jet(x, sigma), weight, self.bias)
+            return out.contiguous(memory_format=_memory_format(x))
         weight = self.mixing_weight(sigma).view(self.out_channels, self.in_channels, self.jet_size)
-        return _CONV[self.spatial_dims](self.smoothed(x, sigma), self.difference_filters(weight), self.bias)
+        out = _CONV[self.spatial_dims](self.smoothed(x, sigma), self.difference_filters(weight), self.bias)
+        # The convolutional smoothing hands over channels-last maps (faster for both convolutions);
+        # the output keeps the layout of the input.
+        return out.contiguous(memory_format=_memory_format(x))
 
     def composed_kernel(self, sigma: float) -> torch.Tensor:
         """Returns the dense filter of the layer at ``sigma``, shape ``(C_out, C_in, *K)``.
@@ -259,7 +273,7 @@ class DSGaussDerConv(_GaussDerBase):
                 combined = self._depthwise(x.float(), sigma)
         else:
             combined = self._depthwise(x, sigma)
-        out = torch.matmul(self.pointwise_weight, combined.view(batch, self.in_channels, -1))
+        out = torch.matmul(self.pointwise_weight, combined.reshape(batch, self.in_channels, -1))
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1)
         return out.view(batch, self.out_channels, *spatial)

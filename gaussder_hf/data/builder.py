@@ -1,4 +1,4 @@
-"""The shared Hugging Face ``datasets`` builder of the rescaled benchmarks (paper §4.1, DESIGN.md §4).
+"""The shared Hugging Face ``datasets`` builder of the rescaled benchmarks (paper §4.1, docs/design.md §4).
 
 Training and validation data at size factor 1; the test set once per size factor
 ``s = 2**(k/4)``, ``k = -4..4``, in splits named ``test_s0p500`` ... ``test_s2p000``, plus ``test``
