@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 7 and chunks of the paper-preset Fashion-MNIST run, one step per call
-# so that each fits a 10-minute device command.
+# The GPU checks (CUDA = CPU, speed, memory, largest batch, compile and bf16) and chunks of the
+# paper-preset Fashion-MNIST run, one step per call so that each fits a 10-minute command.
 # Usage: bash benchmarks/gpu_session.sh STEP [extra args for that step's script]
 #   STEP: agreement | layer | model | maxbatch | compile | train | fetch
 # Output goes to the terminal and to ${OUT:-benchmarks/gpu_logs}/STEP.txt.
@@ -21,8 +21,8 @@ fi
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 run_dir="$root/runs/rescaled_fashion_mnist_gpu"
 if [ "$step" = fetch ]; then
-  # The newest complete checkpoint, its config and log back through $OUT (7 files; the device
-  # returns at most 8), to be carried as runs/rescaled_fashion_mnist_gpu by the next session.
+  # The newest complete checkpoint, its config and log (7 files) into the log folder, to be
+  # brought back as runs/rescaled_fashion_mnist_gpu on the next machine.
   newest=$(ls -d "$run_dir"/checkpoint-* 2>/dev/null | sort | tail -1)
   [ -n "$newest" ] || { echo "no checkpoint under $run_dir" >&2; exit 1; }
   mkdir -p "$logs/$(basename "$newest")"

@@ -1,8 +1,7 @@
 """The GPU benchmark scripts, exercised on the CPU: their logic, their verdicts, their refusals.
 
-``benchmarks/device_agreement.py`` and ``benchmarks/max_batch.py`` are meant for a session with
-a GPU; what can be checked without one is checked here, so that a GPU session does not spend
-its device time on their bugs.
+``benchmarks/device_agreement.py`` and ``benchmarks/max_batch.py`` are meant for a GPU; what can
+be checked without one is checked here, so that time on a GPU is not spent on their bugs.
 """
 from __future__ import annotations
 
