@@ -309,6 +309,9 @@ def test_evaluation_refuses_non_finite_logits():
 # ----------------------------------------------------------------------------------------------
 
 def _train_in_child(overrides: list[str]) -> None:
+    # A forked child must not enter the OpenMP pool the parent's earlier tests started: its worker
+    # threads do not survive fork, and the first parallel region would wait for them forever.
+    torch.set_num_threads(1)
     recipe.train(recipe.load_config(SMOKE, overrides, resume=True))
 
 
