@@ -23,6 +23,7 @@ Training inserts its augmentation between steps 3 and 4 (:class:`InputPipeline`'
 """
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -195,8 +196,10 @@ def normalise(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f'mean and std need one value per channel ({channels}), got mean {tuple(mean)} '
                          f'and std {tuple(std)}')
-    if any(not s > 0 for s in std):
-        raise ValueError(f'std must be positive, got {tuple(std)}')
+    if any(not (math.isfinite(s) and s > 0) for s in std):
+        raise ValueError(f'std must hold finite numbers > 0, got {tuple(std)}')
+    if any(not math.isfinite(m) for m in mean):
+        raise ValueError(f'mean must hold finite numbers, got {tuple(mean)}')
     mean_t = torch.tensor(mean, dtype=image.dtype, device=image.device).view(-1, 1, 1)
     std_t = torch.tensor(std, dtype=image.dtype, device=image.device).view(-1, 1, 1)
     return (image - mean_t) / std_t
