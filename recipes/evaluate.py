@@ -161,7 +161,9 @@ def _load_test_splits(dataset: str, data_dir, max_examples, cache_dir,
     missing = [n for n in names.values() if n not in ds]
     if missing:
         raise ValueError(f'dataset {dataset!r} has no split(s) {missing}: not a rescaled dataset (splits: {list(ds)})')
-    return {s: ds[name] for s, name in names.items()}
+    # Undecoded: the input pipeline opens each image and refuses one above the pixel limit
+    # (PIL.Image.MAX_IMAGE_PIXELS) before decoding it, where datasets' decoding would only warn.
+    return {s: ds[name].cast_column('image', datasets.Image(decode=False)) for s, name in names.items()}
 
 
 def _to_tensors(pipeline: InputPipeline):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -51,3 +52,58 @@ def test_integer_input_and_dtype_mismatch_get_clear_errors():
     got = model.double()(x.double())
     assert got.dtype == torch.float64
     torch.testing.assert_close(got.float(), expected, rtol=1e-4, atol=1e-5)
+
+
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.arange(width * height, dtype=np.uint8).reshape(height, width)).save(buffer, format='PNG')
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fails the test if PIL decodes the pixels of any image file."""
+    from PIL import ImageFile
+
+    def load(self):
+        raise AssertionError('the pixels were decoded')
+
+    monkeypatch.setattr(ImageFile.ImageFile, 'load', load)
+
+
+def test_images_above_the_pixel_limit_are_refused_before_decoding(tmp_path, monkeypatch, request):
+    import datasets
+    from PIL import Image
+
+    from gaussder_hf.input_pipeline import InputPipeline, decode_image
+
+    png = _png(40, 30)
+    (tmp_path / 'big.png').write_bytes(png)
+    # Within the limit it decodes to the stored pixels.
+    expected = np.arange(1200, dtype=np.uint8).reshape(1, 30, 40)
+    assert np.array_equal(decode_image(png, max_pixels=1200).numpy(), expected)
+
+    request.getfixturevalue('no_decoding')  # from here on, decoding any pixel fails the test
+    encoded = [png, str(tmp_path / 'big.png'), tmp_path / 'big.png', {'bytes': png, 'path': None},
+               {'bytes': None, 'path': str(tmp_path / 'big.png')}]
+    for source in encoded:
+        with pytest.raises(ValueError, match=r'40x30 = 1,200 pixels exceeds the limit of 1,199 pixels'):
+            decode_image(source, max_pixels=1199)
+    # The default is PIL's MAX_IMAGE_PIXELS, made an error (PIL only warns below twice it).
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)
+    for refuse in (decode_image, GaussDerResNetImageProcessor()):
+        with pytest.warns(Image.DecompressionBombWarning):  # PIL itself only warns, and would decode on
+            opened = Image.open(tmp_path / 'big.png')
+        with pytest.raises(ValueError, match='exceeds the limit of 1,000 pixels'):
+            refuse(opened)
+    # A datasets Image column read undecoded, as the recipes read it, through the input pipeline.
+    column = datasets.Dataset.from_dict({'image': [{'bytes': png, 'path': None}]},
+                                        features=datasets.Features({'image': datasets.Image(decode=False)}))
+    with pytest.raises(ValueError, match='exceeds the limit of 1,000 pixels'):
+        InputPipeline(1, (0.5,), (0.5,))(column[0]['image'])
+    with pytest.raises(ValueError, match='max_pixels must be a positive integer or None'):
+        InputPipeline(1, (0.5,), (0.5,), max_pixels=0)
