@@ -113,13 +113,17 @@ def open_image(source, max_pixels: int | None = None):
 
     Args:
         source: a file path, the encoded bytes, or a ``{'bytes': ..., 'path': ...}`` dict as a
-            ``datasets`` Image column gives with ``decode=False``.
+            ``datasets`` Image column gives with ``decode=False``; a PIL image is checked and
+            returned as it is.
         max_pixels: the most pixels allowed (default ``PIL.Image.MAX_IMAGE_PIXELS``); a larger
             image raises ValueError after reading its header only, before any pixel is decoded.
     """
     from PIL import Image
 
     limit = pixel_limit(max_pixels)  # checked first: a bad limit is a bad argument, whatever the file
+    if _is_pil(source):  # opened already (lazily, if from a file): checked the same way
+        check_pixel_count(source.size, limit)
+        return source
     if isinstance(source, dict):
         if source.get('bytes') is not None:
             source = source['bytes']
