@@ -169,8 +169,7 @@ def _write_folder(folder: Path, write) -> None:
     """
     parent = folder.parent
     parent.mkdir(parents=True, exist_ok=True)
-    for stale in parent.glob(f'.{folder.name}{_TEMP_MARK}*'):  # left by a killed earlier save
-        shutil.rmtree(stale, ignore_errors=True)
+    _recover_interrupted(folder)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f'.{folder.name}{_TEMP_MARK}'))
     old = None
     try:
@@ -202,6 +201,26 @@ def _write_folder(folder: Path, write) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_interrupted(folder: Path) -> None:
+    """Undoes what a killed :func:`_write_folder` left next to ``folder``.
+
+    A save killed between moving the old folder aside and moving the new one in leaves no
+    ``folder``, and its old content (the user's files included) in an ``old-`` temporary: that
+    content is put back, as if the save had never started. Every other temporary is removed.
+    """
+    prefix = f'.{folder.name}{_TEMP_MARK}'
+    if not folder.parent.is_dir():
+        return
+    leftovers = sorted(p for p in folder.parent.iterdir() if p.name.startswith(prefix))
+    if not folder.exists():
+        for old in leftovers:
+            if old.name.startswith(prefix + 'old-') and (old / folder.name).is_dir():
+                os.replace(old / folder.name, folder)
+                break
+    for stale in leftovers:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _link_or_copy(source, target, *, follow_symlinks: bool = True):
@@ -237,7 +256,8 @@ def save_for_hub(
     defining the model (so that transformers loads it with ``trust_remote_code=True`` where
     gaussder_hf is not installed) and, given an evaluation, ``evaluation.json``. It is written
     as a whole into a temporary sibling folder that then replaces ``folder``, after every
-    argument has been checked: an interrupted save leaves the old folder as it was.
+    argument has been checked: an interrupted save leaves the old folder as it was (a killed
+    one may leave it moved aside for an instant; the next save puts it back first).
 
     Args:
         model: a :class:`GaussDerResNet` (e.g. from ``timm.create_model``) or a

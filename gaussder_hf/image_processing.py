@@ -9,6 +9,8 @@ never cropped, the canvas grows to cover it), scaling to [0, 1] and normalisatio
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_base import BatchFeature
@@ -65,6 +67,10 @@ class GaussDerResNetImageProcessor(TorchvisionBackend):
                                for v in canvas_size.values())):
                 raise ValueError(f"canvas_size must be {{'height': H, 'width': W}} with H, W >= 1, got {canvas_size!r}")
             self.canvas_size = dict(canvas_size)
+        # Checked here, not first at the call: a zero or non-finite std would turn every image
+        # into inf/NaN, and a saved processor would carry it on.
+        _per_channel(self.image_mean, self.num_channels, 'image_mean')
+        _per_channel(self.image_std, self.num_channels, 'image_std', positive=True)
         background = self.background if background is None else background
         if background not in BACKGROUNDS:
             raise ValueError(f'background must be one of {BACKGROUNDS}, got {background!r}')
@@ -83,7 +89,7 @@ class GaussDerResNetImageProcessor(TorchvisionBackend):
             if value:
                 raise ValueError(f'{name}=True is not supported: this processor never resizes, crops or pads')
         mean = _per_channel(image_mean, self.num_channels, 'image_mean')
-        std = _per_channel(image_std, self.num_channels, 'image_std')
+        std = _per_channel(image_std, self.num_channels, 'image_std', positive=True)
         pipeline = InputPipeline(self.num_channels, mean, std, canvas=self.canvas_size, background=self.background,
                                  uint8_factor=rescale_factor if do_rescale else 1.0)
         pixel_values = [pipeline.pixels(image) for image in images]
@@ -110,10 +116,20 @@ class GaussDerResNetImageProcessor(TorchvisionBackend):
                    **kwargs)
 
 
-def _per_channel(values, channels: int, name: str) -> tuple[float, ...]:
-    values = (values,) if isinstance(values, (int, float)) else tuple(values)
+def _per_channel(values, channels: int, name: str, positive: bool = False) -> tuple[float, ...]:
+    """Returns ``values`` as one float per channel, checking they are finite (and > 0 if ``positive``)."""
+    allowed = 'finite numbers > 0' if positive else 'finite numbers'
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = (values,)
+    elif isinstance(values, (list, tuple)):
+        values = tuple(values)
+    else:
+        raise ValueError(f'{name} must be a number or a list of {allowed}, got {values!r}')
     if len(values) == 1:
         values = values * channels
     if len(values) != channels:
         raise ValueError(f'{name} needs 1 or {channels} value(s), got {values}')
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+           or (positive and v <= 0) for v in values):
+        raise ValueError(f'{name} must hold {allowed}, got {values!r}')
     return tuple(float(v) for v in values)

@@ -8,6 +8,9 @@ An image goes through four steps, in this order:
    alpha, 4 = RGBA). :func:`to_model_channels` then gives the model its channels: grey is
    repeated for an RGB model; RGB becomes grey by ITU-R 601-2 luma, computed for 8-bit images
    exactly as PIL's ``convert('L')`` does (the rescaled datasets store what PIL decodes).
+   Encoded images (a path, bytes, a ``datasets`` Image dict read with ``decode=False``) are
+   opened by :func:`open_image`, which refuses an image of more than ``PIL.Image.MAX_IMAGE_PIXELS``
+   pixels (or ``max_pixels``) from its header, before any pixel is decoded.
 2. :func:`place_on_canvas`: centred on a canvas by the rescaled datasets' own placement
    (:func:`gaussder_hf.rescaling.place_on_canvas`, the function their builders call), on black
    or mirror-extended, so an image at its native size lands on exactly the pixels its rescaled
@@ -23,7 +26,11 @@ Training inserts its augmentation between steps 3 and 4 (:class:`InputPipeline`'
 """
 from __future__ import annotations
 
+import io
+import math
 import numbers
+import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -34,8 +41,8 @@ from . import rescaling
 from .rescaling import check_background
 
 __all__ = [
-    'GREY_MODES', 'InputPipeline', 'decode_image', 'image_channels', 'model_normalisation',
-    'normalise', 'place_on_canvas', 'to_model_channels', 'to_unit_range',
+    'GREY_MODES', 'InputPipeline', 'check_pixel_count', 'decode_image', 'image_channels', 'model_normalisation',
+    'normalise', 'open_image', 'pixel_limit', 'place_on_canvas', 'to_model_channels', 'to_unit_range',
 ]
 
 #: PIL modes read as grey (their alpha band, if any, dropped); every other mode is read as RGB.
@@ -66,6 +73,86 @@ def _channel_axis(shape: tuple[int, ...], channels_first: bool) -> int | None:
                      'expected 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels first or last')
 
 
+def _is_encoded(image) -> bool:
+    return isinstance(image, (str, os.PathLike, bytes, bytearray, dict))
+
+
+def pixel_limit(max_pixels: int | None = None) -> int | None:
+    """Returns the largest pixel count an image may have: ``max_pixels``, else ``PIL.Image.MAX_IMAGE_PIXELS``.
+
+    ``None`` from PIL (``PIL.Image.MAX_IMAGE_PIXELS = None``) means no limit.
+    """
+    if max_pixels is None:
+        from PIL import Image
+
+        return Image.MAX_IMAGE_PIXELS
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
+        raise ValueError(f'max_pixels must be a positive integer or None (PIL.Image.MAX_IMAGE_PIXELS), '
+                         f'got {max_pixels!r}')
+    return int(max_pixels)
+
+
+def check_pixel_count(size: tuple[int, int], max_pixels: int | None = None, source=None) -> None:
+    """Raises ValueError if an image of ``size`` (width, height) has more pixels than :func:`pixel_limit` allows.
+
+    PIL itself only warns up to twice its ``MAX_IMAGE_PIXELS`` and then decodes anyway: a small
+    compressed file can ask for gigabytes (a decompression bomb). Here the limit is an error.
+    """
+    limit = pixel_limit(max_pixels)
+    width, height = size
+    if limit is not None and width * height > limit:
+        name = f' {source!r}' if isinstance(source, (str, os.PathLike)) else ''
+        raise ValueError(
+            f'image{name} of {width}x{height} = {width * height:,} pixels exceeds the limit of {limit:,} pixels '
+            '(a possible decompression bomb) and is not decoded; raise the limit with max_pixels= or '
+            'PIL.Image.MAX_IMAGE_PIXELS if the image is trusted')
+
+
+def open_image(source, max_pixels: int | None = None):
+    """Opens an encoded image lazily and returns it as a PIL image after checking its pixel count.
+
+    Args:
+        source: a file path, the encoded bytes, or a ``{'bytes': ..., 'path': ...}`` dict as a
+            ``datasets`` Image column gives with ``decode=False``; a PIL image is checked and
+            returned as it is.
+        max_pixels: the most pixels allowed (default ``PIL.Image.MAX_IMAGE_PIXELS``); a larger
+            image raises ValueError after reading its header only, before any pixel is decoded.
+    """
+    from PIL import Image
+
+    limit = pixel_limit(max_pixels)  # checked first: a bad limit is a bad argument, whatever the file
+    if _is_pil(source):  # opened already (lazily, if from a file): checked the same way
+        check_pixel_count(source.size, limit)
+        return source
+    if isinstance(source, dict):
+        if source.get('bytes') is not None:
+            source = source['bytes']
+        elif source.get('path') is not None:
+            source = source['path']
+        else:
+            raise ValueError(f"an encoded image dict needs 'bytes' or 'path', got keys {sorted(source)}")
+    if isinstance(source, (bytes, bytearray)):
+        stream, name = io.BytesIO(source), None
+    elif isinstance(source, (str, os.PathLike)):
+        stream, name = source, source
+    else:
+        raise TypeError(f'an encoded image is a path, bytes or a {{"bytes", "path"}} dict, got {type(source).__name__}')
+    with warnings.catch_warnings():
+        # PIL warns above its limit; the check below turns that into an error (at our limit).
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        try:
+            image = Image.open(stream)
+        except Image.DecompressionBombError as error:  # PIL's own hard stop, at twice its limit
+            raise ValueError(f'image{" " + repr(str(name)) if name else ""} is refused by PIL ({error}); raise '
+                             'PIL.Image.MAX_IMAGE_PIXELS if the image is trusted') from None
+    try:
+        check_pixel_count(image.size, limit, name)
+    except ValueError:
+        image.close()
+        raise
+    return image
+
+
 def image_channels(image) -> int:
     """Returns 1 if ``image`` is grey, 3 if it is colour: the one rule every part of the package uses.
 
@@ -76,18 +163,30 @@ def image_channels(image) -> int:
     """
     if _is_pil(image):
         return 1 if image.mode in GREY_MODES else 3
+    if _is_encoded(image):  # reads the header only
+        with open_image(image, max_pixels=None) as opened:
+            return 1 if opened.mode in GREY_MODES else 3
     if isinstance(image, (np.ndarray, torch.Tensor)):
         shape = tuple(image.shape)
         axis = _channel_axis(shape, channels_first=isinstance(image, torch.Tensor))
         return 1 if axis is None or shape[axis] in (1, 2) else 3
-    raise TypeError(f'an image must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}')
+    raise TypeError(f'an image must be a PIL image, a numpy array, a torch tensor, or a path, bytes or '
+                    f'{{"bytes", "path"}} dict of an encoded image, got {type(image).__name__}')
 
 
-def decode_image(image) -> torch.Tensor:
+def decode_image(image, max_pixels: int | None = None) -> torch.Tensor:
     """Returns ``image`` as a ``(C, H, W)`` tensor, ``C`` = :func:`image_channels` (alpha dropped), dtype kept.
 
-    PIL colour modes other than RGB (palette, CMYK, RGBA...) are converted to RGB by PIL.
+    ``image`` may also be encoded: a file path, the file's bytes, or the ``{'bytes', 'path'}``
+    dict of a ``datasets`` Image column read with ``decode=False`` (:func:`open_image`). A PIL
+    or encoded image with more than ``max_pixels`` pixels (default ``PIL.Image.MAX_IMAGE_PIXELS``)
+    is refused before its pixels are decoded. PIL colour modes other than RGB (palette, CMYK,
+    RGBA...) are converted to RGB by PIL.
     """
+    if _is_encoded(image):
+        image = open_image(image, max_pixels)
+    elif _is_pil(image):
+        check_pixel_count(image.size, max_pixels)  # before np.array below decodes a lazily opened file
     channels = image_channels(image)
     if _is_pil(image):
         if channels == 3 and image.mode != 'RGB':
@@ -195,8 +294,10 @@ def normalise(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f'mean and std need one value per channel ({channels}), got mean {tuple(mean)} '
                          f'and std {tuple(std)}')
-    if any(not s > 0 for s in std):
-        raise ValueError(f'std must be positive, got {tuple(std)}')
+    if any(not (math.isfinite(s) and s > 0) for s in std):
+        raise ValueError(f'std must hold finite numbers > 0, got {tuple(std)}')
+    if any(not math.isfinite(m) for m in mean):
+        raise ValueError(f'mean must hold finite numbers, got {tuple(mean)}')
     mean_t = torch.tensor(mean, dtype=image.dtype, device=image.device).view(-1, 1, 1)
     std_t = torch.tensor(std, dtype=image.dtype, device=image.device).view(-1, 1, 1)
     return (image - mean_t) / std_t
@@ -229,6 +330,8 @@ class InputPipeline:
         background: ``'black'`` or ``'mirror'`` (:func:`gaussder_hf.data.dataset_background`).
         augment: applied to the float image in [0, 1] before normalisation (training).
         uint8_factor: what uint8 values are multiplied by (1/255).
+        max_pixels: the most pixels an encoded or PIL image may have; larger ones are refused
+            before decoding (default ``PIL.Image.MAX_IMAGE_PIXELS``, see :func:`open_image`).
     """
 
     num_channels: int
@@ -238,8 +341,10 @@ class InputPipeline:
     background: str = 'black'
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None
     uint8_factor: float = 1 / 255
+    max_pixels: int | None = None
 
     def __post_init__(self):
+        pixel_limit(self.max_pixels)
         if isinstance(self.num_channels, bool) or self.num_channels not in (1, 3):
             raise ValueError(f'num_channels must be 1 or 3, got {self.num_channels!r}')
         check_background(self.background)
@@ -253,7 +358,7 @@ class InputPipeline:
 
     def pixels(self, image) -> torch.Tensor:
         """Returns the image in the model's channels on its canvas, in [0, 1], before augmentation."""
-        image = to_model_channels(decode_image(image), self.num_channels)
+        image = to_model_channels(decode_image(image, self.max_pixels), self.num_channels)
         image = place_on_canvas(image, self.canvas, self.background)
         return to_unit_range(image, self.uint8_factor)
 

@@ -174,6 +174,8 @@ def _check_rate(name: str, value: float, upper_inclusive: bool = False) -> float
 def _check_scales(initial_scales: float | Iterable[float]) -> tuple[float, ...]:
     if isinstance(initial_scales, (int, float)) and not isinstance(initial_scales, bool):
         initial_scales = (initial_scales,)
+    if isinstance(initial_scales, (str, bytes)):  # a string would iterate into its characters
+        raise ValueError(f'initial_scales must be a number or a sequence of numbers, got the string {initial_scales!r}')
     try:
         scales = tuple(initial_scales)
     except TypeError:
@@ -322,9 +324,13 @@ class GaussDerResNet(nn.Module):
         if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
             raise ValueError(f'channels must be a non-empty sequence of positive integers, got {channels!r}')
         num_blocks = len(channels) - 1
-        if separable_from_block is not None and not 1 <= separable_from_block <= num_blocks + 1:
-            raise ValueError(
-                f'separable_from_block must be None or in 1..{num_blocks + 1}, got {separable_from_block!r}')
+        if separable_from_block is not None and (
+                isinstance(separable_from_block, bool) or not isinstance(separable_from_block, int)
+                or not 1 <= separable_from_block <= num_blocks + 1):
+            raise ValueError(f'separable_from_block must be None or an integer in 1..{num_blocks + 1}, '
+                             f'got {separable_from_block!r}')
+        if not isinstance(zero_order, bool):  # bool('no') is True: a string must not switch the term on
+            raise ValueError(f'zero_order must be a bool (True or False), got {zero_order!r}')
         if not 0.0 <= scale_dropout < 1.0:
             raise ValueError(f'scale_dropout must lie in [0, 1), got {scale_dropout!r}')
         drop_rate = _check_rate('drop_rate', drop_rate)
@@ -349,7 +355,7 @@ class GaussDerResNet(nn.Module):
         self.num_classes = num_classes
         self.channels = channels
         self.jet_order = check_jet_order(jet_order)
-        self.zero_order = bool(zero_order)
+        self.zero_order = zero_order
         self.initial_scales = _check_scales(initial_scales)
         self.scale_ratio = check_sigma(scale_ratio)  # any finite positive ratio
         self.eps = check_eps(eps)
@@ -654,6 +660,17 @@ class GaussDerResNet(nn.Module):
             raise ValueError(f'expected a 4-D input (B, C, H, W), got shape {tuple(x.shape)}')
         if x.shape[1] != self.in_chans:
             raise ValueError(f'expected {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})')
+        if not x.is_floating_point():
+            raise TypeError(
+                f'expected a floating-point input, got dtype {x.dtype}: raw pixels must be scaled and normalised '
+                'first, with GaussDerResNetImageProcessor (or x.float() / 255, then the normalisation of '
+                "model.pretrained_cfg's mean and std)")
+        dtype = self.stem_conv.weight.dtype
+        # Under autocast the operations choose their own precision; outside it, input and weights
+        # must agree (a float64 model accepts float64 input: model.double()).
+        if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f'the input dtype {x.dtype} differs from the model dtype {dtype}: convert the input '
+                            f'(x.to({dtype})) or the model (model.to({x.dtype}))')
 
     def extra_repr(self) -> str:
         scales = ', '.join(f'{s:.4g}' for s in self.initial_scales)

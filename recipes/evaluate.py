@@ -161,7 +161,9 @@ def _load_test_splits(dataset: str, data_dir, max_examples, cache_dir,
     missing = [n for n in names.values() if n not in ds]
     if missing:
         raise ValueError(f'dataset {dataset!r} has no split(s) {missing}: not a rescaled dataset (splits: {list(ds)})')
-    return {s: ds[name] for s, name in names.items()}
+    # Undecoded: the input pipeline opens each image and refuses one above the pixel limit
+    # (PIL.Image.MAX_IMAGE_PIXELS) before decoding it, where datasets' decoding would only warn.
+    return {s: ds[name].cast_column('image', datasets.Image(decode=False)) for s, name in names.items()}
 
 
 def _to_tensors(pipeline: InputPipeline):
@@ -202,14 +204,17 @@ def _evaluate_one(accelerator: Accelerator, model: torch.nn.Module, splits: dict
             splits[s].with_transform(transform), batch_size=batch_size, shuffle=False, num_workers=num_workers))
         predictions, labels, winning = [], [], []
         with torch.inference_mode():
-            for batch in loader:
+            for index, batch in enumerate(loader):
                 images, targets = batch['pixel_values'], batch['labels']
                 if is_gaussder:
                     selection = scale_selection(net, images)
+                    _check_finite(accelerator, selection.scores, label, s, index)
                     gathered = accelerator.gather_for_metrics((selection.prediction, targets, selection.winner))
                     winning.append(gathered[2].cpu())
                 else:
-                    gathered = accelerator.gather_for_metrics((prepared(images).argmax(dim=-1), targets))
+                    logits = prepared(images)
+                    _check_finite(accelerator, logits, label, s, index)
+                    gathered = accelerator.gather_for_metrics((logits.argmax(dim=-1), targets))
                 predictions.append(gathered[0].cpu())
                 labels.append(gathered[1].cpu())
         prediction, target = torch.cat(predictions), torch.cat(labels)
@@ -223,6 +228,19 @@ def _evaluate_one(accelerator: Accelerator, model: torch.nn.Module, splits: dict
     accelerator.free_memory(prepared)  # drop the accelerator's references before the next model
     return dict(accuracy=accuracy, num_examples=counts, winners=winners, predictions=predicted,
                 initial_scales=list(model.initial_scales) if is_gaussder else None)
+
+
+def _check_finite(accelerator: Accelerator, scores: torch.Tensor, label: str, size_factor: float, index: int) -> None:
+    """Raises on NaN/inf scores: argmax would turn them into a class (NaN wins) and an accuracy that means nothing.
+
+    Every process learns of a non-finite batch anywhere, so all of them stop together.
+    """
+    bad = int(accelerator.gather((~torch.isfinite(scores)).sum().reshape(1)).sum())
+    if bad:
+        raise ValueError(
+            f'model {label!r} gives non-finite logits ({bad} values) on batch {index} of split '
+            f'{size_factor_name(size_factor)}: an accuracy from them would mean nothing; check the inputs '
+            '(NaN/inf pixels) and the weights')
 
 
 def _file_label(label: str) -> str:

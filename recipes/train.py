@@ -274,7 +274,10 @@ def make_dataset(cfg: TrainConfig, split, model, train: bool) -> RescaledSplit:
     """Returns ``split`` with the model's normalisation (and the augmentation when training)."""
     mean, std = normalisation(model)
     if cfg.crop_size and len(split):
-        width, height = split[0]['image'].size
+        from gaussder_hf.input_pipeline import open_image
+
+        with open_image(split[0]['image']) as first:  # reads the header only
+            width, height = first.size
         if cfg.crop_size > min(width, height):
             raise ValueError(f'crop_size {cfg.crop_size} is larger than the {width}x{height} images of {cfg.dataset}')
     transform = image_transform(cfg, model.in_chans, mean, std, train)
@@ -605,6 +608,7 @@ def train(cfg: TrainConfig) -> dict:
 
 def _train(cfg: TrainConfig, output_dir: Path, accelerator) -> dict:
     from accelerate.utils import broadcast_object_list, set_seed
+    from datasets import Image as DatasetImage
     from datasets import load_dataset
     from tqdm.auto import tqdm
 
@@ -619,6 +623,9 @@ def _train(cfg: TrainConfig, output_dir: Path, accelerator) -> dict:
 
     # ---- data
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, max_examples=cfg.max_examples, cache_dir=cfg.cache_dir)
+    # Undecoded: the input pipeline opens each image and refuses one above the pixel limit
+    # (PIL.Image.MAX_IMAGE_PIXELS) before decoding it, where datasets' decoding would only warn.
+    data = {name: data[name].cast_column('image', DatasetImage(decode=False)) for name in ('train', 'validation')}
     train_split = data['train']
     if cfg.train_on_validation:
         from datasets import concatenate_datasets

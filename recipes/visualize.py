@@ -13,9 +13,9 @@ from pathlib import Path
 
 import timm
 import torch
-from PIL import Image
 
 import gaussder_hf
+from gaussder_hf.input_pipeline import open_image
 from gaussder_hf.visualize import plot_activation_maps, plot_receptive_fields, plot_scale_space
 
 
@@ -35,7 +35,8 @@ def visualize(model_name: str, image_path: str, out: str, pretrained: bool = Fal
     cfg = model.pretrained_cfg
     processor = gaussder_hf.GaussDerResNetImageProcessor(
         num_channels=model.in_chans, image_mean=list(cfg['mean']), image_std=list(cfg['std']))
-    image = processor(Image.open(image_path), return_tensors='pt')['pixel_values'][0]
+    # open_image refuses an image above PIL.Image.MAX_IMAGE_PIXELS before decoding it (PIL only warns).
+    image = processor(open_image(image_path), return_tensors='pt')['pixel_values'][0]
     # ---- figures
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

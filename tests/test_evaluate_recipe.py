@@ -163,3 +163,17 @@ def test_an_unknown_dataset_fails_clearly(tmp_path, monkeypatch):
         recipe.evaluate_models(['resnet18'], str(folder), cache_dir=str(tmp_path / 'cache'),
                                out_dir=str(tmp_path / 'out'))
     assert not (tmp_path / 'out').exists()
+
+
+@needs_fashion
+def test_non_finite_logits_are_refused(run, tmp_path):
+    """A checkpoint with a NaN weight gets an error, not an accuracy (argmax of NaN scores picks a class)."""
+    torch.manual_seed(0)
+    broken = timm.create_model('gaussderresnet18_fashionmnist', channels=(4, 4, 6), initial_scales=(1.0, 2.0))
+    with torch.no_grad():
+        broken.head_conv.weight[0, 0, 0] = float('nan')
+    checkpoint = gaussder_hf.save_for_hub(broken, tmp_path / 'broken')
+    with pytest.raises(ValueError, match=r"model 'broken' gives non-finite logits .* split test_s0p500"):
+        recipe.evaluate_models([str(checkpoint)], 'rescaled_fashion_mnist', data_dir=FASHION_DIR,
+                               max_examples=LIMIT, batch_size=BATCH_SIZE, out_dir=str(tmp_path / 'out'),
+                               cache_dir=str(run['cache']))

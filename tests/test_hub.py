@@ -89,3 +89,102 @@ def test_push_to_hub_uploads_only_the_checkpoint_files(model, tmp_path, recordin
     assert {'modeling.py', 'configuration.py', 'image_processing.py'} <= set(upload_kwargs['allow_patterns'])
     with pytest.raises(ValueError, match='missing'):
         push_to_hub(tmp_path, 'someone/gdr', api=api)
+
+
+def _save_forever(models, folder):
+    """Saves the models into ``folder`` in turn until killed (runs in a forked child)."""
+    try:
+        while True:
+            for net in models:
+                save_for_hub(net, folder)
+    finally:
+        os._exit(1)  # never run the parent's pytest machinery in the child
+
+
+def test_save_for_hub_killed_at_random_moments_never_loses_the_checkpoint_or_the_users_files(tmp_path):
+    """SIGKILL a process that keeps saving two different models into one folder, ten times.
+
+    After each kill the folder is absent (killed between moving the old folder aside and the new
+    one in) or a complete checkpoint of one of the two models, weights and config together; the
+    next save puts an absent folder back and removes every temporary, and the user's file survives.
+    """
+    import multiprocessing
+    import random
+
+    torch.manual_seed(0)
+    models = [timm.create_model('gaussderresnet10_fashionmnist', channels=(4, 4), initial_scales=(1.0,)).eval(),
+              timm.create_model('gaussderresnet10_fashionmnist', channels=(4, 6), initial_scales=(1.0, 2.0)).eval()]
+    x = torch.rand(2, 1, 12, 12)
+    with torch.no_grad():
+        expected = [net(x) for net in models]
+    parent = tmp_path / 'hub'
+    folder = parent / 'ckpt'
+    save_for_hub(models[0], folder)
+    (folder / 'notes.txt').write_text('my notes')
+
+    def check_checkpoint(of=(0, 1)):
+        loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+        with torch.no_grad():
+            logits = loaded(x)
+        assert any(logits.shape == expected[i].shape and torch.allclose(logits, expected[i], atol=1e-6) for i in of)
+        assert (folder / 'notes.txt').read_text() == 'my notes'
+
+    rng = random.Random(0)
+    context = multiprocessing.get_context('fork')  # the child needs no second ~10 s import
+    for kill in range(10):
+        child = context.Process(target=_save_forever, args=(models, folder), daemon=True)
+        child.start()
+        child.join(timeout=rng.uniform(0.05, 0.5))  # a save takes ~20 ms: kills land in every phase
+        assert child.is_alive(), f'the saving process ended by itself (exit code {child.exitcode})'
+        child.kill()
+        child.join()
+        if folder.exists():
+            check_checkpoint()
+        else:  # the old content waits in the save's temporary, the user's file with it
+            assert any((old / 'ckpt' / 'notes.txt').is_file() for old in parent.glob('.ckpt.save_for_hub-old-*'))
+        save_for_hub(models[kill % 2], folder)  # the next save cleans up after the killed one
+        assert [p.name for p in parent.iterdir()] == ['ckpt']
+        check_checkpoint(of=(kill % 2,))
+
+
+def _save_killed_between_the_renames(net, folder):
+    """Saves ``net`` into ``folder`` and SIGKILLs itself right after the old folder was moved aside."""
+    import signal
+
+    from gaussder_hf import hub
+
+    real_replace = os.replace
+
+    def replace(source, target):
+        real_replace(source, target)
+        if os.fspath(source) == os.fspath(folder):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    hub.os.replace = replace  # patched in this forked child only
+    try:
+        save_for_hub(net, folder)
+    finally:
+        os._exit(1)
+
+
+def test_a_save_killed_between_moving_the_old_folder_aside_and_the_new_in_is_undone(tmp_path):
+    """The one moment the folder is absent: the next save puts the old folder, the user's files included, back."""
+    import multiprocessing
+
+    torch.manual_seed(0)
+    old_net = timm.create_model('gaussderresnet10_fashionmnist', channels=(4, 4), initial_scales=(1.0,)).eval()
+    new_net = timm.create_model('gaussderresnet10_fashionmnist', channels=(4, 6), initial_scales=(1.0,)).eval()
+    folder = save_for_hub(old_net, tmp_path / 'ckpt')
+    (folder / 'notes.txt').write_text('my notes')
+    child = multiprocessing.get_context('fork').Process(target=_save_killed_between_the_renames,
+                                                        args=(new_net, folder))
+    child.start()
+    child.join()
+    assert child.exitcode == -9 and not folder.exists()
+    save_for_hub(new_net, folder)
+    assert (folder / 'notes.txt').read_text() == 'my notes'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['ckpt']
+    x = torch.rand(1, 1, 10, 10)
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), new_net(x))

@@ -114,3 +114,27 @@ def test_visualize_recipe_refuses_a_layer_the_model_does_not_have(tmp_path):
         with pytest.raises(ValueError, match=message):
             recipe.visualize(f'local-dir:{folder}', str(tmp_path / 'x.png'), str(tmp_path / 'fig'), layer=layer)
     assert not (tmp_path / 'fig').exists()  # refused before drawing anything
+
+
+def test_visualize_recipe_refuses_an_image_above_the_pixel_limit_before_decoding_it(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    import timm
+    from PIL import ImageFile
+
+    import gaussder_hf
+
+    spec = importlib.util.spec_from_file_location('visualize_recipe',
+                                                  Path(__file__).resolve().parents[1] / 'recipes' / 'visualize.py')
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    net = timm.create_model('gaussderresnet10_fashionmnist', initial_scales=(1.0,), channels=(4, 4, 4))
+    folder = gaussder_hf.save_for_hub(net.eval(), tmp_path / 'ckpt')
+    Image.new('L', (40, 30)).save(tmp_path / 'big.png')
+    # A small limit stands for PIL's default one; PIL itself would only warn and decode.
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)
+    monkeypatch.setattr(ImageFile.ImageFile, 'load', lambda self: pytest.fail('the pixels were decoded'))
+    with pytest.raises(ValueError, match=r"image '.*big\.png' of 40x30 = 1,200 pixels exceeds the limit of 1,000"):
+        recipe.visualize(f'local-dir:{folder}', str(tmp_path / 'big.png'), str(tmp_path / 'fig'), layer=3)
+    assert not (tmp_path / 'fig').exists()

@@ -51,6 +51,16 @@ def _plain(value):
     return value
 
 
+def _is_int(value) -> bool:
+    """Returns whether ``value`` is an integer and not a bool (``True`` would read as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value) -> bool:
+    """Returns whether ``value`` is a finite real number and not a bool or a string."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @strict
 class GaussDerResNetConfig(PreTrainedConfig):
     r"""Configuration of a :class:`~gaussder_hf.GaussDerResNet` (arXiv:2603.02843).
@@ -159,33 +169,46 @@ class GaussDerResNetConfig(PreTrainedConfig):
         def fail(field, message):
             raise ValueError(f'{field} {message}, got {getattr(self, field)!r}')
 
-        if self.num_channels < 1:
-            fail('num_channels', 'must be >= 1')
-        if not self.channels or any(c < 1 for c in self.channels):
+        # Types first: JSON and keyword arguments can carry strings ('2', 'no') that Python would
+        # silently compare, iterate or take as true.
+        if not _is_int(self.num_channels) or self.num_channels < 1:
+            fail('num_channels', 'must be an integer >= 1')
+        if (not isinstance(self.channels, (list, tuple)) or not self.channels
+                or any(not _is_int(c) or c < 1 for c in self.channels)):
             fail('channels', 'must be a non-empty list of positive integers')
-        if not 1 <= self.jet_order <= MAX_JET_ORDER:
-            fail('jet_order', f'must be in 1..{MAX_JET_ORDER}')
-        if not self.initial_scales or any(not (math.isfinite(s) and s > 0) for s in self.initial_scales):
+        if not _is_int(self.jet_order) or not 1 <= self.jet_order <= MAX_JET_ORDER:
+            fail('jet_order', f'must be an integer in 1..{MAX_JET_ORDER}')
+        if not isinstance(self.zero_order, bool):
+            fail('zero_order', 'must be a bool (true or false)')
+        if (not isinstance(self.initial_scales, (list, tuple)) or not self.initial_scales
+                or any(not _is_finite(s) or s <= 0 for s in self.initial_scales)):
             fail('initial_scales', 'must be a non-empty list of finite numbers > 0')
-        if not (math.isfinite(self.scale_ratio) and self.scale_ratio > 0):
+        if not _is_finite(self.scale_ratio) or self.scale_ratio <= 0:
             fail('scale_ratio', 'must be a finite number > 0')
-        if not 0 < self.eps < 1:
+        if not _is_finite(self.eps) or not 0 < self.eps < 1:
             fail('eps', 'must lie in (0, 1)')
         if self.spatial_pool not in SPATIAL_POOLS:
             fail('spatial_pool', f'must be one of {SPATIAL_POOLS}')
         if self.scale_pool not in SCALE_POOLS:
             fail('scale_pool', f'must be one of {SCALE_POOLS}')
-        if not 0 <= self.scale_dropout < 1:
+        if not _is_finite(self.scale_dropout) or not 0 <= self.scale_dropout < 1:
             fail('scale_dropout', 'must lie in [0, 1)')
         if self.scale_dropout_mode not in SCALE_DROPOUT_MODES:
             fail('scale_dropout_mode', f'must be one of {SCALE_DROPOUT_MODES}')
-        if self.separable_from_block is not None and not 1 <= self.separable_from_block <= len(self.channels):
-            fail('separable_from_block', f'must be None or in 1..{len(self.channels)}')
+        if self.separable_from_block is not None and (
+                not _is_int(self.separable_from_block) or not 1 <= self.separable_from_block <= len(self.channels)):
+            fail('separable_from_block', f'must be None or an integer in 1..{len(self.channels)}')
         if self.preset is not None and self.preset not in PRESETS:
             fail('preset', f'must be None or one of {sorted(PRESETS)}')
         if len(self.mean) != self.num_channels or len(self.std) != self.num_channels:
             raise ValueError(
                 f'mean {self.mean!r} and std {self.std!r} need one value per channel ({self.num_channels})')
+        # A zero or non-finite std (or mean) turns every input into inf/NaN: the network would
+        # still answer, with one class for every image.
+        if any(not _is_finite(m) for m in self.mean):
+            fail('mean', 'must hold finite numbers')
+        if any(not _is_finite(s) or s <= 0 for s in self.std):
+            fail('std', 'must hold finite numbers > 0')
         if self.num_labels < 1:
             raise ValueError(f'num_labels must be >= 1, got {self.num_labels}')
 
