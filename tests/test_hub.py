@@ -93,6 +93,7 @@ def test_push_to_hub_uploads_only_the_checkpoint_files(model, tmp_path, recordin
 
 def _save_forever(models, folder):
     """Saves the models into ``folder`` in turn until killed (runs in a forked child)."""
+    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork
     try:
         while True:
             for net in models:
@@ -161,6 +162,7 @@ def _save_killed_between_the_renames(net, folder):
             os.kill(os.getpid(), signal.SIGKILL)
 
     hub.os.replace = replace  # patched in this forked child only
+    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork
     try:
         save_for_hub(net, folder)
     finally:
