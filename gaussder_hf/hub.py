@@ -35,6 +35,8 @@ __all__ = ['save_for_hub', 'push_to_hub', 'config_from_model', 'render_model_car
 
 WEIGHTS_NAME = 'model.safetensors'
 CARD_TEMPLATE = 'gaussderresnet.md'
+# Every card save_for_hub writes carries this tag; a README.md without it is the user's.
+CARD_TAG = 'gaussder_hf'
 
 
 def _unwrap(model) -> GaussDerResNet:
@@ -132,7 +134,7 @@ def render_model_card(
     card_data = ModelCardData(
         library_name='timm', license='mit', pipeline_tag='image-classification', model_name=repo_id.split('/')[-1],
         datasets=[dataset] if dataset else None, eval_results=eval_results,
-        tags=['image-classification', 'timm', 'transformers', 'gaussder_hf', 'scale-invariance'])
+        tags=['image-classification', 'timm', 'transformers', CARD_TAG, 'scale-invariance'])
     template = _card_template()
     body = template.split('---\n', 2)[2]  # the template's own YAML header is replaced by card_data's
     fields = dict(
@@ -223,6 +225,15 @@ def _recover_interrupted(folder: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def _is_our_card(readme: Path) -> bool:
+    """Tells whether ``readme`` is a card :func:`render_model_card` wrote: its front matter carries our tag."""
+    text = readme.read_text(errors='replace')
+    if not text.startswith('---\n'):
+        return False
+    front = text[4:].split('\n---', 1)[0]
+    return any(line.strip() == f'- {CARD_TAG}' for line in front.splitlines())
+
+
 def _link_or_copy(source, target, *, follow_symlinks: bool = True):
     try:
         os.link(source, target, follow_symlinks=follow_symlinks)
@@ -278,6 +289,12 @@ def save_for_hub(
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f'folder must be a directory, got the file {str(folder)!r}')
+    readme = folder / 'README.md'
+    if readme.is_file() and not _is_our_card(readme):
+        # The card is the folder's README.md (the Hub's convention); a user's own is never replaced.
+        raise ValueError(
+            f'{str(readme)!r} is not a model card written by save_for_hub (its front matter has no '
+            f"'{CARD_TAG}' tag); move it elsewhere or save into another folder")
     repo_id = repo_id or f'{HUB_NAMESPACE}/{folder.resolve().name}'
     processor = GaussDerResNetImageProcessor(
         num_channels=config.num_channels, image_mean=list(config.mean), image_std=list(config.std),

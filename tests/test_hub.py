@@ -61,6 +61,21 @@ def test_save_for_hub_leaves_other_files_alone_and_validates(model, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ['ckpt']
 
 
+
+def test_save_for_hub_never_replaces_a_users_own_readme(model, tmp_path):
+    folder = tmp_path / 'ckpt'
+    folder.mkdir()
+    (folder / 'README.md').write_text('# My experiment\n\nNotes I keep.\n')
+    with pytest.raises(ValueError, match="README.md' is not a model card written by save_for_hub"):
+        save_for_hub(model, folder)
+    assert (folder / 'README.md').read_text() == '# My experiment\n\nNotes I keep.\n'
+    assert sorted(p.name for p in folder.iterdir()) == ['README.md']
+    # A card of an earlier save is ours to replace.
+    (folder / 'README.md').unlink()
+    save_for_hub(model, folder)
+    save_for_hub(model, folder, summary='second save')
+    assert 'second save' in (folder / 'README.md').read_text()
+
 def test_an_interrupted_save_for_hub_leaves_the_old_folder(model, tmp_path, monkeypatch):
     folder = save_for_hub(model, tmp_path / 'ckpt', summary='first')
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
