@@ -1,9 +1,11 @@
 """The rescaled benchmark datasets as Hugging Face ``datasets`` builders.
 
 After ``import gaussder_hf``, ``load_dataset('rescaled_fashion_mnist' | 'rescaled_cifar10' |
-'rescaled_stl10', ...)`` works by bare name. datasets 5 has no loading scripts; the narrowest
+'rescaled_stl10', ...)`` works by bare name, and so does ``load_dataset('rescaled_images', base=...)``,
+which turns any image-classification dataset into the same splits (:mod:`.rescaled_images`).
+datasets 5 has no loading scripts; the narrowest
 hook is ``datasets.load.dataset_module_factory``, which maps a name to the module holding its
-builder: it is wrapped so that these three names map to this package's modules and every other
+builder: it is wrapped so that these names map to this package's modules and every other
 name goes to datasets unchanged. ``tests/test_datasets.py`` pins the hook, so a datasets release
 that moves it fails loudly instead of silently loading something else.
 """
@@ -21,18 +23,24 @@ from ..presets import DATASET_INFO
 from .builder import RescaledConfig, RescaledImageBuilder, split_names
 from .rescaled_cifar10 import RescaledCIFAR10
 from .rescaled_fashion_mnist import RescaledFashionMNIST
+from .rescaled_images import RescaledImages, RescaledImagesConfig
 from .rescaled_stl10 import RescaledSTL10, stl10_split_ids
 
 __all__ = [
-    'BUILDERS', 'RescaledCIFAR10', 'RescaledConfig', 'RescaledFashionMNIST', 'RescaledImageBuilder', 'RescaledSTL10',
+    'BUILDERS', 'RescaledCIFAR10', 'RescaledConfig', 'RescaledFashionMNIST', 'RescaledImageBuilder', 'RescaledImages',
+    'RescaledImagesConfig', 'RescaledSTL10',
     'builder_for', 'dataset_background', 'processor_settings', 'split_names', 'stl10_split_ids',
 ]
 
-BUILDERS: dict[str, type[RescaledImageBuilder]] = {
+#: The builders ``load_dataset`` finds by name. ``rescaled_images`` has no fixed source, canvas or
+#: background: they are its options (``base=``, ``canvas_size=``, ``background=``...).
+BUILDERS: dict[str, type[datasets.GeneratorBasedBuilder]] = {
     'rescaled_fashion_mnist': RescaledFashionMNIST,
     'rescaled_cifar10': RescaledCIFAR10,
     'rescaled_stl10': RescaledSTL10,
+    'rescaled_images': RescaledImages,
 }
+_GENERIC = ('rescaled_images',)
 
 
 def builder_for(name: str, **kwargs) -> RescaledImageBuilder:
@@ -50,6 +58,8 @@ def dataset_background(dataset: str) -> str:
     Read from the dataset's builder (``BACKGROUND``), the one place that draws its canvases.
     """
     name = DATASET_INFO[dataset]['dataset'] if dataset in DATASET_INFO else dataset
+    if name in _GENERIC:
+        raise ValueError(f'{name!r} has no fixed background: it is the background= option its dataset was built with')
     if name not in BUILDERS:
         raise ValueError(f'unknown dataset {dataset!r}; known: {", ".join(BUILDERS)} or {", ".join(DATASET_INFO)}')
     return BUILDERS[name].BACKGROUND
@@ -63,7 +73,7 @@ def processor_settings(dataset: str) -> dict:
     ``{}`` for a dataset that is not one of the rescaled builders (e.g. an exported folder).
     """
     builder = BUILDERS.get(dataset)
-    if builder is None:
+    if builder is None or dataset in _GENERIC:  # a generic build's canvas and background are its own options
         return {}
     return {'canvas_size': {'height': builder.TEST_CANVAS, 'width': builder.TEST_CANVAS},
             'background': builder.BACKGROUND}
