@@ -27,14 +27,15 @@ Behaviour:
   in every rescaled dataset. The default canvas is twice the largest side of any test image,
   so no test image is cropped at the default size factors.
 - Validation: the base's ``validation`` split if it has one, else carved from the training split
-  before ``max_examples`` applies: ``round(validation_fraction * n)`` images (default 10 %) chosen
+  before ``max_examples`` applies: ``max(1, round(validation_fraction * n))`` images (default 10 %) chosen
   by ``numpy.random.default_rng(seed).permutation(n)`` (default seed 0) - its first images form
   ``validation``, the rest ``train``; both keep the base's order.
 - Labels: the base's one ClassLabel column, its names used as the class names unless
   ``class_names`` gives others (in the order of the label ids; for ``imagefolder`` the sorted
   folder names). A name that cannot be a folder name (Fashion-MNIST's ``'T-shirt/top'``) is
   given that way: name the folders ``00``, ``01``, ... and pass ``class_names``. A missing or
-  out-of-range label is an error naming the split and the example.
+  out-of-range label is an error naming the split and the example. Images lying directly in the
+  split folders of an image folder (``imagefolder`` would label them ``train`` / ``test``) are refused.
 - A local image folder with an empty class folder (a leaf folder without images) is refused:
   ``imagefolder`` would silently drop that class and renumber the others.
 - The cache is keyed by the options and by the base's fingerprint, which ``datasets`` derives
@@ -261,6 +262,13 @@ class RescaledImages(datasets.GeneratorBasedBuilder):
         else:
             self._label_column = self._column(features, config.label_column, 'label_column')
         label = features[self._label_column]
+        split_named = sorted(set(getattr(label, 'names', ())) & set(base))
+        if split_named and Path(config.base).expanduser().is_dir():
+            # imagefolder labels an image by its parent folder, so images lying directly in the
+            # split folders get the split's name as their class.
+            raise ValueError(f'class names {split_named} are split names of the image folder {config.base!r}: its '
+                             'images lie directly in the split folders and have no class; put them in class subfolders '
+                             '(split/class/image), or name the labels with label_column= and class_names=')
         if isinstance(label, datasets.ClassLabel):
             if config.class_names is not None and len(config.class_names) != label.num_classes:
                 raise ValueError(f'class_names has {len(config.class_names)} names but label column '
@@ -291,8 +299,8 @@ class RescaledImages(datasets.GeneratorBasedBuilder):
                 splits['train'], splits['validation'] = train, base[self._validation]
             else:
                 n = len(train)
-                cut = round(config.validation_fraction * n)
-                if cut < 1 or cut >= n:
+                cut = max(1, round(config.validation_fraction * n))
+                if cut >= n:
                     raise ValueError(f'cannot carve a validation split of fraction {config.validation_fraction} '
                                      f'from {n} training images; give more images or validation_split=')
                 order = np.random.default_rng(config.seed).permutation(n)
