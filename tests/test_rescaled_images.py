@@ -236,3 +236,26 @@ def test_a_label_out_of_range_is_named(tmp_path):
     with pytest.raises(ValueError, match="'test' example 2 has label 2; labels must be 0..1"):
         load_dataset('rescaled_images', base=str(root), label_column='label', class_names=['a', 'b'],
                      cache_dir=str(tmp_path / 'c'))
+
+
+def test_data_dir_is_the_base_and_a_changed_file_is_rebuilt(small_folder, tmp_path):
+    import shutil
+
+    root = tmp_path / 'copy'
+    shutil.copytree(small_folder, root)
+    cache = str(tmp_path / 'cache')
+    first = load_dataset('rescaled_images', data_dir=str(root), canvas_size=5, size_factors=[1.0], cache_dir=cache)
+    assert np.asarray(first['test'][0]['image']).max() == 0  # cat/0.png is black
+    _solid('L', (5, 5), 77).save(root / 'test' / 'cat' / '0.png')
+    again = load_dataset('rescaled_images', data_dir=str(root), canvas_size=5, size_factors=[1.0], cache_dir=cache)
+    assert (np.asarray(again['test'][0]['image']) == 77).all()
+
+
+def test_without_a_base_and_the_fixed_settings_helpers(tmp_path):
+    from gaussder_hf.data import dataset_background, processor_settings
+
+    with pytest.raises(ValueError, match='rescaled_images needs base='):
+        load_dataset('rescaled_images', cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="'rescaled_images' has no fixed background"):
+        dataset_background('rescaled_images')
+    assert processor_settings('rescaled_images') == {}
