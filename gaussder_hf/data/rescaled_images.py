@@ -229,6 +229,11 @@ class RescaledImages(datasets.GeneratorBasedBuilder):
         kwargs['hash'] = f'{kwargs["hash"]}-{content[:16]}' if kwargs.get('hash') else content[:16]
         super().__init__(**kwargs)  # calls _info, which resolves the columns against the base
 
+    @property
+    def BACKGROUND(self) -> str:  # noqa: N802  (the dedicated builders' class attribute, here an option)
+        """The canvas background of this build (``background=``), as the dedicated builders name it."""
+        return self.config.background
+
     # -- the base ---------------------------------------------------------------------------
 
     def _resolve(self) -> None:
@@ -325,7 +330,10 @@ class RescaledImages(datasets.GeneratorBasedBuilder):
         num_classes = len(self._class_names)
         grey, largest_test = True, 0
         for split, ds in originals.items():
-            for index, (encoded, label) in enumerate(zip(ds[self._image_column], ds[self._label_column])):
+            # Batch by batch: a parquet base holds the encoded bytes, which need not fit in memory at once.
+            rows = (row for batch in ds.iter(batch_size=_CHUNK)
+                    for row in zip(batch[self._image_column], batch[self._label_column]))
+            for index, (encoded, label) in enumerate(rows):
                 where = f'{split!r} example {index}' + (f' ({encoded["path"]})' if encoded.get('path') else '')
                 if label is None or not 0 <= int(label) < num_classes:
                     raise ValueError(f'{where} has label {label!r}; labels must be 0..{num_classes - 1} '
@@ -346,8 +354,9 @@ class RescaledImages(datasets.GeneratorBasedBuilder):
             self.config.validate()
             self._resolve()
         return datasets.DatasetInfo(
-            description=(f'{self.config.base} rescaled by size factors {list(self.config.size_factors)} and centred '
-                         f'on a {self.config.background} canvas (gaussder_hf rescaled-benchmark protocol)'),
+            description=(f'{self.config.base} rescaled by size factors '
+                         f'{", ".join(f"{s:.3f}" for s in self.config.size_factors)} (bicubic, antialiased) and '
+                         f'centred on a {self.config.background} canvas; training and validation at size factor 1'),
             features=datasets.Features({
                 'image': datasets.Image(),
                 'label': datasets.ClassLabel(names=self._class_names),
