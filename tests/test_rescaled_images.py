@@ -165,6 +165,7 @@ def small_folder(tmp_path_factory):
     ({'class_names': ['cat']}, 'class_names has 1 names but label column'),
     ({'canvas_size': 0}, 'canvas_size must be a positive int'),
     ({'validation_fraction': 1.5}, 'validation_fraction must be a number strictly between 0 and 1, got 1.5'),
+    ({'validation_split': 'test'}, "validation_split 'test' is also the train or test split"),
 ])
 def test_bad_options_name_the_bad_value(small_folder, tmp_path, options, message):
     with pytest.raises(ValueError) as error:
@@ -259,3 +260,15 @@ def test_without_a_base_and_the_fixed_settings_helpers(tmp_path):
     with pytest.raises(ValueError, match="'rescaled_images' has no fixed background"):
         dataset_background('rescaled_images')
     assert processor_settings('rescaled_images') == {}
+
+
+def test_a_16_bit_image_is_refused_with_its_path(tmp_path):
+    root = tmp_path / 'deep'
+    for split in ('train', 'test'):
+        for name in 'ab':
+            (root / split / name).mkdir(parents=True)
+            for j in range(2):
+                _solid('L', (4, 4), j).save(root / split / name / f'{j}.png')
+    Image.fromarray(np.full((4, 4), 4000, np.uint16)).save(root / 'test' / 'b' / '9.png')
+    with pytest.raises(ValueError, match=r"'test' example 4 \(.*9\.png\) has PIL mode 'I;16'.*8-bit"):
+        load_dataset('rescaled_images', base=str(root), cache_dir=str(tmp_path / 'cache'))

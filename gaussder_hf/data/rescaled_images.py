@@ -221,7 +221,8 @@ class RescaledImages(datasets.GeneratorBasedBuilder):
             check_image_folder(Path(base).expanduser())
         base_args = dict(kwargs.get('base_args') or {})
         base_args.setdefault('cache_dir', kwargs.get('cache_dir'))
-        loaded = datasets.load_dataset(os.fspath(base), **base_args)
+        local = Path(os.fspath(base)).expanduser()
+        loaded = datasets.load_dataset(str(local) if local.is_dir() else os.fspath(base), **base_args)
         if not isinstance(loaded, datasets.DatasetDict):
             raise ValueError(f'base {base!r} must load as a DatasetDict of splits, got {type(loaded).__name__}')
         self._base = loaded
@@ -252,6 +253,9 @@ class RescaledImages(datasets.GeneratorBasedBuilder):
             raise ValueError(f'train_split and test_split are both {config.test_split!r}: the test images must not '
                              'be trained on')
         self._validation = config.validation_split or ('validation' if 'validation' in base else None)
+        if not config.test_only and self._validation in (config.train_split, config.test_split):
+            raise ValueError(f'validation_split {self._validation!r} is also the train or test split; give a split '
+                             'of its own, or none to carve one from training')
         features = base[config.test_split].features
         if config.image_column is None:
             self._image_column = _one_of(features, datasets.Image, 'image_column', 'name it with image_column=')
