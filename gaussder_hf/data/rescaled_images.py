@@ -27,8 +27,8 @@ Behaviour:
   in every rescaled dataset. The default canvas is twice the largest side of any test image,
   so no test image is cropped at the default size factors.
 - Validation: the base's ``validation`` split if it has one, else carved from the training split
-  before ``max_examples`` applies: ``max(1, round(validation_fraction * n))`` images (default 10 %) chosen
-  by ``numpy.random.default_rng(seed).permutation(n)`` (default seed 0) - its first images form
+  before ``max_examples`` applies: ``max(1, round(validation_fraction * n))`` images (default
+  10 %) chosen by ``numpy.random.default_rng(seed).permutation(n)`` (default seed 0) - its first images form
   ``validation``, the rest ``train``; both keep the base's order.
 - Labels: the base's one ClassLabel column, its names used as the class names unless
   ``class_names`` gives others (in the order of the label ids; for ``imagefolder`` the sorted
@@ -38,6 +38,10 @@ Behaviour:
   split folders of an image folder (``imagefolder`` would label them ``train`` / ``test``) are refused.
 - A local image folder with an empty class folder (a leaf folder without images) is refused:
   ``imagefolder`` would silently drop that class and renumber the others.
+- Order: every split keeps the base's order (``imagefolder`` orders by path: class folder, then
+  file name). ``data_dir=`` is taken as ``base`` when ``base`` is not given, so
+  ``gaussder-hf datasets build rescaled_images --data-dir FOLDER`` and the recipes' ``data_dir``
+  work unchanged.
 - The cache is keyed by the options and by the base's fingerprint, which ``datasets`` derives
   from its files (for local files their paths and modification times).
 """
