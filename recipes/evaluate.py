@@ -52,6 +52,7 @@ from pathlib import Path
 import datasets
 import timm
 import torch
+import yaml
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
@@ -141,9 +142,9 @@ def _create_model(spec: ModelSpec, in_chans: int, num_classes: int, pretrained: 
 
 # ---- data --------------------------------------------------------------------------------------
 
-def _load_test_splits(dataset: str, data_dir, max_examples, cache_dir,
-                      test_only: bool = False) -> dict[float, datasets.Dataset]:
-    kwargs = dict(cache_dir=cache_dir)
+def _load_test_splits(dataset: str, data_dir, max_examples, cache_dir, test_only: bool = False,
+                      dataset_args: dict | None = None) -> dict[float, datasets.Dataset]:
+    kwargs = dict(dataset_args or {}, cache_dir=cache_dir)
     if data_dir is not None:
         kwargs['data_dir'] = data_dir
     if max_examples is not None:
@@ -164,6 +165,14 @@ def _load_test_splits(dataset: str, data_dir, max_examples, cache_dir,
     # Undecoded: the input pipeline opens each image and refuses one above the pixel limit
     # (PIL.Image.MAX_IMAGE_PIXELS) before decoding it, where datasets' decoding would only warn.
     return {s: ds[name].cast_column('image', datasets.Image(decode=False)) for s, name in names.items()}
+
+
+def _dataset_arg(text: str) -> tuple[str, object]:
+    """Returns ``(key, value)`` of a ``KEY=VALUE`` builder option, the value read as YAML."""
+    key, sep, value = text.partition('=')
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f'expected KEY=VALUE, got {text!r}')
+    return key, yaml.safe_load(value)
 
 
 def _to_tensors(pipeline: InputPipeline):
@@ -271,6 +280,7 @@ def evaluate_models(
         seed: int = 0,
         save_predictions: bool = False,
         test_only: bool = False,
+        dataset_args: dict | None = None,
 ) -> dict:
     """Evaluates every model on the nine rescaled test splits of ``dataset``; returns the evaluation.json dict.
 
@@ -289,6 +299,8 @@ def evaluate_models(
         save_predictions: also store every predicted class (``'predictions'``) in the JSON.
         test_only: build only the test splits of a rescaled dataset (all a folder with only the
             official test files, such as :data:`gaussder_hf.data.sample.FASHION_MNIST_SAMPLE_DIR`, holds).
+        dataset_args: further options of the dataset's builder, e.g. ``rescaled_images``'s
+            ``{'base': folder, 'canvas_size': 72}``.
     """
     if not models:
         raise ValueError('no model given')
@@ -300,7 +312,7 @@ def evaluate_models(
 
     accelerator = Accelerator()
     with accelerator.main_process_first():  # one process builds the dataset cache, the others read it
-        splits = _load_test_splits(dataset, data_dir, max_examples, cache_dir, test_only)
+        splits = _load_test_splits(dataset, data_dir, max_examples, cache_dir, test_only, dataset_args)
     in_chans, num_classes = _dataset_shape(splits[1.0])
 
     results = {}
@@ -354,6 +366,9 @@ def main(argv=None) -> None:
                              f'${DATA_DIR_ENV} or {FASHION_MNIST_DEBIAN_DIR} if they hold them, else the embedded '
                              f'sample of real test images)')
     parser.add_argument('--download', action='store_true', help='download the official files (needs network)')
+    parser.add_argument('--dataset_arg', '--dataset-arg', action='append', default=[], type=_dataset_arg,
+                        metavar='KEY=VALUE', help="a builder option (YAML value), e.g. base=my_images/ for "
+                        "rescaled_images; repeat for several")
     parser.add_argument('--max_examples', '--max-examples', type=int, help='originals per split (quick runs)')
     parser.add_argument('--batch_size', '--batch-size', type=int, default=64, help='images per batch and process')
     parser.add_argument('--out_dir', '--out-dir', default='evaluation', help='folder for evaluation.json and PNGs')
@@ -375,7 +390,8 @@ def main(argv=None) -> None:
     evaluate_models(args.model, args.dataset, data_dir=source.data_dir, max_examples=args.max_examples,
                     batch_size=args.batch_size, out_dir=args.out_dir, cache_dir=args.cache_dir,
                     pretrained=args.pretrained, num_workers=args.num_workers, seed=args.seed,
-                    save_predictions=args.save_predictions, test_only=source.test_only)
+                    save_predictions=args.save_predictions, test_only=source.test_only,
+                    dataset_args=dict(args.dataset_arg))
     if source.is_sample and PartialState().is_main_process:
         print(f'These are the first {args.max_examples or FASHION_MNIST_SAMPLE_SIZE} of the '
               f'{FASHION_MNIST_SAMPLE_SIZE} embedded test images. {FULL_DATA_HINT}')

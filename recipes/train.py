@@ -55,6 +55,7 @@ class TrainConfig:
     # data
     dataset: str = 'rescaled_fashion_mnist'
     data_dir: str | None = None
+    dataset_args: dict = field(default_factory=dict)  # builder options: rescaled_images {base: DIR, canvas_size: 72}
     cache_dir: str | None = None
     max_examples: int | None = None                 # use only the first N originals of every split
     train_on_validation: bool = False               # final runs train on train + validation
@@ -489,7 +490,7 @@ def save_model(model, folder: Path, cfg: TrainConfig, evaluation: dict | None = 
                    f'max_examples {cfg.max_examples}, max_steps {cfg.max_steps}.')
         # The image processor places images where the training data has them (canvas, background).
         return gaussder_hf.save_for_hub(model, folder, evaluation=evaluation, summary=summary,
-                                        **processor_settings(cfg.dataset))
+                                        **processor_settings(cfg.dataset, cfg.dataset_args))
     from timm.models import save_for_hf
 
     # The saved config must carry the normalisation the model was trained with: timm would
@@ -622,7 +623,8 @@ def _train(cfg: TrainConfig, output_dir: Path, accelerator) -> dict:
     set_seed(cfg.seed)
 
     # ---- data
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, max_examples=cfg.max_examples, cache_dir=cfg.cache_dir)
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, max_examples=cfg.max_examples, cache_dir=cfg.cache_dir,
+                        **cfg.dataset_args)
     # Undecoded: the input pipeline opens each image and refuses one above the pixel limit
     # (PIL.Image.MAX_IMAGE_PIXELS) before decoding it, where datasets' decoding would only warn.
     data = {name: data[name].cast_column('image', DatasetImage(decode=False)) for name in ('train', 'validation')}
@@ -731,7 +733,8 @@ def _train(cfg: TrainConfig, output_dir: Path, accelerator) -> dict:
         evaluate_recipe = _sibling('evaluate')
         results = evaluate_recipe.evaluate_models(
             [f'model={model_dir}'], cfg.dataset, data_dir=cfg.data_dir, max_examples=cfg.max_examples,
-            batch_size=cfg.batch_size, out_dir=str(output_dir / 'evaluation'), cache_dir=cfg.cache_dir)
+            batch_size=cfg.batch_size, out_dir=str(output_dir / 'evaluation'), cache_dir=cfg.cache_dir,
+            dataset_args=cfg.dataset_args)
         evaluation = {'dataset': cfg.dataset, 'accuracy': results['model']['accuracy'],
                       'notes': _evaluation_notes(cfg)}
         if accelerator.is_main_process:

@@ -259,7 +259,9 @@ def test_without_a_base_and_the_fixed_settings_helpers(tmp_path):
         load_dataset('rescaled_images', cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="'rescaled_images' has no fixed background"):
         dataset_background('rescaled_images')
-    assert processor_settings('rescaled_images') == {}
+    assert processor_settings('rescaled_images') == {'background': 'black'}  # canvas chosen from the data
+    assert processor_settings('rescaled_images', {'canvas_size': 64, 'background': 'mirror'}) == {
+        'canvas_size': {'height': 64, 'width': 64}, 'background': 'mirror'}
 
 
 def test_a_16_bit_image_is_refused_with_its_path(tmp_path):
@@ -272,3 +274,32 @@ def test_a_16_bit_image_is_refused_with_its_path(tmp_path):
     Image.fromarray(np.full((4, 4), 4000, np.uint16)).save(root / 'test' / 'b' / '9.png')
     with pytest.raises(ValueError, match=r"'test' example 4 \(.*9\.png\) has PIL mode 'I;16'.*8-bit"):
         load_dataset('rescaled_images', base=str(root), cache_dir=str(tmp_path / 'cache'))
+
+
+def test_the_recipes_train_and_evaluate_on_a_folder_of_images(fashion_folder, tmp_path):
+    # recipes/train.py with `dataset: rescaled_images` and its options in `dataset_args`: a few
+    # steps, the end-of-run evaluation on every size factor, and the saved image processor on the
+    # dataset's canvas and background.
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location('train_recipe', root / 'recipes' / 'train.py')
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules['train_recipe'] = recipe
+    spec.loader.exec_module(recipe)
+    args = {'base': str(fashion_folder[0]), 'canvas_size': 72, 'background': 'black', 'class_names': FASHION_NAMES}
+    cfg = recipe.load_config(str(root / 'recipes' / 'configs' / 'smoke.yaml'), [
+        'dataset=rescaled_images', 'data_dir=null', f'dataset_args={json.dumps(args)}', 'max_examples=null',
+        'batch_size=8', 'max_steps=2', 'evaluate_every_epoch=false', f'cache_dir={tmp_path / "cache"}',
+        f'output_dir={tmp_path / "run"}'])
+    result = recipe.train(cfg)
+    assert result['step'] == 2
+    evaluation = json.loads((tmp_path / 'run' / 'evaluation' / 'evaluation.json').read_text())
+    accuracy = evaluation['model']['accuracy']
+    assert len(accuracy) == len(SIZE_FACTORS) and all(0 <= a <= 1 for a in accuracy.values())
+    assert evaluation['model']['num_examples'][str(1.0)] == N_TEST
+    processor = json.loads((tmp_path / 'run' / 'model' / 'preprocessor_config.json').read_text())
+    assert processor['canvas_size'] == {'height': 72, 'width': 72} and processor['background'] == 'black'

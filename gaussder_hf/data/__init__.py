@@ -65,16 +65,26 @@ def dataset_background(dataset: str) -> str:
     return BUILDERS[name].BACKGROUND
 
 
-def processor_settings(dataset: str) -> dict:
+def processor_settings(dataset: str, dataset_args: dict | None = None) -> dict:
     """Returns ``save_for_hub``'s ``canvas_size`` and ``background`` for a network trained on rescaled ``dataset``.
 
     The canvas of the dataset's test split at size factor 1 and the dataset's background, so
     that the saved image processor puts an image at its native size where that split has it.
-    ``{}`` for a dataset that is not one of the rescaled builders (e.g. an exported folder).
+    For ``rescaled_images`` both are its options in ``dataset_args`` (no canvas when it chose
+    its own from the data). ``{}`` for a dataset that is not one of the rescaled builders (e.g.
+    an exported folder).
     """
     builder = BUILDERS.get(dataset)
-    if builder is None or dataset in _GENERIC:  # a generic build's canvas and background are its own options
+    if builder is None:
         return {}
+    if dataset in _GENERIC:
+        args = dataset_args or {}
+        settings = {'background': args.get('background', 'black')}
+        side = args.get('test_canvas_size') or args.get('canvas_size')
+        if side is not None:
+            height, width = (side, side) if isinstance(side, int) else tuple(side)
+            settings['canvas_size'] = {'height': height, 'width': width}
+        return settings
     return {'canvas_size': {'height': builder.TEST_CANVAS, 'width': builder.TEST_CANVAS},
             'background': builder.BACKGROUND}
 
