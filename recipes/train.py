@@ -8,7 +8,9 @@
 
 Settings come from a YAML file plus ``key=value`` overrides into a typed :class:`TrainConfig`
 that rejects unknown keys and values that cannot be right; the resolved config is saved next to
-the checkpoints. One process, one GPU or many (DDP through ``accelerate launch``).
+the checkpoints. ``scale_augmentation=[low,high]`` trains on every original rescaled by a size factor
+drawn log-uniformly from [low, high], by the rescaling the datasets' test splits are made with
+(:class:`ScaleAugmentation`). One process, one GPU or many (DDP through ``accelerate launch``).
 
 The run folder (``gaussder_hf.run_folder``) is locked while a run uses it, and a new run refuses a
 folder that is not empty unless told ``--resume`` or ``--overwrite``; a run deletes only what it
@@ -225,7 +227,8 @@ def image_transform(cfg: TrainConfig, in_chans: int, mean, std, train: bool):
 
     Decoding, channels and scaling to [0, 1] are :class:`gaussder_hf.input_pipeline.InputPipeline`'s,
     the same steps evaluation and the image processor run; the training images are on their
-    canvas already.
+    canvas already. With ``scale_augmentation`` :func:`make_dataset` wraps this pipeline in
+    :class:`ScaleAugmentation`, which rescales each original before these steps.
     """
     from torchvision.transforms import v2
 

@@ -148,3 +148,45 @@ def test_smoke_training_with_scale_augmentation_runs_and_a_resume_may_not_change
         recipe.train(_config(tmp_path, 'max_steps=4', 'scale_augmentation=[0.5, 2.0]', resume=True))
     with pytest.raises(ValueError, match=r'scale_augmentation: \[0\.7071, 1\.4142\] -> None'):
         recipe.train(_config(tmp_path, 'max_steps=4', resume=True))
+
+
+@needs_fashion
+def test_a_resumed_run_with_scale_augmentation_is_the_uninterrupted_one(tmp_path):
+    import json
+    import shutil
+
+    def losses(folder):
+        records = [json.loads(line) for line in (folder / 'log.jsonl').read_text().splitlines()]
+        return [r['loss'] for r in records if 'loss' in r]
+
+    # 4 steps per epoch: 6 steps cross into epoch 1, whose size factors are drawn anew.
+    common = ['max_steps=6', 'save_every=2', 'keep_checkpoints=10', 'scale_augmentation=[0.5, 2.0]']
+    full = recipe.train(_config(tmp_path, *common, f'output_dir={tmp_path / "a"}'))
+    crashed = tmp_path / 'b'  # killed after its checkpoint at step 2
+    crashed.mkdir()
+    for name in ('run.json', 'config.yaml', 'log.jsonl'):
+        shutil.copy(tmp_path / 'a' / name, crashed / name)
+    shutil.copytree(tmp_path / 'a' / 'checkpoint-00000002', crashed / 'checkpoint-00000002')
+    resumed = recipe.train(_config(tmp_path, *common, f'output_dir={crashed}', resume=True))
+    assert resumed['step'] == full['step'] == 6
+    a, b = full['model'].state_dict(), resumed['model'].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(crashed) == losses(tmp_path / 'a')
+    # The augmentation reaches the training batches: without it the same seed gives other losses.
+    plain = recipe.train(_config(tmp_path, 'max_steps=2', f'output_dir={tmp_path / "c"}'))
+    assert plain['step'] == 2 and losses(tmp_path / 'c')[0] != losses(tmp_path / 'a')[0]
+
+
+@pytest.mark.parametrize('dataset', ['rescaled_cifar10', 'rescaled_stl10'])
+def test_mirror_extended_training_canvases_give_back_their_originals_exactly(dataset):
+    from gaussder_hf.rescaling import rescale_batch
+
+    side, canvas, background = recipe.scale_augmentation_geometry(dataset)
+    originals = np.random.default_rng(0).integers(0, 256, (2, side, side, 3), dtype=np.uint8)
+    training = rescale_batch(originals, 1.0, canvas, background)  # what the builder stores at size factor 1
+    augmentation = recipe.ScaleAugmentation(type('Pipeline', (), {'max_pixels': None})(), 0.5, 2.0, side, canvas,
+                                            background)
+    for s in (2.0 ** -0.5, 1.0, 2.0 ** 0.75):
+        want = torch.from_numpy(rescale_batch(originals, s, canvas, background)).permute(0, 3, 1, 2)
+        for image, expected in zip(training, want):
+            assert torch.equal(augmentation.rescale(image, s), expected)
