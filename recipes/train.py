@@ -448,9 +448,15 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int, run_id:
     return final
 
 
+# Keys added to TrainConfig after runs were recorded, with the value a run that does not record
+# them had: a run from before scale augmentation existed trained without it.
+_VALUE_BEFORE_THE_KEY = {'scale_augmentation': None}
+
+
 def _changed_settings(recorded: dict, cfg: TrainConfig) -> dict:
     """Returns ``{key: (recorded, now)}`` for every setting that differs from the recorded run."""
     now = dataclasses.asdict(cfg)
+    recorded = {**_VALUE_BEFORE_THE_KEY, **recorded}
     return {key: (recorded.get(key, '<unset>'), now[key]) for key in now
             if key not in ('resume', 'overwrite') and recorded.get(key, '<unset>') != now[key]}
 

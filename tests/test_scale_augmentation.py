@@ -1,5 +1,6 @@
 """Scale augmentation in recipes/train.py: the rescaled datasets' own rescaling, log-uniform, reproducible draws."""
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -148,11 +149,18 @@ def test_smoke_training_with_scale_augmentation_runs_and_a_resume_may_not_change
         recipe.train(_config(tmp_path, 'max_steps=4', 'scale_augmentation=[0.5, 2.0]', resume=True))
     with pytest.raises(ValueError, match=r'scale_augmentation: \[0\.7071, 1\.4142\] -> None'):
         recipe.train(_config(tmp_path, 'max_steps=4', resume=True))
+    # A run recorded before the key existed trained without it: it resumes without, not with.
+    manifest_path = tmp_path / 'run' / 'checkpoint-00000002' / 'manifest.json'
+    manifest = json.loads(manifest_path.read_text())
+    del manifest['config']['scale_augmentation']
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"scale_augmentation: None -> \[0\.7071, 1\.4142\]"):
+        recipe.train(_config(tmp_path, 'max_steps=4', 'scale_augmentation=[0.7071, 1.4142]', resume=True))
+    assert recipe.train(_config(tmp_path, 'max_steps=3', resume=True))['step'] == 3
 
 
 @needs_fashion
 def test_a_resumed_run_with_scale_augmentation_is_the_uninterrupted_one(tmp_path):
-    import json
     import shutil
 
     def losses(folder):
