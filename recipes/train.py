@@ -8,7 +8,9 @@
 
 Settings come from a YAML file plus ``key=value`` overrides into a typed :class:`TrainConfig`
 that rejects unknown keys and values that cannot be right; the resolved config is saved next to
-the checkpoints. One process, one GPU or many (DDP through ``accelerate launch``).
+the checkpoints. ``scale_augmentation=[low,high]`` trains on every original rescaled by a size factor
+drawn log-uniformly from [low, high], by the rescaling the datasets' test splits are made with
+(:class:`ScaleAugmentation`). One process, one GPU or many (DDP through ``accelerate launch``).
 
 The run folder (``gaussder_hf.run_folder``) is locked while a run uses it, and a new run refuses a
 folder that is not empty unless told ``--resume`` or ``--overwrite``; a run deletes only what it
@@ -66,6 +68,7 @@ class TrainConfig:
     color_jitter: bool = False                      # (0.2, 0.2, 0.2, 0.05) for RGB
     random_crop_padding: int = 0                    # 24 for STL-10
     crop_size: int | None = None                    # centre-crop train/validation images to this side
+    scale_augmentation: list | None = None          # [low, high]: size factor drawn log-uniformly (ScaleAugmentation)
     # optimisation
     epochs: int = 32
     max_steps: int | None = None                    # stop after this many optimizer steps
@@ -94,6 +97,9 @@ class TrainConfig:
         if self.output_dir is None or (isinstance(self.output_dir, str) and not self.output_dir.strip()):
             # Checked first: an empty value would otherwise read as "the current directory".
             raise ValueError(f"config key 'output_dir' must be the path of a folder, got {self.output_dir!r}")
+        if self.scale_augmentation is not None:
+            # A list of floats whatever was given (a tuple, ints): the form YAML, JSON and resume compare.
+            self.scale_augmentation = check_scale_augmentation(self.scale_augmentation)
         hints = typing.get_type_hints(TrainConfig)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -137,6 +143,21 @@ RESUMABLE_CHANGES = frozenset({
     'epochs', 'max_steps', 'save_every', 'keep_checkpoints', 'log_with', 'evaluate_every_epoch',
     'evaluate_at_end', 'push_to_hub', 'hub_model_id', 'num_workers', 'cache_dir', 'output_dir', 'resume',
     'overwrite'})
+
+
+def check_scale_augmentation(value) -> list[float]:
+    """Returns ``[low, high]`` as floats if ``value`` is a valid ``scale_augmentation``, else raises ValueError.
+
+    Two finite numbers with ``0 < low <= high`` (``low == high`` rescales every image by that one factor).
+    """
+    allowed = 'None (off) or a pair [low, high] of finite numbers with 0 < low <= high'
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"config key 'scale_augmentation' must be {allowed}, got {value!r}")
+    low, high = (float(v) for v in value)
+    if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+        raise ValueError(f"config key 'scale_augmentation' must be {allowed}, got {value!r}")
+    return [low, high]
 
 
 def _require(name: str, ok: bool, allowed: str, value) -> None:
@@ -206,7 +227,8 @@ def image_transform(cfg: TrainConfig, in_chans: int, mean, std, train: bool):
 
     Decoding, channels and scaling to [0, 1] are :class:`gaussder_hf.input_pipeline.InputPipeline`'s,
     the same steps evaluation and the image processor run; the training images are on their
-    canvas already.
+    canvas already. With ``scale_augmentation`` :func:`make_dataset` wraps this pipeline in
+    :class:`ScaleAugmentation`, which rescales each original before these steps.
     """
     from torchvision.transforms import v2
 
@@ -259,9 +281,82 @@ class RescaledSplit(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         example = self.split[int(index)]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, self.epoch, int(index))) & 0x7FFF_FFFF_FFFF_FFFF)
+            torch.manual_seed(example_seed(self.seed, self.epoch, int(index)))
             pixels = self.transform(example['image'])
         return {'pixel_values': pixels, 'labels': example['label']}
+
+
+def example_seed(seed: int, epoch: int, index: int) -> int:
+    """Returns the seed of the augmentation of example ``index`` in ``epoch`` (Python's int-tuple hash, fixed)."""
+    return hash((seed, epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+# Side of the original images of each dedicated builder's source, as its reader checks them: the
+# size scale augmentation crops back out of a training canvas (ScaleAugmentation).
+_ORIGINAL_SIDE = {'fashion_mnist': 28, 'cifar10': 32, 'stl10': 96}
+
+
+class ScaleAugmentation:
+    """Scale augmentation: each training original rescaled by a size factor ``s`` drawn log-uniformly from [low, high].
+
+    ``s = exp(log low + u (log high - log low))`` with ``u = torch.rand(())`` from the global RNG,
+    which :class:`RescaledSplit` seeds per (seed, epoch, example): the same seed, example and
+    epoch give the same ``s`` (and a resumed run the same images), another epoch another ``s``.
+
+    Getting back the original: a training image of a dedicated rescaled builder is its original
+    (``n x n``, ``n`` = 28 / 32 / 96 for Fashion-MNIST / CIFAR-10 / STL-10) at size factor 1,
+    centred on the ``TRAIN_CANVAS`` (72 / 64 / 96) by the rescaling module's rule: canvas sample
+    ``i`` shows original sample ``i - offset``, ``offset = (canvas - n) // 2``, whatever the
+    background. So the original is the ``n x n`` block at ``offset``, exactly, for the black and
+    the mirror background alike. It is rescaled and placed on the training canvas by
+    :func:`gaussder_hf.rescaling.rescale_batch` (bicubic with antialiasing, rounded to uint8,
+    centred, the dataset's background), the function the builders make their ``test_s*`` splits
+    with: for a dataset whose test canvas is its training canvas (Fashion-MNIST, CIFAR-10) the
+    augmented image of an original is, pixel for pixel, its image in the ``test_s*`` split at the
+    same ``s``. On STL-10 (96 training canvas, 192 test canvas) an image larger than the canvas
+    (``s > 1``) is centre-cropped to 96 x 96. Rescaling the whole canvas about its centre instead
+    would differ: the resampling grid follows ``round(canvas * s)``, not ``round(n * s)``, and a
+    mirror background would be rescaled with the object.
+
+    The rescaling works on the decoded uint8 image in the dataset's channels, before the model's
+    channel conversion, the crop and the other augmentations: everything after it is the input
+    pipeline of evaluation.
+    """
+
+    def __init__(self, pipeline, low: float, high: float, original_side: int, canvas: int, background: str):
+        self.pipeline, self.low, self.high = pipeline, float(low), float(high)
+        self.original_side, self.canvas, self.background = original_side, canvas, background
+
+    def draw(self) -> float:
+        """Returns a size factor drawn log-uniformly from [low, high] with the global torch RNG."""
+        u = float(torch.rand((), dtype=torch.float64))
+        return math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+
+    def original(self, image) -> torch.Tensor:
+        """Returns the original ``(C, n, n)`` uint8 image centred on a training canvas (see the class docstring)."""
+        from gaussder_hf.input_pipeline import decode_image
+
+        pixels = decode_image(image, self.pipeline.max_pixels)
+        if pixels.dtype != torch.uint8 or tuple(pixels.shape[-2:]) != (self.canvas, self.canvas):
+            raise ValueError(f'scale_augmentation expects uint8 training images of {self.canvas}x{self.canvas} '
+                             f'(the original at size factor 1 on the training canvas), got {pixels.dtype} '
+                             f'{pixels.shape[-1]}x{pixels.shape[-2]}')
+        offset = (self.canvas - self.original_side) // 2
+        return pixels[:, offset:offset + self.original_side, offset:offset + self.original_side]
+
+    def rescale(self, image, s: float) -> torch.Tensor:
+        """Returns the original of ``image`` rescaled by ``s`` on the training canvas, ``(C, canvas, canvas)`` uint8."""
+        from gaussder_hf.rescaling import rescale_batch
+
+        original = self.original(image).permute(1, 2, 0)[None]  # (1, n, n, C): rescale_batch's layout
+        return torch.from_numpy(rescale_batch(original, s, self.canvas, self.background)[0]).permute(2, 0, 1)
+
+    def pixels(self, image) -> torch.Tensor:
+        """Returns the rescaled image in the model's channels in [0, 1], before the other augmentations."""
+        return self.pipeline.pixels(self.rescale(image, self.draw()))
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.pipeline(self.rescale(image, self.draw()))
 
 
 def normalisation(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -282,7 +377,27 @@ def make_dataset(cfg: TrainConfig, split, model, train: bool) -> RescaledSplit:
         if cfg.crop_size > min(width, height):
             raise ValueError(f'crop_size {cfg.crop_size} is larger than the {width}x{height} images of {cfg.dataset}')
     transform = image_transform(cfg, model.in_chans, mean, std, train)
+    if train and cfg.scale_augmentation:
+        original_side, canvas, background = scale_augmentation_geometry(cfg.dataset)
+        transform = ScaleAugmentation(transform, *cfg.scale_augmentation, original_side, canvas, background)
     return RescaledSplit(split, transform, cfg.seed)
+
+
+def scale_augmentation_geometry(dataset: str) -> tuple[int, int, str]:
+    """Returns ``(original side, training canvas, background)`` of a dedicated rescaled builder.
+
+    Scale augmentation needs the size of the originals on the training canvas; datasets whose
+    images may have any size (``rescaled_images``, exported folders) do not record it and are refused.
+    """
+    from gaussder_hf.data import BUILDERS
+
+    builder = BUILDERS.get(dataset)
+    side = _ORIGINAL_SIDE.get(getattr(builder, 'SOURCE', None))
+    if side is None:
+        known = sorted(name for name, b in BUILDERS.items() if getattr(b, 'SOURCE', None) in _ORIGINAL_SIDE)
+        raise ValueError(f'scale_augmentation needs a dataset whose training images are originals of a known size '
+                         f'centred on a fixed canvas, one of {known}; got dataset {dataset!r}')
+    return side, builder.TRAIN_CANVAS, builder.BACKGROUND
 
 
 def epoch_loader(cfg: TrainConfig, dataset: RescaledSplit, epoch: int, skip: int = 0):
@@ -333,9 +448,15 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int, run_id:
     return final
 
 
+# Keys added to TrainConfig after runs were recorded, with the value a run that does not record
+# them had: a run from before scale augmentation existed trained without it.
+_VALUE_BEFORE_THE_KEY = {'scale_augmentation': None}
+
+
 def _changed_settings(recorded: dict, cfg: TrainConfig) -> dict:
     """Returns ``{key: (recorded, now)}`` for every setting that differs from the recorded run."""
     now = dataclasses.asdict(cfg)
+    recorded = {**_VALUE_BEFORE_THE_KEY, **recorded}
     return {key: (recorded.get(key, '<unset>'), now[key]) for key in now
             if key not in ('resume', 'overwrite') and recorded.get(key, '<unset>') != now[key]}
 
@@ -487,7 +608,8 @@ def save_model(model, folder: Path, cfg: TrainConfig, evaluation: dict | None = 
     if isinstance(model, gaussder_hf.GaussDerResNet):
         summary = (f'Trained with `recipes/train.py` on `{cfg.dataset}`: {cfg.epochs} epochs, batch {cfg.batch_size}, '
                    f'AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}, '
-                   f'max_examples {cfg.max_examples}, max_steps {cfg.max_steps}.')
+                   f'max_examples {cfg.max_examples}, max_steps {cfg.max_steps}'
+                   + (f', scale augmentation {cfg.scale_augmentation}.' if cfg.scale_augmentation else '.'))
         # The image processor places images where the training data has them (canvas, background).
         return gaussder_hf.save_for_hub(model, folder, evaluation=evaluation, summary=summary,
                                         **processor_settings(cfg.dataset, cfg.dataset_args))
@@ -528,8 +650,11 @@ def _sibling(name: str):
 
 def _evaluation_notes(cfg: TrainConfig) -> str:
     subset = f'the first {cfg.max_examples} test images' if cfg.max_examples else 'the full test set'
+    trained = ('with scale augmentation (size factors drawn log-uniformly from '
+               f'[{cfg.scale_augmentation[0]:g}, {cfg.scale_augmentation[1]:g}])' if cfg.scale_augmentation
+               else 'at size factor 1 only')
     return (f'Measured by `recipes/evaluate.py` on {subset} of `{cfg.dataset}` at each size factor, '
-            f'after training at size factor 1 only.')
+            f'after training {trained}.')
 
 
 # ----------------------------------------------------------------------------------------------
