@@ -67,7 +67,8 @@ def test_the_model_card_carries_the_committed_accuracies(committed):
 
 
 @needs_fashion
-@pytest.mark.parametrize('size_factor', [1.0, 2.0])
+# s = 2 repeats the check on another split (15 s): kept for `pytest -m slow`.
+@pytest.mark.parametrize('size_factor', [1.0, pytest.param(2.0, marks=pytest.mark.slow)])
 def test_committed_weights_reproduce_committed_predictions(size_factor, model, committed, tmp_path_factory):
     data = load_dataset('rescaled_fashion_mnist', data_dir=FASHION_DIR, max_examples=SUBSET,
                         cache_dir=str(tmp_path_factory.mktemp('cache')))
