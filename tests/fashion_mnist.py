@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from gaussder_hf.dataset_sources import FASHION_MNIST_DEBIAN_DIR, read_fashion_mnist, read_idx
 
-__all__ = ['FASHION_MNIST_DIR', 'read_idx', 'load_fashion_mnist', 'fashion_mnist_available']
+__all__ = ['FASHION_DIR', 'FASHION_MNIST_DIR', 'read_idx', 'load_fashion_mnist', 'fashion_mnist_available',
+           'needs_fashion']
 
 FASHION_MNIST_DIR = os.environ.get('FASHION_MNIST_DIR', FASHION_MNIST_DEBIAN_DIR)
+FASHION_DIR = FASHION_MNIST_DIR
+
+# Tests of the real data skip where it is not installed, but never on CI, which installs it.
+needs_fashion = pytest.mark.skipif(
+    not os.path.isdir(FASHION_DIR) and not os.environ.get('CI'),
+    reason="Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
 
 
 def load_fashion_mnist(split: str = 'test', limit: int | None = None, root: str = FASHION_MNIST_DIR):

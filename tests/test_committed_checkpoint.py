@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 import timm
 import torch
 from datasets import load_dataset
+from fashion_mnist import FASHION_DIR, needs_fashion
 from transformers import AutoModelForImageClassification
 
 import gaussder_hf  # noqa: F401  (registers the models and datasets)
@@ -27,12 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / 'checkpoints' / 'gaussderresnet10_fashionmnist'
 EVALUATION = ROOT / 'results' / 'rescaled_fashion_mnist_cpu' / 'evaluation.json'
 LABEL = 'multi-scale (6 channels, two-stage)'
-FASHION_DIR = '/usr/share/datasets/fashion-mnist'
 SUBSET = 200
-
-needs_fashion = pytest.mark.skipif(
-    not os.path.isdir(FASHION_DIR) and not os.environ.get('CI'),
-    reason="Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
 
 
 @pytest.fixture(scope='module')

@@ -6,18 +6,14 @@ import datasets.load
 import numpy as np
 import pytest
 from datasets import load_dataset
+from fashion_mnist import FASHION_DIR, needs_fashion
 
 import gaussder_hf  # noqa: F401  (registers the builders)
 from gaussder_hf.data import BUILDERS, builder_for, split_names, stl10_split_ids
 from gaussder_hf.data.export import export_dataset, push_dataset_folder
 from gaussder_hf.dataset_sources import read_fashion_mnist
 
-FASHION_DIR = '/usr/share/datasets/fashion-mnist'
 LIMIT = 40  # originals per split: enough to check everything, fast enough for CI
-
-needs_fashion = pytest.mark.skipif(
-    not os.path.isdir(FASHION_DIR) and not os.environ.get('CI'),
-    reason="Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
 
 SPLITS = ['train', 'validation', 'test', 'test_s0p500', 'test_s0p595', 'test_s0p707', 'test_s0p841', 'test_s1p000',
           'test_s1p189', 'test_s1p414', 'test_s1p682', 'test_s2p000']

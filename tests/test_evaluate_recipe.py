@@ -1,9 +1,6 @@
 """recipes/evaluate.py on real rescaled Fashion-MNIST: JSON, figures, and accuracies recomputed directly."""
-import importlib.util
 import json
-import os
 from fractions import Fraction
-from pathlib import Path
 
 import datasets
 import huggingface_hub.constants
@@ -13,30 +10,19 @@ import timm
 import torch
 from accelerate.utils import set_seed
 from datasets import load_dataset
+from fashion_mnist import FASHION_DIR, needs_fashion
+from recipe_modules import load_recipe
 
 import gaussder_hf
 from gaussder_hf.analysis import evaluate
 from gaussder_hf.rescaling import SIZE_FACTORS, size_factor_name
 
-RECIPE = Path(__file__).resolve().parents[1] / 'recipes' / 'evaluate.py'
-FASHION_DIR = '/usr/share/datasets/fashion-mnist'
 LIMIT = 16        # originals per split: the whole file stays fast on 2 CPU cores
 BATCH_SIZE = 7    # several batches per split, the last one partial
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
-needs_fashion = pytest.mark.skipif(
-    not os.path.isdir(FASHION_DIR) and not os.environ.get('CI'),
-    reason="Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
 
-
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location('evaluate_recipe', RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_recipe()
+recipe = load_recipe('evaluate')
 
 
 @pytest.fixture(scope='module')

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -25,7 +24,9 @@ import numpy as np
 import pytest
 import timm
 import torch
+from fashion_mnist import FASHION_DIR, needs_fashion
 from PIL import Image
+from recipe_modules import load_recipe
 
 import gaussder_hf
 from gaussder_hf.data import dataset_background, processor_settings
@@ -43,21 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / 'checkpoints' / 'gaussderresnet10_fashionmnist'
 EVALUATION = ROOT / 'results' / 'rescaled_fashion_mnist_cpu' / 'evaluation.json'
 LABEL = 'multi-scale (6 channels, two-stage)'
-FASHION_DIR = '/usr/share/datasets/fashion-mnist'
-
-needs_fashion = pytest.mark.skipif(
-    not os.path.isdir(FASHION_DIR) and not os.environ.get('CI'),
-    reason="Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
 
 
-def _recipe(name: str):
-    module_name = f'gaussder_hf_{name}_recipe_for_pipeline_tests'
-    if module_name not in sys.modules:  # dataclasses look their module up in sys.modules
-        spec = importlib.util.spec_from_file_location(module_name, ROOT / 'recipes' / f'{name}.py')
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
 
 
 def _rng_image(shape, seed=0) -> np.ndarray:
@@ -137,7 +125,7 @@ def test_rgb_to_grey_is_pils_luma_bit_for_bit():
 
 
 def test_training_evaluation_and_the_processor_see_the_same_tensors():
-    train_recipe, evaluate_recipe = _recipe('train'), _recipe('evaluate')
+    train_recipe, evaluate_recipe = load_recipe('train'), load_recipe('evaluate')
     cfg = train_recipe.TrainConfig(hflip=False)
     for mode, channels, mean, std in (('L', 1, (0.5,), (0.5,)), ('RGB', 3, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))):
         images = [Image.fromarray(_rng_image((9, 11, 3), seed=s)).convert(mode) for s in range(3)]

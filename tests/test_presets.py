@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from recipe_modules import load_recipe
 
 import gaussder_hf
 from gaussder_hf import GaussDerResNet
@@ -242,13 +243,8 @@ def test_schedule_configs_follow_the_text(name, model, batch, epochs, lr, warmup
 
 
 def test_every_config_loads_in_the_training_recipe_and_cpu_configs_keep_validation_held_out():
-    import importlib.util
-    import sys
 
-    spec = importlib.util.spec_from_file_location('train_recipe', ROOT / 'recipes' / 'train.py')
-    recipe = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault('train_recipe', recipe)
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe('train')
     for path in sorted(CONFIGS.glob('*.yaml')):
         cfg = recipe.load_config(str(path))
         if cfg.model in gaussder_hf.PRESETS:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from datasets import load_dataset
+from fashion_mnist import FASHION_DIR
 from PIL import Image
+from recipe_modules import load_recipe
 
 import gaussder_hf  # noqa: F401  (registers the builders with datasets)
 from gaussder_hf.dataset_sources import CLASS_NAMES, read_fashion_mnist
 from gaussder_hf.rescaling import SIZE_FACTORS, size_factor_name
 
-FASHION_DIR = '/usr/share/datasets/fashion-mnist'
 N_TEST = 60
 N_TRAIN = 40
 FASHION_NAMES = list(CLASS_NAMES['fashion_mnist'])
@@ -280,16 +281,11 @@ def test_the_recipes_train_and_evaluate_on_a_folder_of_images(fashion_folder, tm
     # recipes/train.py with `dataset: rescaled_images` and its options in `dataset_args`: a few
     # steps, the end-of-run evaluation on every size factor, and the saved image processor on the
     # dataset's canvas and background.
-    import importlib.util
     import json
-    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location('train_recipe', root / 'recipes' / 'train.py')
-    recipe = importlib.util.module_from_spec(spec)
-    sys.modules['train_recipe'] = recipe
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe('train')
     args = {'base': str(fashion_folder[0]), 'canvas_size': 72, 'background': 'black', 'class_names': FASHION_NAMES}
     cfg = recipe.load_config(str(root / 'recipes' / 'configs' / 'smoke.yaml'), [
         'dataset=rescaled_images', 'data_dir=null', f'dataset_args={json.dumps(args)}', 'max_examples=null',

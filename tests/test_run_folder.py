@@ -1,5 +1,4 @@
 """Run folders of recipes/train.py: a run owns only what it writes, one run per folder, exact resume or none."""
-import importlib.util
 import json
 import os
 import shutil
@@ -10,22 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from fashion_mnist import needs_fashion
+from recipe_modules import load_recipe
 
 from gaussder_hf import run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-FASHION_DIR = '/usr/share/datasets/fashion-mnist'
-needs_fashion = pytest.mark.skipif(
-    not os.path.isdir(FASHION_DIR) and not os.environ.get('CI'),
-    reason="Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
-
-if 'train_recipe' in sys.modules:
-    recipe = sys.modules['train_recipe']
-else:
-    spec = importlib.util.spec_from_file_location('train_recipe', ROOT / 'recipes' / 'train.py')
-    recipe = importlib.util.module_from_spec(spec)
-    sys.modules['train_recipe'] = recipe  # dataclasses resolve the config's annotations through it
-    spec.loader.exec_module(recipe)
+recipe = load_recipe('train')
 
 SMOKE = str(ROOT / 'recipes' / 'configs' / 'smoke.yaml')
 # 64 images, 16 per step: 4 steps per epoch; nothing evaluated, so a run takes a few seconds.

@@ -1,28 +1,16 @@
 """Scale augmentation in recipes/train.py: the rescaled datasets' own rescaling, log-uniform, reproducible draws."""
-import importlib.util
 import json
 import math
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fashion_mnist import FASHION_DIR, needs_fashion
+from recipe_modules import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-FASHION_DIR = '/usr/share/datasets/fashion-mnist'
-needs_fashion = pytest.mark.skipif(
-    not os.path.isdir(FASHION_DIR) and not os.environ.get('CI'),
-    reason="Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
-
-if 'train_recipe' in sys.modules:
-    recipe = sys.modules['train_recipe']
-else:
-    spec = importlib.util.spec_from_file_location('train_recipe', ROOT / 'recipes' / 'train.py')
-    recipe = importlib.util.module_from_spec(spec)
-    sys.modules['train_recipe'] = recipe  # dataclasses resolve the config's annotations through it
-    spec.loader.exec_module(recipe)
+recipe = load_recipe('train')
 
 SMOKE = str(ROOT / 'recipes' / 'configs' / 'smoke.yaml')
 TINY = ['max_examples=64', 'batch_size=16', 'evaluate_at_end=false', 'evaluate_every_epoch=false']

@@ -1,5 +1,4 @@
 """recipes/train.py on real Fashion-MNIST subsets: learning, exact resume, two processes, configs."""
-import importlib.util
 import json
 import math
 import os
@@ -11,17 +10,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from fashion_mnist import needs_fashion
+from recipe_modules import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-FASHION_DIR = '/usr/share/datasets/fashion-mnist'
-needs_fashion = pytest.mark.skipif(
-    not os.path.isdir(FASHION_DIR) and not os.environ.get('CI'),
-    reason="Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
-
-spec = importlib.util.spec_from_file_location('train_recipe', ROOT / 'recipes' / 'train.py')
-recipe = importlib.util.module_from_spec(spec)
-sys.modules['train_recipe'] = recipe  # dataclasses resolve the config's annotations through it
-spec.loader.exec_module(recipe)
+recipe = load_recipe('train')
 
 SMOKE = str(ROOT / 'recipes' / 'configs' / 'smoke.yaml')
 

@@ -1,5 +1,4 @@
 """recipes/transfer.py: the same weights on another grid of scale channels (App. A.4, A.5)."""
-import importlib.util
 import math
 from pathlib import Path
 
@@ -8,14 +7,13 @@ import timm
 import torch
 import transformers
 from PIL import Image
+from recipe_modules import load_recipe
 from safetensors.torch import load_file
 
 import gaussder_hf
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location('transfer_recipe', ROOT / 'recipes' / 'transfer.py')
-recipe = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(recipe)
+recipe = load_recipe('transfer')
 
 
 @pytest.fixture()

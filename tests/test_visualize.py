@@ -2,6 +2,7 @@
 import pytest
 import torch
 from PIL import Image
+from recipe_modules import load_recipe
 
 from gaussder_hf import GaussDerResNet
 from gaussder_hf.visualize import (
@@ -94,17 +95,12 @@ def test_visualize_recipe_writes_the_three_figures(tmp_path):
 
 
 def test_visualize_recipe_refuses_a_layer_the_model_does_not_have(tmp_path):
-    import importlib.util
-    from pathlib import Path
 
     import timm
 
     import gaussder_hf
 
-    spec = importlib.util.spec_from_file_location('visualize_recipe',
-                                                  Path(__file__).resolve().parents[1] / 'recipes' / 'visualize.py')
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe('visualize')
     net = timm.create_model('gaussderresnet10_fashionmnist', initial_scales=(1.0,), channels=(4, 4, 4))
     folder = gaussder_hf.save_for_hub(net.eval(), tmp_path / 'ckpt')
     Image.new('L', (20, 20)).save(tmp_path / 'x.png')
@@ -117,18 +113,13 @@ def test_visualize_recipe_refuses_a_layer_the_model_does_not_have(tmp_path):
 
 
 def test_visualize_recipe_refuses_an_image_above_the_pixel_limit_before_decoding_it(tmp_path, monkeypatch):
-    import importlib.util
-    from pathlib import Path
 
     import timm
     from PIL import ImageFile
 
     import gaussder_hf
 
-    spec = importlib.util.spec_from_file_location('visualize_recipe',
-                                                  Path(__file__).resolve().parents[1] / 'recipes' / 'visualize.py')
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe('visualize')
     net = timm.create_model('gaussderresnet10_fashionmnist', initial_scales=(1.0,), channels=(4, 4, 4))
     folder = gaussder_hf.save_for_hub(net.eval(), tmp_path / 'ckpt')
     Image.new('L', (40, 30)).save(tmp_path / 'big.png')
