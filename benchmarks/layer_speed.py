@@ -30,7 +30,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gaussder_hf.kernels import truncation_radius
+from gaussder_hf.kernels import stencil_radius, truncation_radius
 from gaussder_hf.layers import DSGaussDerConv, GaussDerConv, dense_reference
 
 
@@ -182,7 +182,7 @@ def _time_dense(gd: GaussDerConv, args: argparse.Namespace, dtype: torch.dtype) 
     result: dict[float, tuple[float, str]] = {}
     last = None  # (sigma, filter area, seconds at dense_batch) of the largest measured sigma
     for sigma in sorted(args.sigmas):
-        area = (2 * (truncation_radius(sigma, args.eps) + (args.jet_order + 1) // 2) + 1) ** 2
+        area = (2 * (truncation_radius(sigma, args.eps) + stencil_radius(args.jet_order)) + 1) ** 2
         predicted = None if last is None else last[2] * area / last[1]
         if predicted is not None and predicted > args.dense_budget:
             result[sigma] = (1e3 * predicted * scale,

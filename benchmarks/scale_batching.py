@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gaussder_hf.kernels import _smoothing_operator
+from gaussder_hf.kernels import smoothing_matrix, stencil_radius
 from gaussder_hf.layers import GaussDerConv
 from gaussder_hf.presets import DEFAULT_INITIAL_SCALES
 
@@ -46,9 +46,10 @@ def sequential(layer: GaussDerConv, x: torch.Tensor, sigmas) -> torch.Tensor:
 def batched(layer: GaussDerConv, x: torch.Tensor, sigmas) -> torch.Tensor:
     """The same as :func:`sequential`, in one pass over all scale channels."""
     channels, batch, c_in, height, width = x.shape
-    pad = (layer.jet_order + 1) // 2
-    rows = torch.stack([_smoothing_operator(s, layer.eps, height, pad, x.device, x.dtype) for s in sigmas])
-    cols = torch.stack([_smoothing_operator(s, layer.eps, width, pad, x.device, x.dtype) for s in sigmas])
+    pad = stencil_radius(layer.jet_order)
+    factory = dict(device=x.device, dtype=x.dtype)
+    rows = torch.stack([smoothing_matrix(s, layer.eps, height, pad=pad, **factory) for s in sigmas])
+    cols = torch.stack([smoothing_matrix(s, layer.eps, width, pad=pad, **factory) for s in sigmas])
     smoothed = x @ cols[:, None, None].mT                        # (S, B, C, H, W + 2 pad)
     smoothed = rows[:, None, None] @ smoothed                    # (S, B, C, H + 2 pad, W + 2 pad)
     smoothed = smoothed.transpose(0, 1).reshape(batch, channels * c_in, height + 2 * pad, width + 2 * pad)

@@ -1,7 +1,7 @@
 """Measures the cost model that picks the Gaussian smoothing method: 'dense' against 'conv'.
 
-Smoothing (``gaussder_hf.kernels._smooth_padded``, the call a GD layer makes: mirror extension
-by the radius of the difference stencils included) is timed forward + backward with each
+Smoothing (``gaussder_hf.kernels.gaussian_smooth`` with ``pad``, the call a GD layer makes: mirror
+extension by the radius of the difference stencils included) is timed forward + backward with each
 method forced (:func:`gaussder_hf.kernels.smoothing_method`) on a grid of image sides and
 sigmas, the two methods interleaved, median of ``--repeats``. The table gives conv / dense
 (< 1: conv is faster) and, per sigma, the smallest side from which conv wins at every larger
@@ -41,7 +41,7 @@ def _time(x: torch.Tensor, sigma: float, eps: float, pad: int, method: str, back
         torch.cuda.synchronize(x.device)
     start = time.perf_counter()
     with kernels.smoothing_method(method):
-        y = kernels._smooth_padded(x, sigma, eps, 2, pad)
+        y = kernels.gaussian_smooth(x, sigma, eps, 2, pad=pad)
     if backward:
         x.grad = None
         y.sum().backward()

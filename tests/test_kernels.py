@@ -7,15 +7,20 @@ import scipy.signal
 import scipy.special
 import torch
 
-from gaussder_hf import kernels
 from gaussder_hf.kernels import (
+    clear_caches,
+    conv_nd,
+    difference_basis,
     difference_stencil,
     discrete_gaussian_kernel,
     gaussian_jet,
     gaussian_smooth,
     jet_indices,
+    operator_cache_info,
     reflect_index,
+    separable_filters,
     smoothing_matrix,
+    stencil_radius,
     truncation_radius,
 )
 
@@ -88,29 +93,104 @@ def test_reflect_index_is_numpy_reflect_even_for_wide_pads(size, pad):
 
 
 @pytest.mark.parametrize('sigma, size', [(1.0, 12), (3.0, 7), (10.0, 5), (2.0, 1)])
-def test_smoothing_matrix_equals_scipy_convolution_of_mirrored_signal(sigma, size):
+@pytest.mark.parametrize('pad', [0, 2, 15])
+def test_smoothing_matrix_equals_scipy_convolution_of_mirrored_signal(sigma, size, pad):
     eps = 1e-6
     rng = np.random.default_rng(0)
     signal = rng.standard_normal(size)
     kernel = discrete_gaussian_kernel(sigma, eps, dtype=torch.float64).numpy()
     n = len(kernel) // 2
     extended = signal[reflect_index(size, n)]
-    expected = scipy.signal.convolve(extended, kernel, mode='valid')
-    matrix = smoothing_matrix(sigma, eps, size, dtype=torch.float64).numpy()
+    expected = scipy.signal.convolve(extended, kernel, mode='valid')[reflect_index(size, pad)]
+    matrix = smoothing_matrix(sigma, eps, size, pad=pad, dtype=torch.float64).numpy()
+    assert matrix.shape == (size + 2 * pad, size)
     np.testing.assert_allclose(matrix @ signal, expected, atol=1e-12)
 
 
+@pytest.mark.parametrize('bad', [-1, 1.5, True, '2'])
+def test_bad_pad_and_size_are_rejected_naming_the_value(bad):
+    with pytest.raises(ValueError, match=f'pad.*{bad}'):
+        smoothing_matrix(1.0, 0.01, 8, pad=bad)
+    with pytest.raises(ValueError, match=f'pad.*{bad}'):
+        gaussian_smooth(torch.rand(1, 1, 8, 8), 1.0, pad=bad)
+    with pytest.raises(ValueError, match=f'size.*{bad}'):
+        smoothing_matrix(1.0, 0.01, bad)
+
+
 def test_operators_are_cached_and_rebuilt_identically_after_clearing():
+    clear_caches()
+    assert operator_cache_info()[:4] == (0, 0, 0, 0)
     torch.manual_seed(0)
     x = torch.randn(2, 3, 20, 20)
-    # Same (sigma, eps, size, device, dtype): the very same cached tensor storage.
     a = smoothing_matrix(1.7, 0.01, 20)
-    assert smoothing_matrix(1.7, 0.01, 20).data_ptr() == a.data_ptr()
-    before = gaussian_jet(x, 1.7, 2)
-    kernels.clear_caches()
-    assert kernels.operator_cache_bytes() == 0
-    torch.testing.assert_close(gaussian_jet(x, 1.7, 2), before, rtol=0, atol=0)
+    assert operator_cache_info()[:3] == (0, 1, 1)  # built once ...
     torch.testing.assert_close(smoothing_matrix(1.7, 0.01, 20), a, rtol=0, atol=0)
+    assert operator_cache_info()[:3] == (1, 1, 1)  # ... and found the second time
+    before = gaussian_jet(x, 1.7, 2)
+    built = operator_cache_info()
+    assert built.misses > 1 and built.nbytes > 0
+    torch.testing.assert_close(gaussian_jet(x, 1.7, 2), before, rtol=0, atol=0)
+    assert operator_cache_info().misses == built.misses  # the same call again builds nothing
+    clear_caches()
+    assert operator_cache_info()[:4] == (0, 0, 0, 0)
+    torch.testing.assert_close(smoothing_matrix(1.7, 0.01, 20), a, rtol=0, atol=0)
+    torch.testing.assert_close(gaussian_jet(x, 1.7, 2), before, rtol=0, atol=0)
+    assert operator_cache_info()[1:] == built[1:]  # rebuilt: the same operators, the same bytes
+
+
+@pytest.mark.parametrize('jet_order, radius', [(1, 1), (2, 1), (3, 2)])
+def test_stencil_radius_is_the_reach_of_the_widest_difference(jet_order, radius):
+    assert stencil_radius(jet_order) == radius
+    assert max(len(difference_stencil(order)) // 2 for order in range(jet_order + 1)) == radius
+    with pytest.raises(ValueError, match='jet_order.*4'):
+        stencil_radius(4)
+
+
+def _monomials(radius: int, dims: int, beta) -> np.ndarray:
+    """``prod_d x_d**beta_d / beta_d!`` on the grid ``-radius..radius`` per axis."""
+    axis = np.arange(-radius, radius + 1, dtype=float)
+    grids = np.meshgrid(*([axis] * dims), indexing='ij')
+    return np.prod([g ** b / math.factorial(b) for g, b in zip(grids, beta)], axis=0)
+
+
+@pytest.mark.parametrize('dims', [1, 2, 3])
+@pytest.mark.parametrize('jet_order', [1, 2, 3])
+def test_difference_basis_differentiates_low_degree_polynomials_exactly(dims, jet_order):
+    # delta^alpha at the centre of its support gives d^alpha p(0) for every polynomial p of degree
+    # <= |alpha| + 1, and d^alpha of x**beta / beta! at 0 is 1 for beta == alpha, else 0.
+    basis = difference_basis(jet_order, dims, zero_order=True).numpy()
+    radius = stencil_radius(jet_order)
+    alphas = jet_indices(jet_order, dims, zero_order=True)
+    assert basis.shape == (len(alphas), *([2 * radius + 1] * dims))
+    checked = 0
+    for member, alpha in zip(basis, alphas):
+        for beta in np.ndindex(*([jet_order + 2] * dims)):
+            if sum(beta) <= sum(alpha) + 1:
+                response = (member * _monomials(radius, dims, beta)).sum()
+                assert response == pytest.approx(float(tuple(beta) == alpha), abs=1e-12), (alpha, beta)
+                checked += 1
+    assert checked > len(alphas)
+    with pytest.raises(ValueError, match='spatial_dims.*4'):
+        difference_basis(2, 4)
+
+
+def test_separable_filters_are_outer_products():
+    rng = np.random.default_rng(0)
+    one_d = [torch.tensor(rng.standard_normal(5)) for _ in range(3)]
+    a, b, c = (t.numpy() for t in one_d)
+    two = separable_filters(one_d, [(0, 2), (2, 1)]).numpy()
+    assert two.shape == (2, 5, 5)
+    np.testing.assert_allclose(two[0], np.einsum('i,j->ij', a, c), rtol=1e-15)
+    np.testing.assert_allclose(two[1], np.einsum('i,j->ij', c, b), rtol=1e-15)
+    three = separable_filters(one_d, [(1, 1, 2), (0, 1, 2)]).numpy()
+    np.testing.assert_allclose(three[0], np.einsum('i,j,k->ijk', b, b, c), rtol=1e-15)
+    np.testing.assert_allclose(three[1], np.einsum('i,j,k->ijk', a, b, c), rtol=1e-15)
+
+
+def test_conv_nd_names_torch_convolutions():
+    assert conv_nd(1) is torch.nn.functional.conv1d and conv_nd(3) is torch.nn.functional.conv3d
+    with pytest.raises(ValueError, match='spatial_dims.*0'):
+        conv_nd(0)
 
 
 def _gaussian_blob_derivatives(coords, variance, alpha):
@@ -195,8 +275,10 @@ def test_bad_signal_shape_is_rejected():
 def test_kernels_first_built_in_inference_mode_still_train():
     from gaussder_hf.layers import GaussDerConv
     layer = GaussDerConv(2, 3)
-    x = torch.rand(1, 2, 23, 17)  # a size and sigma no other test uses: the caches start here
+    x = torch.rand(1, 2, 23, 17)
+    clear_caches()  # the operators are first built under inference mode, whatever ran before
     with torch.inference_mode():
         layer(x, 1.37)
+    assert operator_cache_info().misses > 0
     layer(x.requires_grad_(), 1.37).sum().backward()
     assert x.grad is not None and layer.weight.grad is not None

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from gaussder_hf import kernels
 from gaussder_hf.kernels import (
     clear_caches,
     discrete_gaussian_kernel,
     gaussian_jet,
     gaussian_smooth,
     operator_cache_bytes,
+    operator_cache_info,
     set_operator_cache_budget,
     smoothing_method,
     uses_conv_smoothing,
@@ -46,7 +46,7 @@ def test_both_methods_equal_numpy_mirror_convolution(method, shape, spatial_dims
     signal = rng.standard_normal(shape)
     expected = _numpy_smooth(signal, sigma, 1e-4, spatial_dims, pad)
     with smoothing_method(method):
-        got = kernels._smooth_padded(torch.tensor(signal), sigma, 1e-4, spatial_dims, pad)
+        got = gaussian_smooth(torch.tensor(signal), sigma, 1e-4, spatial_dims, pad=pad)
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-12)
 
 
@@ -152,13 +152,16 @@ def test_both_paths_compile_in_one_graph_and_export(method):
 
 def test_operator_cache_is_bounded_by_its_byte_budget():
     torch.manual_seed(0)
+    clear_caches()
     old = set_operator_cache_budget(2 ** 20)
     try:
         with smoothing_method('dense'):
             for size in range(40, 240, 10):  # 20 sizes; the largest padded matrices are ~0.2 MB each
                 gaussian_jet(torch.randn(1, 1, size, size), 2.0)
                 assert operator_cache_bytes() <= 2 ** 20
-        assert operator_cache_bytes() > 0
+        info = operator_cache_info()
+        assert 0 < info.nbytes == operator_cache_bytes() <= info.budget_bytes == 2 ** 20
+        assert info.misses > info.entries  # the first sizes were dropped to make room
         x = torch.randn(1, 2, 50, 50)
         with smoothing_method('dense'):
             kept = gaussian_jet(x, 3.0)
