@@ -58,7 +58,7 @@ import datasets
 import numpy as np
 
 from ..input_pipeline import decode_image, image_channels, open_image, to_model_channels
-from ..rescaling import SIZE_FACTORS, _check_canvas, check_background, rescale_batch, size_factor_name
+from ..rescaling import SIZE_FACTORS, check_background, check_canvas, rescale_batch, size_factor_name
 from .builder import _CITATION
 
 __all__ = ['RescaledImages', 'RescaledImagesConfig']
@@ -174,7 +174,7 @@ class RescaledImagesConfig(datasets.BuilderConfig):
             value = getattr(self, option)
             if value is not None:
                 try:
-                    canvas = _check_canvas(tuple(value) if isinstance(value, list) else value)
+                    canvas = check_canvas(tuple(value) if isinstance(value, list) else value)
                 except ValueError:
                     raise ValueError(
                         f'{option} must be a positive int or a pair (height, width), got {value!r}') from None
