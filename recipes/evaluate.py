@@ -67,7 +67,7 @@ from gaussder_hf.data.sample import (
     DataSource,
     default_data_source,
 )
-from gaussder_hf.dataset_sources import FASHION_MNIST_DEBIAN_DIR
+from gaussder_hf.data.sources import FASHION_MNIST_DEBIAN_DIR
 from gaussder_hf.input_pipeline import InputPipeline, image_channels, model_normalisation
 from gaussder_hf.rescaling import SIZE_FACTORS, size_factor_name
 

@@ -1,4 +1,4 @@
-"""Fashion-MNIST for tests and benchmarks: a thin re-export of :mod:`gaussder_hf.dataset_sources`.
+"""Fashion-MNIST for tests and benchmarks: a thin re-export of :mod:`gaussder_hf.data.sources`.
 
 Debian's ``dataset-fashion-mnist`` package installs the official gzip-compressed IDX files at
 ``/usr/share/datasets/fashion-mnist`` (override with ``$FASHION_MNIST_DIR``).
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from gaussder_hf.dataset_sources import FASHION_MNIST_DEBIAN_DIR, read_fashion_mnist, read_idx
+from gaussder_hf.data.sources import FASHION_MNIST_DEBIAN_DIR, read_fashion_mnist, read_idx
 
 __all__ = ['FASHION_DIR', 'FASHION_MNIST_DIR', 'read_idx', 'load_fashion_mnist', 'fashion_mnist_available',
            'needs_fashion']

@@ -1,4 +1,4 @@
-"""Readers of the original benchmark files (gaussder_hf.dataset_sources).
+"""Readers of the original benchmark files (gaussder_hf.data.sources).
 
 Fashion-MNIST is read from Debian's real files. CIFAR-10 and STL-10 are not available offline, so
 small files are written here in the exact official layouts (Python-2-style pickles of numpy
@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import io
 import os
 import pickle
 import pickletools
 import struct
+import sys
 import tarfile
 
 import numpy as np
 import pytest
 
-from gaussder_hf import dataset_sources as ds
+from gaussder_hf.data import sources as ds
 from gaussder_hf.presets import DATASET_INFO
 
 FMNIST_DIR = os.environ.get('FASHION_MNIST_DIR', ds.FASHION_MNIST_DEBIAN_DIR)
@@ -53,6 +55,18 @@ def test_sources_and_class_names():
     assert all(len(v) == 10 for v in ds.CLASS_NAMES.values())
     with pytest.raises(ValueError, match='unknown dataset'):
         ds.check_files('mnist', '.')
+
+
+def test_the_old_module_path_still_imports_with_a_deprecation_warning(monkeypatch):
+    import gaussder_hf
+    monkeypatch.delitem(sys.modules, 'gaussder_hf.dataset_sources', raising=False)
+    monkeypatch.delattr(gaussder_hf, 'dataset_sources', raising=False)
+    with pytest.warns(DeprecationWarning, match='gaussder_hf.data.sources'):
+        old = importlib.import_module('gaussder_hf.dataset_sources')
+    assert old is ds
+    from gaussder_hf.dataset_sources import OFFICIAL_MD5, read_fashion_mnist
+    assert read_fashion_mnist is ds.read_fashion_mnist and OFFICIAL_MD5 is ds.OFFICIAL_MD5
+    assert gaussder_hf.dataset_sources is ds
 
 
 def test_verify_md5(tmp_path):

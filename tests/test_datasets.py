@@ -11,7 +11,7 @@ from fashion_mnist import FASHION_DIR, needs_fashion
 import gaussder_hf  # noqa: F401  (registers the builders)
 from gaussder_hf.data import BUILDERS, builder_for, split_names, stl10_split_ids
 from gaussder_hf.data.export import export_dataset, push_dataset_folder
-from gaussder_hf.dataset_sources import read_fashion_mnist
+from gaussder_hf.data.sources import read_fashion_mnist
 
 LIMIT = 40  # originals per split: enough to check everything, fast enough for CI
 
@@ -219,9 +219,9 @@ from test_dataset_sources import _pattern, _tar_gz, _write_cifar, _write_stl  # 
 
 def accept_as_official(monkeypatch, dataset: str, folder) -> None:
     """Makes the builders' md5 check accept the files in ``folder`` as the official files of ``dataset``."""
-    from gaussder_hf import dataset_sources
-    md5s = {name: dataset_sources.content_md5(folder / name) for name in dataset_sources.OFFICIAL_MD5[dataset]}
-    monkeypatch.setitem(dataset_sources.OFFICIAL_MD5, dataset, md5s)
+    from gaussder_hf.data import sources
+    md5s = {name: sources.content_md5(folder / name) for name in sources.OFFICIAL_MD5[dataset]}
+    monkeypatch.setitem(sources.OFFICIAL_MD5, dataset, md5s)
 
 
 def test_cifar10_from_the_official_archive(tmp_path, monkeypatch):
@@ -277,7 +277,7 @@ def test_corrupt_sources_fail_loudly(tmp_path, monkeypatch):
 def _serve_downloads(monkeypatch, files: dict, md5: dict):
     """Makes the builders' downloads resolve to local files: url -> path, with the given md5s."""
     from gaussder_hf.data import builder as builder_module
-    from gaussder_hf.dataset_sources import SourceFile
+    from gaussder_hf.data.sources import SourceFile
 
     sources = {'stl10': tuple(SourceFile(name, f'https://example.invalid/{name}', md5[name]) for name in files)}
     monkeypatch.setattr(builder_module, 'SOURCES', sources)

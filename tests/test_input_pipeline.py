@@ -36,7 +36,7 @@ from gaussder_hf.data.sample import (
     FASHION_MNIST_SAMPLE_MD5,
     default_data_source,
 )
-from gaussder_hf.dataset_sources import read_fashion_mnist
+from gaussder_hf.data.sources import read_fashion_mnist
 from gaussder_hf.image_processing import GaussDerResNetImageProcessor
 from gaussder_hf.input_pipeline import InputPipeline, decode_image, image_channels, place_on_canvas, to_model_channels
 

@@ -9,7 +9,7 @@ from PIL import Image
 from recipe_modules import load_recipe
 
 import gaussder_hf  # noqa: F401  (registers the builders with datasets)
-from gaussder_hf.dataset_sources import CLASS_NAMES, read_fashion_mnist
+from gaussder_hf.data.sources import CLASS_NAMES, read_fashion_mnist
 from gaussder_hf.rescaling import SIZE_FACTORS, size_factor_name
 
 N_TEST = 60

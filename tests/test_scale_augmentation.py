@@ -45,7 +45,7 @@ def _training_set(tmp_path, data, *overrides):
 @needs_fashion
 @pytest.mark.parametrize('k', [-2, 1])  # s = 1/sqrt2 (the object shrinks), 2**(1/4) (it grows)
 def test_fixed_size_factor_gives_the_rescaled_test_split_pixel_for_pixel(tmp_path, fashion, k):
-    from gaussder_hf.dataset_sources import read_fashion_mnist
+    from gaussder_hf.data.sources import read_fashion_mnist
     from gaussder_hf.rescaling import rescale_batch, size_factor_name
 
     s = 2.0 ** (k / 4)

@@ -22,7 +22,7 @@ from datasets import load_dataset
 from test_dataset_sources import _cifar_row, _idx, _pattern, _py2_pickle, _write_cifar, _write_stl
 
 import gaussder_hf  # noqa: F401  (registers the builders)
-from gaussder_hf import dataset_sources as ds
+from gaussder_hf.data import sources as ds
 
 FASHION_DIR = ds.FASHION_MNIST_DEBIAN_DIR
 needs_fashion = pytest.mark.skipif(

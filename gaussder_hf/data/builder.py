@@ -15,8 +15,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from ..dataset_sources import CLASS_NAMES, SOURCES, check_files, verify_files, verify_md5
 from ..rescaling import SIZE_FACTORS, rescale_batch, size_factor_name
+from .sources import CLASS_NAMES, SOURCES, check_files, verify_files, verify_md5
 
 __all__ = ['RescaledConfig', 'RescaledImageBuilder', 'split_names']
 
@@ -71,7 +71,7 @@ class RescaledConfig(datasets.BuilderConfig):
 class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
     """Builds a rescaled benchmark from the original files (``data_dir``) or their official URLs."""
 
-    SOURCE: str = ''                   # key of dataset_sources.SOURCES
+    SOURCE: str = ''                   # key of sources.SOURCES
     TRAIN_CANVAS: int = 0              # side of the training / validation images
     TEST_CANVAS: int = 0               # side of the test images
     BACKGROUND: str = 'black'          # 'black' or 'mirror' (rescaling.rescale_batch)
@@ -105,7 +105,7 @@ class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
         """Returns the folder the readers should read and the content md5s of the original files in ``data_dir``.
 
         An archive is extracted into ``<cache_dir>/gaussder_hf/extracted``, and the extracted
-        folder is returned. Every file must match its official md5 (dataset_sources.verify_files);
+        folder is returned. Every file must match its official md5 (sources.verify_files);
         the md5s are remembered in ``<cache_dir>/gaussder_hf/verified.json`` by each file's stat.
         ``test_only`` needs the test files alone; the package's Fashion-MNIST sample is checked
         against its own md5s.

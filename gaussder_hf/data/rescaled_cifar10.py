@@ -6,9 +6,9 @@ mirror-extended. Splits: ``train`` = official training batches 1-4 (40,000 image
 """
 from __future__ import annotations
 
-from ..dataset_sources import read_cifar10
 from ..presets import DATASET_INFO
 from .builder import RescaledImageBuilder
+from .sources import read_cifar10
 
 
 class RescaledCIFAR10(RescaledImageBuilder):

@@ -5,9 +5,9 @@ Splits from the official files: ``train`` = the first 50,000 official training i
 """
 from __future__ import annotations
 
-from ..dataset_sources import read_fashion_mnist
 from ..presets import DATASET_INFO
 from .builder import RescaledImageBuilder
+from .sources import read_fashion_mnist
 
 
 class RescaledFashionMNIST(RescaledImageBuilder):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dataset_sources import read_stl10
 from ..presets import DATASET_INFO
 from .builder import RescaledImageBuilder
+from .sources import read_stl10
 
 OFFICIAL_TRAIN = 5_000
 SPLIT_SIZES = dict(train=7_000, validation=1_000, test=3_600)

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..dataset_sources import FASHION_MNIST_DEBIAN_DIR, SOURCES, check_files
+from .sources import FASHION_MNIST_DEBIAN_DIR, SOURCES, check_files
 
 __all__ = ['DATA_DIR_ENV', 'DataSource', 'FASHION_MNIST_SAMPLE_DIR', 'FASHION_MNIST_SAMPLE_MD5',
            'FASHION_MNIST_SAMPLE_SIZE', 'FULL_DATA_HINT', 'default_data_source']

@@ -1,5 +1,8 @@
 """Readers of the ORIGINAL benchmark files, in their official formats, and where to download them.
 
+The sources of the rescaled dataset builders of :mod:`gaussder_hf.data` (formerly
+``gaussder_hf.dataset_sources``, which still imports, with a ``DeprecationWarning``).
+
 Three datasets are read (docs/design.md §4):
 
 * Fashion-MNIST: the four gzip-compressed IDX files of Zalando research. Debian's
@@ -50,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .presets import DATASET_INFO
+from ..presets import DATASET_INFO
 
 __all__ = [
     'SourceFile', 'SOURCES', 'CLASS_NAMES', 'FASHION_MNIST_DEBIAN_DIR', 'FASHION_MNIST_DEBIAN_MD5',
