@@ -242,7 +242,7 @@ def _canvas_pair(canvas) -> tuple[int, int]:
         if set(canvas) != {'height', 'width'}:
             raise ValueError(f"a canvas dict must be {{'height': H, 'width': W}}, got {canvas!r}")
         canvas = (canvas['height'], canvas['width'])
-    return rescaling._check_canvas(canvas)
+    return rescaling.check_canvas(canvas)
 
 
 def place_on_canvas(image: torch.Tensor, canvas, background: str) -> torch.Tensor:

@@ -20,7 +20,18 @@ Both give the same numbers up to rounding (the same taps, summed in another orde
 The fixed operators (dense matrices, kernel taps, reflection indices, difference stencils)
 are built on first use and kept in one least-recently-used cache bounded by bytes
 (:func:`set_operator_cache_budget`, :func:`operator_cache_bytes`, :func:`clear_caches`), so a
-network fed images of many sizes does not accumulate matrices without bound.
+network fed images of many sizes does not accumulate matrices without bound
+(:func:`operator_cache_info` counts its hits and misses).
+
+What the layers (:mod:`gaussder_hf.layers`) build on: :func:`gaussian_smooth` with ``pad``
+(smoothing and the mirror extension the difference stencils need, in one pass),
+:func:`difference_basis` (the central differences of the jet on their common support of radius
+:func:`stencil_radius`), :func:`separable_filters` (the outer products that turn 1-D filters into
+the jet's N-D filters) and :func:`conv_nd`.
+
+The boundary rule, mirror extension (:func:`reflect_index`), has its one home here: smoothing,
+:func:`mirror_pad` and the canvases of :mod:`gaussder_hf.rescaling` (:func:`centred_reflect_index`)
+all use it.
 """
 from __future__ import annotations
 
@@ -31,6 +42,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from itertools import product
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -41,9 +53,12 @@ __all__ = [
     'check_sigma',
     'check_eps',
     'check_jet_order',
+    'stencil_radius',
     'truncation_radius',
     'discrete_gaussian_kernel',
     'difference_stencil',
+    'difference_basis',
+    'separable_filters',
     'jet_indices',
     'jet_normalisation',
     'reflect_index',
@@ -53,11 +68,14 @@ __all__ = [
     'smoothing_method',
     'uses_conv_smoothing',
     'clear_caches',
+    'OperatorCacheInfo',
+    'operator_cache_info',
     'operator_cache_bytes',
     'set_operator_cache_budget',
     'gaussian_smooth',
     'gaussian_jet',
     'composed_kernel_1d',
+    'conv_nd',
 ]
 
 MAX_JET_ORDER = 3
@@ -99,6 +117,16 @@ def check_jet_order(jet_order: int) -> int:
     return int(jet_order)
 
 
+def stencil_radius(jet_order: int) -> int:
+    """Returns r, the radius of the common support of the central differences of the N-jet.
+
+    ``r = (jet_order + 1) // 2``: the stencils of orders 1 and 2 (eq. 57, 58) reach one sample
+    to each side, those of order 3 (eq. 60) two. It is how far a GD layer mirror-extends the
+    smoothed input so that its output keeps the input's size.
+    """
+    return (check_jet_order(jet_order) + 1) // 2
+
+
 # The cached tensors must be real even when they are first built while tracing (torch.export,
 # torch.compile run the forward under a fake-tensor mode): a fake tensor left in a cache would
 # come back to later eager calls.
@@ -116,6 +144,16 @@ def _constant(array, device: torch.device | None, dtype: torch.dtype | None = No
         return torch.as_tensor(np.array(array, order='C'), device=device, dtype=dtype)
 
 
+class OperatorCacheInfo(NamedTuple):
+    """Statistics of the operator cache since the last :func:`clear_caches`."""
+
+    hits: int  #: look-ups answered from the cache
+    misses: int  #: look-ups that built their operator
+    entries: int  #: operators held now
+    nbytes: int  #: bytes of tensor storage held now
+    budget_bytes: int  #: the most bytes it keeps (:func:`set_operator_cache_budget`)
+
+
 class _OperatorCache:
     """A least-recently-used cache of tensors bounded by the bytes it holds.
 
@@ -128,14 +166,18 @@ class _OperatorCache:
         self.budget_bytes = int(budget_bytes)
         self._entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._bytes = 0
+        self.hits = 0
+        self.misses = 0
         self._lock = threading.Lock()
 
     def get(self, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
         with self._lock:
             tensor = self._entries.get(key)
             if tensor is not None:
+                self.hits += 1
                 self._entries.move_to_end(key)
                 return tensor
+            self.misses += 1
         tensor = build()
         size = tensor.untyped_storage().nbytes()
         with self._lock:
@@ -160,6 +202,11 @@ class _OperatorCache:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+            self.hits = self.misses = 0
+
+    def info(self) -> OperatorCacheInfo:
+        with self._lock:
+            return OperatorCacheInfo(self.hits, self.misses, len(self._entries), self._bytes, self.budget_bytes)
 
     @property
     def nbytes(self) -> int:
@@ -174,7 +221,8 @@ _CACHE = _OperatorCache(_DEFAULT_CACHE_BUDGET)
 
 def clear_caches() -> None:
     """Drops every cached operator (dense smoothing matrices, kernel taps, reflection indices,
-    difference stencils). They are rebuilt on next use; results do not change."""
+    difference stencils) and resets the statistics of :func:`operator_cache_info`. They are
+    rebuilt on next use; results do not change."""
     _CACHE.clear()
     _kernel_np.cache_clear()
     _stencil_basis_cached.cache_clear()
@@ -183,6 +231,16 @@ def clear_caches() -> None:
 def operator_cache_bytes() -> int:
     """Returns the bytes of tensor storage the operator cache holds now."""
     return _CACHE.nbytes
+
+
+def operator_cache_info() -> OperatorCacheInfo:
+    """Returns the hits, misses, entries and bytes of the operator cache since :func:`clear_caches`.
+
+    Every eager smoothing call looks its operators up (a dense matrix per axis, or the kernel taps
+    and, for kernels wider than the image, reflection indices); a miss builds one. Calls traced
+    by ``torch.compile`` build their operators in the graph and do not count.
+    """
+    return _CACHE.info()
 
 
 def set_operator_cache_budget(budget_bytes: int) -> int:
@@ -384,21 +442,33 @@ def smoothing_matrix(
         eps: float,
         size: int,
         *,
+        pad: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Returns the ``(size, size)`` matrix M of discrete Gaussian smoothing with mirror extension.
+    """Returns the ``(size + 2 pad, size)`` matrix M of discrete Gaussian smoothing with mirror extension.
 
     ``(M @ f)[i] = sum_{|n|<=N} T(n; sigma**2) f_ext(i + n)`` where ``f_ext`` is ``f`` mirror
     extended (:func:`reflect_index`). Folding the boundary into a dense matrix makes smoothing a
     single matrix product whose cost does not depend on sigma, and kernels wider than the
     signal need no special case. This is the operator of the ``'dense'`` smoothing method.
+    With ``pad > 0`` the smoothed signal is mirror-extended by ``pad`` samples on both sides too
+    (the rows of the ``pad = 0`` matrix at the reflected positions).
+
+    The matrix is shared with the operator cache: treat it as read-only.
     """
     sigma, eps = check_sigma(sigma), check_eps(eps)
-    if size < 1:
-        raise ValueError(f'size must be >= 1, got {size!r}')
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f'size must be an integer >= 1, got {size!r}')
+    pad = _check_pad(pad)
     device = torch.device(device) if device is not None else torch.device('cpu')
-    return _smoothing_matrix_cached(sigma, eps, int(size), device, dtype).T
+    return _smoothing_operator(sigma, eps, int(size), pad, device, dtype)
+
+
+def _check_pad(pad: int) -> int:
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+        raise ValueError(f'pad must be an integer >= 0, got {pad!r}')
+    return int(pad)
 
 
 def _padded_smoothing_matrix_cached(
@@ -577,36 +647,105 @@ def _smooth_padded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
     return _smooth_dense(x, sigma, eps, spatial_dims, pad)
 
 
-def gaussian_smooth(x: torch.Tensor, sigma: float, eps: float = 0.01, spatial_dims: int | None = None) -> torch.Tensor:
+def gaussian_smooth(
+        x: torch.Tensor,
+        sigma: float,
+        eps: float = 0.01,
+        spatial_dims: int | None = None,
+        *,
+        pad: int = 0,
+) -> torch.Tensor:
     """Returns ``x`` smoothed separably with the discrete Gaussian along its trailing spatial dims.
 
-    Mirror extension at the boundary. ``x`` has shape ``(..., *spatial)`` with
-    ``spatial_dims`` (default ``x.ndim - 2``) trailing spatial dimensions.
+    Mirror extension at the boundary (:func:`reflect_index`). The smoothing method (``'dense'``
+    or ``'conv'``) follows the cost model of the module docstring.
+
+    Args:
+        x: tensor ``(..., *spatial)``.
+        sigma: scale (standard deviation of the Gaussian), > 0.
+        eps: relative truncation error of the discrete Gaussian.
+        spatial_dims: number of trailing spatial dimensions, 1..3 (default ``x.ndim - 2``).
+        pad: also mirror-extend the smoothed result by ``pad`` samples on both sides of every
+            spatial dimension (what the difference stencils of a GD layer need, see
+            :func:`stencil_radius`); this costs no extra pass over the data.
+
+    Returns:
+        Tensor ``(..., *(n + 2 pad for n in spatial))``. On the ``'conv'`` path it may be
+        channels-last, the layout the convolutions that consume it run fastest on.
     """
     spatial_dims = _check_signal(x, spatial_dims)
     sigma, eps = check_sigma(sigma), check_eps(eps)
-    return _smooth_padded(x, sigma, eps, spatial_dims, 0)
+    return _smooth_padded(x, sigma, eps, spatial_dims, _check_pad(pad))
+
+
+def separable_filters(one_d: Sequence[torch.Tensor], alphas: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Returns the separable N-D filters ``one_d[alpha[0]] x one_d[alpha[1]] x ...`` for every ``alpha``.
+
+    This is how the jet's filters are built from 1-D ones (eq. 59): the filter of ``delta^alpha``
+    (or of ``delta^alpha T_sigma``) is the outer product over the axes of the 1-D filter of order
+    ``alpha[d]`` along axis ``d``.
+
+    Args:
+        one_d: 1-D filters of one common length ``K``, indexed by the order of differentiation.
+        alphas: multi-indices, e.g. :func:`jet_indices`.
+
+    Returns:
+        Tensor ``(len(alphas), K, ..., K)`` with one axis of length ``K`` per entry of ``alpha``.
+    """
+    filters = []
+    for alpha in alphas:
+        kernel = one_d[alpha[0]]
+        for order in alpha[1:]:
+            kernel = torch.outer(kernel.reshape(-1), one_d[order]).reshape(*kernel.shape, -1)
+        filters.append(kernel)
+    return torch.stack(filters)
 
 
 @lru_cache(maxsize=64)
 def _stencil_basis_cached(
         jet_order: int, spatial_dims: int, zero_order: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     # The difference operators delta^alpha of the jet as correlation filters on one common
-    # support of radius (jet_order + 1) // 2, shape (J, *(2 radius + 1,) * spatial_dims).
-    radius = (jet_order + 1) // 2
-    one_d = []
-    for order in range(jet_order + 1):
-        stencil = np.zeros(2 * radius + 1)
-        own = len(_STENCILS[order]) // 2
-        stencil[radius - own: radius + own + 1] = _STENCILS[order]
-        one_d.append(stencil)
-    basis = []
-    for alpha in jet_indices(jet_order, spatial_dims, zero_order):
-        kernel = one_d[alpha[0]]
-        for order in alpha[1:]:
-            kernel = np.multiply.outer(kernel, one_d[order])
-        basis.append(kernel)
-    return _constant(np.stack(basis), device, dtype)
+    # support of radius stencil_radius(jet_order), shape (J, *(2 radius + 1,) * spatial_dims).
+    radius = stencil_radius(jet_order)
+    with _unset_fake_mode(), torch.inference_mode(False):
+        one_d = []
+        for order in range(jet_order + 1):
+            own = len(_STENCILS[order]) // 2
+            one_d.append(F.pad(difference_stencil(order), (radius - own, radius - own)))
+        basis = separable_filters(one_d, jet_indices(jet_order, spatial_dims, zero_order))
+        return basis.to(device=device, dtype=dtype)
+
+
+def difference_basis(
+        jet_order: int,
+        spatial_dims: int = 2,
+        zero_order: bool = False,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """Returns the central differences ``delta^alpha`` of the N-jet as correlation filters on one support.
+
+    Eq. (57)-(60), combined over the axes by :func:`separable_filters`; every filter is
+    zero-padded to the common radius ``r = stencil_radius(jet_order)``, so that a weighted sum
+    over the jet, ``sum_alpha w[alpha] delta^alpha``, is one small filter (3x3 in 2-D for
+    jet_order <= 2, 5x5 for 3). The filters act on a signal mirror-extended by ``r``.
+
+    The tensor is shared with a cache: treat it as read-only.
+
+    Args:
+        jet_order: highest total order of differentiation, 1..3.
+        spatial_dims: 1, 2 or 3.
+        zero_order: also include the identity (``alpha = 0``) as the first filter.
+        device: device of the returned tensor.
+        dtype: dtype of the returned tensor.
+
+    Returns:
+        Tensor ``(J, *(2 r + 1,) * spatial_dims)`` whose ``J`` members follow :func:`jet_indices`.
+    """
+    jet_indices(jet_order, spatial_dims, zero_order)  # checks jet_order and spatial_dims
+    device = torch.device(device) if device is not None else torch.device('cpu')
+    return _stencil_basis(int(jet_order), spatial_dims, bool(zero_order), device, dtype)
 
 
 def _stencil_basis(
@@ -622,7 +761,14 @@ def _stencil_basis_values(jet_order: int, spatial_dims: int, zero_order: bool) -
     return _stencil_basis_cached(jet_order, spatial_dims, zero_order, torch.device('cpu'), torch.float64).tolist()
 
 
-_CONV = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def conv_nd(spatial_dims: int) -> Callable[..., torch.Tensor]:
+    """Returns torch's functional convolution (a correlation) for signals with 1, 2 or 3 spatial dims."""
+    if spatial_dims not in _CONV:
+        raise ValueError(f'spatial_dims must be 1, 2 or 3, got {spatial_dims!r}')
+    return _CONV[spatial_dims]
 
 
 def _check_signal(x: torch.Tensor, spatial_dims: int | None) -> int:
@@ -671,8 +817,7 @@ def gaussian_jet(
     # mirror-extended input and then smoothing: the smoothed extension keeps the mirror symmetry.
     # The extension is folded into the smoothing matrices, and all differences of the jet are
     # one convolution whose output channels are already laid out as (C, J): no stack.
-    radius = (jet_order + 1) // 2
-    smoothed = _smooth_padded(x, sigma, eps, spatial_dims, radius)
+    smoothed = _smooth_padded(x, sigma, eps, spatial_dims, stencil_radius(jet_order))
     basis = _stencil_basis(jet_order, spatial_dims, bool(zero_order), x.device, x.dtype)
     if scale_normalised:
         orders = [sum(alpha) for alpha in jet_indices(jet_order, spatial_dims, zero_order)]

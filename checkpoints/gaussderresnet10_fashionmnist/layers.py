@@ -26,20 +26,21 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .kernels import (
-    _CONV,
-    _smooth_padded,
-    _stencil_basis,
     check_eps,
     check_jet_order,
     check_sigma,
     composed_kernel_1d,
+    conv_nd,
+    difference_basis,
     gaussian_jet,
+    gaussian_smooth,
     jet_indices,
     jet_normalisation,
     mirror_pad,
+    separable_filters,
+    stencil_radius,
     truncation_radius,
 )
 
@@ -112,7 +113,7 @@ class _GaussDerBase(nn.Module):
 
     def smoothed(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """Returns ``T_sigma * x`` mirror-extended by the radius of the difference stencils."""
-        return _smooth_padded(x, sigma, self.eps, self.spatial_dims, (self.jet_order + 1) // 2)
+        return gaussian_smooth(x, sigma, self.eps, self.spatial_dims, pad=stencil_radius(self.jet_order))
 
     def difference_filters(self, weight: torch.Tensor) -> torch.Tensor:
         """Returns ``sum_alpha weight[..., alpha] delta^alpha`` as small filters, shape ``(*lead, *K)``.
@@ -120,7 +121,8 @@ class _GaussDerBase(nn.Module):
         ``weight`` has shape ``(*lead, J)``; ``K`` is the common support ``2 r + 1`` of the
         central differences (r = 1 for jet_order <= 2, 2 for jet_order = 3).
         """
-        basis = _stencil_basis(self.jet_order, self.spatial_dims, self.zero_order, weight.device, weight.dtype)
+        basis = difference_basis(self.jet_order, self.spatial_dims, self.zero_order, device=weight.device,
+                                 dtype=weight.dtype)
         return torch.matmul(weight, basis.view(self.jet_size, -1)).view(*weight.shape[:-1], *basis.shape[1:])
 
     def basis(self, sigma: float, dtype=torch.float64) -> torch.Tensor:
@@ -128,15 +130,11 @@ class _GaussDerBase(nn.Module):
 
         All kernels share one odd support, so that they can be combined into a dense filter.
         """
-        radius = truncation_radius(sigma, self.eps) + (self.jet_order + 1) // 2
+        radius = truncation_radius(sigma, self.eps) + stencil_radius(self.jet_order)
         one_d = [composed_kernel_1d(sigma, order, self.eps, radius) for order in range(self.jet_order + 1)]
-        kernels = []
-        for alpha in self.alphas:
-            kernel = one_d[alpha[0]]
-            for order in alpha[1:]:
-                kernel = torch.outer(kernel.reshape(-1), one_d[order]).reshape(*kernel.shape, -1)
-            kernels.append(kernel * jet_normalisation(alpha, sigma))
-        return torch.stack(kernels).to(dtype)
+        kernels = separable_filters(one_d, self.alphas)
+        factors = self.jet_factors(sigma, dtype=kernels.dtype).view(-1, *([1] * self.spatial_dims))
+        return (kernels * factors).to(dtype)
 
     def extra_repr(self) -> str:
         return (f'{self.in_channels}, {self.out_channels}, jet_order={self.jet_order}, '
@@ -205,10 +203,10 @@ class GaussDerConv(_GaussDerBase):
         if torch.is_autocast_enabled(x.device.type):
             # Low precision: the jet in float32, the mix as a 1x1 convolution in the autocast dtype.
             weight = self.mixing_weight(sigma).view(self.out_channels, -1, *([1] * self.spatial_dims))
-            out = _CONV[self.spatial_dims](self.float32_jet(x, sigma), weight, self.bias)
+            out = conv_nd(self.spatial_dims)(self.float32_jet(x, sigma), weight, self.bias)
             return out.contiguous(memory_format=_memory_format(x))
         weight = self.mixing_weight(sigma).view(self.out_channels, self.in_channels, self.jet_size)
-        out = _CONV[self.spatial_dims](self.smoothed(x, sigma), self.difference_filters(weight), self.bias)
+        out = conv_nd(self.spatial_dims)(self.smoothed(x, sigma), self.difference_filters(weight), self.bias)
         # The convolutional smoothing hands over channels-last maps (faster for both convolutions);
         # the output keeps the layout of the input.
         return out.contiguous(memory_format=_memory_format(x))
@@ -281,7 +279,7 @@ class DSGaussDerConv(_GaussDerBase):
     def _depthwise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         depthwise = self.depthwise_weight * self.jet_factors(sigma, x.device, self.depthwise_weight.dtype)
         filters = self.difference_filters(depthwise).unsqueeze(1)  # (C_in, 1, *K)
-        return _CONV[self.spatial_dims](self.smoothed(x, sigma), filters, groups=self.in_channels)
+        return conv_nd(self.spatial_dims)(self.smoothed(x, sigma), filters, groups=self.in_channels)
 
     def composed_kernel(self, sigma: float) -> torch.Tensor:
         """Returns the dense filter of the layer at ``sigma``, shape ``(C_out, C_in, *K)``."""
@@ -302,5 +300,4 @@ def dense_reference(layer: _GaussDerBase, x: torch.Tensor, sigma: float) -> torc
     kernel = layer.composed_kernel(sigma).to(x.dtype)
     radius = (kernel.shape[-1] - 1) // 2
     padded = mirror_pad(x, radius, range(2, x.ndim))
-    conv = (F.conv1d, F.conv2d, F.conv3d)[layer.spatial_dims - 1]
-    return conv(padded, kernel, layer.bias)
+    return conv_nd(layer.spatial_dims)(padded, kernel, layer.bias)

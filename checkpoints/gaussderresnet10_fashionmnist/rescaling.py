@@ -30,6 +30,12 @@ network at its native size lands on exactly the pixels the rescaled dataset put 
 
 Everything is vectorised over the batch (one resize call per chunk of at most 2048 images) and
 deterministic; no global state is touched.
+
+Why this module is top-level and not in :mod:`gaussder_hf.data`: besides the dataset builders,
+the input pipeline (:mod:`gaussder_hf.input_pipeline`) places every image with it, and the input
+pipeline is copied flat into saved model folders as remote code, where a ``from .data`` import
+has nothing to import. The mirror extension it uses is the one boundary rule of
+:mod:`gaussder_hf.kernels` (:func:`~gaussder_hf.kernels.centred_reflect_index`), not a copy.
 """
 from __future__ import annotations
 
@@ -43,7 +49,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from .kernels import centred_reflect_index
 
-__all__ = ['SIZE_FACTORS', 'BACKGROUNDS', 'size_factor_name', 'rescaled_size', 'place_on_canvas', 'rescale_batch']
+__all__ = [
+    'SIZE_FACTORS', 'BACKGROUNDS', 'size_factor_name', 'rescaled_size', 'check_canvas', 'check_background',
+    'place_on_canvas', 'rescale_batch',
+]
 
 #: The nine size factors ``2**(k/4)``, ``k = -4..4`` (0.5 ... 2.0).
 SIZE_FACTORS: tuple[float, ...] = tuple(2.0 ** (k / 4) for k in range(-4, 5))
@@ -85,7 +94,8 @@ def rescaled_size(size: int, s: float) -> int:
     return max(1, int(round(int(size) * value)))
 
 
-def _check_canvas(canvas) -> tuple[int, int]:
+def check_canvas(canvas) -> tuple[int, int]:
+    """Returns ``canvas`` (an int for a square, or ``(height, width)``) as a pair of positive ints."""
     if isinstance(canvas, numbers.Integral) and not isinstance(canvas, bool):
         canvas = (canvas, canvas)
     if not isinstance(canvas, (tuple, list)) or len(canvas) != 2 or not all(
@@ -143,7 +153,7 @@ def place_on_canvas(images: torch.Tensor, canvas: int | tuple[int, int], backgro
     :func:`gaussder_hf.input_pipeline.place_on_canvas` does). Any dtype and any other axes
     (batch, channels first or last) are kept.
     """
-    height, width = _check_canvas(canvas)
+    height, width = check_canvas(canvas)
     check_background(background)
     row_dim, col_dim = (d % images.ndim for d in dims)
     if row_dim == col_dim:
@@ -184,7 +194,7 @@ def rescale_batch(images, size_factor: float, canvas: int | tuple[int, int], bac
     Raises ``ValueError`` on bad arguments.
     """
     s = _check_size_factor(size_factor)
-    ch, cw = _check_canvas(canvas)
+    ch, cw = check_canvas(canvas)
     check_background(background)
     x = _as_uint8_array(images)
     grey = x.ndim == 3
