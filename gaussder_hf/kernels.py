@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from scipy.special import ive
 
 __all__ = [
+    'MAX_JET_ORDER',
     'check_sigma',
     'check_eps',
     'check_jet_order',
@@ -743,9 +744,11 @@ def difference_basis(
     Returns:
         Tensor ``(J, *(2 r + 1,) * spatial_dims)`` whose ``J`` members follow :func:`jet_indices`.
     """
-    jet_indices(jet_order, spatial_dims, zero_order)  # checks jet_order and spatial_dims
+    jet_order = check_jet_order(jet_order)
+    if spatial_dims not in (1, 2, 3):
+        raise ValueError(f'spatial_dims must be 1, 2 or 3, got {spatial_dims!r}')
     device = torch.device(device) if device is not None else torch.device('cpu')
-    return _stencil_basis(int(jet_order), spatial_dims, bool(zero_order), device, dtype)
+    return _stencil_basis(jet_order, int(spatial_dims), bool(zero_order), device, dtype)
 
 
 def _stencil_basis(
