@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gaussder_hf.rescaling import SIZE_FACTORS, rescale_batch, rescaled_size, size_factor_name
+from gaussder_hf.rescaling import SIZE_FACTORS, check_canvas, rescale_batch, rescaled_size, size_factor_name
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fashion_mnist import fashion_mnist_available, load_fashion_mnist  # noqa: E402
@@ -262,3 +262,6 @@ def test_bad_arguments_of_helpers():
     with pytest.raises(ValueError, match='nan'):
         rescaled_size(28, math.nan)
 
+    assert check_canvas(72) == (72, 72) and check_canvas([64, 48]) == (64, 48)
+    with pytest.raises(ValueError, match=re.escape("'72'")):
+        check_canvas('72')
