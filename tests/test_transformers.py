@@ -125,8 +125,8 @@ def test_forward_returns_transformers_output_with_loss():
 
 def test_checkpoint_folder_contents(checkpoint):
     _, folder = checkpoint
-    code = ['configuration.py', 'image_processing.py', 'input_pipeline.py', 'kernels.py', 'layers.py', 'model.py',
-            'modeling.py', 'presets.py', 'rescaling.py']
+    code = ['architecture.py', 'configuration.py', 'image_processing.py', 'input_pipeline.py', 'kernels.py',
+            'layers.py', 'model.py', 'modeling.py', 'presets.py', 'rescaling.py']
     assert sorted(os.listdir(folder)) == sorted(
         ['README.md', 'config.json', 'model.safetensors', 'preprocessor_config.json', *code])
     for name in code:  # the package's own modules, for trust_remote_code
