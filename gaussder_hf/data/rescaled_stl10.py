@@ -20,7 +20,7 @@ import numpy as np
 
 from ..dataset_sources import read_stl10
 from ..presets import DATASET_INFO
-from .builder import RescaledImageBuilder
+from .builder import RescaledImageBuilder, canvas_side
 
 OFFICIAL_TRAIN = 5_000
 SPLIT_SIZES = dict(train=7_000, validation=1_000, test=3_600)
@@ -52,8 +52,8 @@ class RescaledSTL10(RescaledImageBuilder):
     """STL-10 (labelled) at size factor 1 for training, and its test set at nine size factors 1/2 .. 2."""
 
     SOURCE = 'stl10'
-    TRAIN_CANVAS = 96
-    TEST_CANVAS = 192
+    TRAIN_CANVAS = canvas_side('stl10')
+    TEST_CANVAS = canvas_side('stl10', 'test_input_size')
     BACKGROUND = DATASET_INFO['stl10']['background']
     DESCRIPTION = (
         'Rescaled STL-10: 96x96 STL-10 images for training at size factor 1; test images rescaled (bicubic, '
