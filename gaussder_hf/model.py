@@ -196,8 +196,11 @@ class ShortcutConv(nn.Conv2d):
 # the network never subsamples. Checkpoints with that name load everywhere: plain
 # ``load_state_dict`` through the hook GaussDerBlock registers, timm through
 # ``checkpoint_filter_fn`` and transformers through ``from_pretrained``'s ``key_mapping``, all
-# three with this one rule: (pattern, replacement) for ``re.sub`` on a state-dict key.
-LEGACY_KEY_RENAMES: tuple[tuple[str, str], ...] = ((r'(blocks\.\d+)\.downsample\.', r'\1.shortcut.'),)
+# from this one table: old name of a block's submodule -> its name now.
+_LEGACY_BLOCK_NAMES = {'downsample': 'shortcut'}
+# The same as (pattern, replacement) for ``re.sub`` on a network's state-dict keys.
+LEGACY_KEY_RENAMES: tuple[tuple[str, str], ...] = tuple(
+    (rf'(blocks\.\d+)\.{old}\.', rf'\1.{new}.') for old, new in _LEGACY_BLOCK_NAMES.items())
 
 
 def rename_legacy_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -211,10 +214,11 @@ def rename_legacy_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
 
 
 def _rename_legacy_block_keys(module, state_dict, prefix, *args) -> None:
-    """Load-state-dict pre-hook of a block: renames its ``downsample.*`` tensors to ``shortcut.*`` in place."""
-    old = prefix + 'downsample.'
-    for key in [k for k in state_dict if k.startswith(old)]:
-        state_dict[prefix + 'shortcut.' + key[len(old):]] = state_dict.pop(key)
+    """Load-state-dict pre-hook of a block: renames the tensors of its submodules' old names in place."""
+    for old_name, new_name in _LEGACY_BLOCK_NAMES.items():
+        old = f'{prefix}{old_name}.'
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[f'{prefix}{new_name}.{key[len(old):]}'] = state_dict.pop(key)
 
 
 class GaussDerBlock(nn.Module):

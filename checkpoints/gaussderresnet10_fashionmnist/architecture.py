@@ -72,7 +72,7 @@ def _integer(low: int | None = None, high: int | None = None) -> Callable:
     return check
 
 
-def _sequence(item_ok: Callable, convert: type, item: str, scalar: bool = False) -> Callable:
+def _sequence(item_ok: Callable, convert: type, item: str, item_rule: str, scalar: bool = False) -> Callable:
     """Returns a check of a non-empty sequence (or, with ``scalar``, a single value) of valid items."""
     def check(value, _):
         if scalar and _is_finite(value):
@@ -81,9 +81,11 @@ def _sequence(item_ok: Callable, convert: type, item: str, scalar: bool = False)
         if isinstance(value, (str, bytes)) or not hasattr(value, '__iter__'):
             raise _Invalid
         values = tuple(value)
+        if not values:
+            raise _Invalid
         bad = [v for v in values if not item_ok(v)]
-        if not values or bad:
-            raise _Invalid(f'(the {item} {bad[0]!r} is not)' if bad else '(it is empty)')
+        if bad:
+            raise _Invalid(f'every {item} must be {item_rule}, got {bad[0]!r} in {value!r}')
         return tuple(convert(v) for v in values)
     return check
 
@@ -166,7 +168,7 @@ ARCHITECTURE: tuple[Hyperparameter, ...] = (
         'in_chans', 'an integer >= 1', _integer(1), _D['in_chans'], 'int', example=3, config_name='num_channels'),
     Hyperparameter(
         'channels', 'a non-empty sequence of integers >= 1 (first layer, then each residual block)',
-        _sequence(lambda c: _is_int(c) and c >= 1, int, 'channel count'), _D['channels'],
+        _sequence(lambda c: _is_int(c) and c >= 1, int, 'channel count', 'an integer >= 1'), _D['channels'],
         'list[int] | tuple[int, ...]', example=(4, 6)),
     Hyperparameter(
         'jet_order', f'an integer in 1..{MAX_JET_ORDER}', _integer(1, MAX_JET_ORDER), _D['jet_order'], 'int',
@@ -174,8 +176,8 @@ ARCHITECTURE: tuple[Hyperparameter, ...] = (
     Hyperparameter('zero_order', 'a bool (True or False)', _bool, _D['zero_order'], 'bool', example=True),
     Hyperparameter(
         'initial_scales', 'a number or a non-empty sequence of finite numbers > 0',
-        _sequence(lambda s: _is_finite(s) and s > 0, float, 'initial scale', scalar=True), _D['initial_scales'],
-        'list[float] | tuple[float, ...]', example=(0.9, 1.8)),
+        _sequence(lambda s: _is_finite(s) and s > 0, float, 'initial scale', 'a finite number > 0', scalar=True),
+        _D['initial_scales'], 'list[float] | tuple[float, ...]', example=(0.9, 1.8)),
     Hyperparameter(
         'scale_ratio', 'a finite number > 0', _real(lambda r: r > 0), _D['scale_ratio'], 'float', example=1.25),
     Hyperparameter(
@@ -212,8 +214,9 @@ def check_hyperparameter(name: str, value, checked: Mapping | None = None):
         return parameter.check(value, checked)
     except _Invalid as error:
         allowed = parameter.allowed(checked) if callable(parameter.allowed) else parameter.allowed
-        detail = f' {error}' if str(error) else ''
-        raise ValueError(f'{parameter.label} must be {allowed}, got {value!r}{detail}') from None
+        if str(error):  # a bad entry of a sequence: the message names it
+            raise ValueError(f'{parameter.label} must be {allowed}: {error}') from None
+        raise ValueError(f'{parameter.label} must be {allowed}, got {value!r}') from None
 
 
 def check_architecture(values: Mapping[str, Any]) -> dict[str, Any]:
