@@ -19,21 +19,22 @@ from pathlib import Path
 from string import Template
 
 import torch
-from huggingface_hub import EvalResult, HfApi, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from safetensors.torch import save_file
 from transformers.dynamic_module_utils import custom_object_save, get_relative_import_files
 
 from . import image_processing, modeling
+from .architecture import WEIGHTS_NAME, architecture_of
 from .configuration import GaussDerResNetConfig
 from .data import dataset_background
 from .image_processing import GaussDerResNetImageProcessor
 from .model import GaussDerResNet
 from .modeling import GaussDerResNetForImageClassification
 from .presets import DATASET_INFO, HUB_NAMESPACE, PRESETS
+from .rescaling import size_factor_name
 
-__all__ = ['save_for_hub', 'push_to_hub', 'config_from_model', 'render_model_card', 'write_model_code']
+__all__ = ['save_for_hub', 'push_to_hub', 'config_from_model', 'merged_card', 'render_model_card', 'write_model_code']
 
-WEIGHTS_NAME = 'model.safetensors'
 CARD_TEMPLATE = 'gaussderresnet.md'
 # Every card save_for_hub writes carries this tag; a README.md without it is the user's.
 CARD_TAG = 'gaussder_hf'
@@ -78,16 +79,12 @@ def config_from_model(
         class_names = [f'LABEL_{i}' for i in range(net.num_classes)]
     if len(class_names) != net.num_classes:
         raise ValueError(f'{len(class_names)} class names given for a model with {net.num_classes} classes')
-    grey = (0.5,) * net.in_chans
-    return GaussDerResNetConfig(
-        num_channels=net.in_chans, channels=list(net.channels), jet_order=net.jet_order, zero_order=net.zero_order,
-        initial_scales=list(net.initial_scales), scale_ratio=net.scale_ratio, eps=net.eps,
-        spatial_pool=net.spatial_pool, scale_pool=net.scale_pool, scale_dropout=net.scale_dropout.p,
-        scale_dropout_mode=net.scale_dropout_mode,
-        separable_from_block=net.separable_from_block, preset=preset,
+    grey = [0.5] * net.in_chans
+    return GaussDerResNetConfig.from_model_args(
+        architecture_of(net), preset=preset,
         image_size=list(info['input_size'][1:]) if info else [72, 72],
-        mean=list(info['mean']) if info and len(info['mean']) == net.in_chans else list(grey),
-        std=list(info['std']) if info and len(info['std']) == net.in_chans else list(grey),
+        mean=list(info['mean']) if info and len(info['mean']) == net.in_chans else grey,
+        std=list(info['std']) if info and len(info['std']) == net.in_chans else grey,
         id2label=dict(enumerate(class_names)), label2id={n: i for i, n in enumerate(class_names)})
 
 
@@ -98,8 +95,23 @@ def _card_template() -> str:
         return (Path(__file__).resolve().parent.parent / 'model_cards' / CARD_TEMPLATE).read_text()
 
 
-def _format_size_factor(size_factor: float) -> str:
-    return f'{size_factor:.3f}'.replace('.', 'p')
+def merged_card(template: str, generated: ModelCardData) -> ModelCard:
+    """Returns the card ``template`` with its front matter merged with the ``generated`` metadata.
+
+    The template's metadata (license, library, tags, ...) stays; generated fields are added,
+    replacing the template's where both give one, and generated tags are appended to the
+    template's.
+    """
+    card = ModelCard(template, ignore_metadata_errors=False)
+    metadata = card.data.to_dict()
+    new = generated.to_dict()
+    tags = list(metadata.get('tags') or [])
+    tags += [t for t in new.pop('tags', None) or [] if t not in tags]
+    metadata.update({k: v for k, v in new.items() if v is not None})
+    if tags:
+        metadata['tags'] = tags
+    card.data = ModelCardData(**metadata)
+    return card
 
 
 def render_model_card(
@@ -124,19 +136,16 @@ def render_model_card(
                 raise ValueError(f'accuracy must be a fraction in [0, 1], got {a!r} at size factor {s}')
         eval_results = [
             EvalResult(task_type='image-classification', dataset_type=dataset, dataset_name=dataset,
-                       dataset_split=f'test_s{_format_size_factor(s)}', metric_type='accuracy', metric_value=a,
+                       dataset_split=size_factor_name(s), metric_type='accuracy', metric_value=a,
                        metric_name=f'accuracy at size factor {s:.3f}')
             for s, a in sorted(accuracy.items())]
         rows = '\n'.join(f'| {s:.3f} | {100 * a:.2f}% |' for s, a in sorted(accuracy.items()))
         table = f'Test accuracy on `{dataset}` per size factor:\n\n| size factor | accuracy |\n|---:|---:|\n{rows}'
         if evaluation.get('notes'):
             table += f'\n\n{evaluation["notes"]}'
-    card_data = ModelCardData(
-        library_name='timm', license='mit', pipeline_tag='image-classification', model_name=repo_id.split('/')[-1],
-        datasets=[dataset] if dataset else None, eval_results=eval_results,
-        tags=['image-classification', 'timm', 'transformers', CARD_TAG, 'scale-invariance'])
-    template = _card_template()
-    body = template.split('---\n', 2)[2]  # the template's own YAML header is replaced by card_data's
+    card = merged_card(_card_template(), ModelCardData(
+        model_name=repo_id.split('/')[-1], datasets=[dataset] if dataset else None, eval_results=eval_results,
+        tags=[CARD_TAG]))
     fields = dict(
         model_name=repo_id.split('/')[-1], repo_id=repo_id, summary=summary, preset=config.preset or 'custom',
         num_parameters=f'{num_parameters:,}', num_channels=config.num_channels,
@@ -146,7 +155,8 @@ def render_model_card(
         scale_ratio=config.scale_ratio, eps=config.eps, spatial_pool=config.spatial_pool,
         scale_pool=config.scale_pool, class_names=', '.join(config.id2label[i] for i in range(config.num_labels)),
         mean=tuple(config.mean), std=tuple(config.std), evaluation=table)
-    return f'---\n{card_data.to_yaml()}\n---\n' + Template(body).substitute(fields)
+    card.text = Template(card.text).substitute(fields)
+    return str(card)
 
 
 # Files save_for_hub writes besides the copied model code; anything else in a folder is the user's.

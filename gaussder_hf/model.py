@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -25,7 +27,15 @@ from timm.layers import DropPath
 from timm.models._features import feature_take_indices  # not re-exported by timm.models
 from torch.utils.checkpoint import checkpoint
 
-from .kernels import check_eps, check_jet_order, check_sigma
+from .architecture import (
+    ARCHITECTURE,
+    SCALE_DROPOUT_MODES,
+    SCALE_POOLS,
+    SPATIAL_POOLS,
+    check_architecture,
+    check_hyperparameter,
+)
+from .kernels import check_sigma
 from .layers import DSGaussDerConv, GaussDerConv
 
 __all__ = [
@@ -41,12 +51,10 @@ __all__ = [
     'transfer_scales',
 ]
 
-# Spatial selections that give one value per map: the paper's two (eq. 38, 39) and two of timm's.
-SPATIAL_POOLS = ('center', 'max', 'avg', 'avgmax')
-SCALE_POOLS = ('max', 'logsumexp', 'avg')
-# Scale-channel dropout (design.md §3.10): 'score' drops single class scores of the (B, S, K)
-# tensor like nn.Dropout; 'channel' drops whole scale channels from the scale pooling.
-SCALE_DROPOUT_MODES = ('score', 'channel')
+# The architecture hyperparameters (their defaults, rules and checkpoint names) live in one
+# table, :data:`gaussder_hf.architecture.ARCHITECTURE`; SPATIAL_POOLS, SCALE_POOLS and
+# SCALE_DROPOUT_MODES are re-exported from there.
+_DEFAULTS = {p.name: p.default for p in ARCHITECTURE}
 
 # timm's ``global_pool`` names (and the paper's 'center') -> the spatial selection they give.
 # The classifier of a GaussDerResNet is a GD layer applied to maps, so the spatial selection
@@ -153,12 +161,6 @@ def scale_channel_keep_mask(
     return keep
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f'{name} must be one of {choices}, got {value!r}')
-    return value
-
-
 def _check_rate(name: str, value: float, upper_inclusive: bool = False) -> float:
     """Returns ``value`` as a float after checking it is a probability in [0, 1) (or [0, 1])."""
     try:
@@ -172,22 +174,7 @@ def _check_rate(name: str, value: float, upper_inclusive: bool = False) -> float
 
 
 def _check_scales(initial_scales: float | Iterable[float]) -> tuple[float, ...]:
-    if isinstance(initial_scales, (int, float)) and not isinstance(initial_scales, bool):
-        initial_scales = (initial_scales,)
-    if isinstance(initial_scales, (str, bytes)):  # a string would iterate into its characters
-        raise ValueError(f'initial_scales must be a number or a sequence of numbers, got the string {initial_scales!r}')
-    try:
-        scales = tuple(initial_scales)
-    except TypeError:
-        raise ValueError(f'initial_scales must be a number or a sequence of numbers, got {initial_scales!r}') from None
-    if not scales:
-        raise ValueError('initial_scales must name at least one scale channel, got an empty sequence')
-    for value in scales:
-        try:
-            check_sigma(value)
-        except ValueError:
-            raise ValueError(f'every initial scale must be a finite number > 0, got {value!r} in {scales}') from None
-    return tuple(float(s) for s in scales)
+    return check_hyperparameter('initial_scales', initial_scales)
 
 
 class ShortcutConv(nn.Conv2d):
@@ -205,14 +192,43 @@ class ShortcutConv(nn.Conv2d):
             nn.init.zeros_(self.bias)
 
 
+# Earlier versions called the shortcut projection ``downsample`` (timm's ResNet name), although
+# the network never subsamples. Checkpoints with that name load everywhere: plain
+# ``load_state_dict`` through the hook GaussDerBlock registers, timm through
+# ``checkpoint_filter_fn`` and transformers through ``from_pretrained``'s ``key_mapping``, all
+# from this one table: old name of a block's submodule -> its name now.
+_LEGACY_BLOCK_NAMES = {'downsample': 'shortcut'}
+# The same as (pattern, replacement) for ``re.sub`` on a network's state-dict keys.
+LEGACY_KEY_RENAMES: tuple[tuple[str, str], ...] = tuple(
+    (rf'(blocks\.\d+)\.{old}\.', rf'\1.{new}.') for old, new in _LEGACY_BLOCK_NAMES.items())
+
+
+def rename_legacy_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Returns ``state_dict`` with the parameter names of earlier versions renamed (see :data:`LEGACY_KEY_RENAMES`)."""
+    renamed = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in LEGACY_KEY_RENAMES:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value
+    return renamed
+
+
+def _rename_legacy_block_keys(module, state_dict, prefix, *args) -> None:
+    """Load-state-dict pre-hook of a block: renames the tensors of its submodules' old names in place."""
+    for old_name, new_name in _LEGACY_BLOCK_NAMES.items():
+        old = f'{prefix}{old_name}.'
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[f'{prefix}{new_name}.{key[len(old):]}'] = state_dict.pop(key)
+
+
 class GaussDerBlock(nn.Module):
     """Gaussian derivative residual block: ``GD -> BN -> ReLU -> GD -> BN``, skip, ReLU (eq. 32).
 
-    Both GD layers work at the same ``sigma``. When the channel count changes, the skip is a
-    1x1 convolution (He-uniform, :class:`ShortcutConv`) followed by batch normalisation (§3.3).
-    ``drop_path`` is the stochastic-depth rate: in training, the residual branch of a sample is
-    dropped with this probability (and rescaled otherwise) while the shortcut is kept, as in timm's
-    ResNet.
+    Both GD layers work at the same ``sigma``. When the channel count changes, the skip is
+    ``shortcut``, a 1x1 convolution (He-uniform, :class:`ShortcutConv`) followed by batch
+    normalisation (§3.3); otherwise it is the identity. ``drop_path`` is the stochastic-depth
+    rate: in training, the residual branch of a sample is dropped with this probability (and
+    rescaled otherwise) while the shortcut is kept, as in timm's ResNet.
     """
 
     def __init__(
@@ -238,19 +254,26 @@ class GaussDerBlock(nn.Module):
         self.conv2 = layer(out_channels, out_channels, **gd)
         self.bn2 = nn.BatchNorm2d(out_channels, **factory)
         if in_channels != out_channels:
-            self.downsample = nn.Sequential(
+            self.shortcut = nn.Sequential(
                 ShortcutConv(in_channels, out_channels, kernel_size=1, bias=False, **factory),
                 nn.BatchNorm2d(out_channels, **factory),
             )
         else:
-            self.downsample = None
+            self.shortcut = None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.register_load_state_dict_pre_hook(_rename_legacy_block_keys)
+
+    @property
+    def downsample(self) -> nn.Sequential | None:
+        """Deprecated name of :attr:`shortcut` (the network never subsamples)."""
+        warnings.warn('GaussDerBlock.downsample is now called shortcut', DeprecationWarning, stacklevel=2)
+        return self.shortcut
 
     def forward(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+        skip = x if self.shortcut is None else self.shortcut(x)
         x = F.relu(self.bn1(self.conv1(x, sigma)))
         x = self.bn2(self.conv2(x, sigma))
-        return F.relu(self.drop_path(x) + shortcut)
+        return F.relu(self.drop_path(x) + skip)
 
 
 class GaussDerResNet(nn.Module):
@@ -260,6 +283,11 @@ class GaussDerResNet(nn.Module):
     ``len(channels) - 1`` residual blocks (8 in the paper's 18-layer network); the last layer is
     a GD layer with ``num_classes`` outputs and BN. No subsampling anywhere, so any input size
     works. Every scale channel shares all weights; only the initial scale differs.
+
+    The architecture arguments (``in_chans`` and ``channels`` .. ``separable_from_block``) are the
+    entries of :data:`~gaussder_hf.architecture.ARCHITECTURE`: their defaults are those of the
+    preset ``gaussderresnet18_fashionmnist``, and a bad value gets the error the transformers
+    config gives.
 
     Args:
         in_chans: number of input (colour) channels.
@@ -295,19 +323,19 @@ class GaussDerResNet(nn.Module):
 
     def __init__(
             self,
-            in_chans: int = 1,
+            in_chans: int = _DEFAULTS['in_chans'],
             num_classes: int = 10,
-            channels: Sequence[int] = (24, 24, 24, 48, 48, 48, 64, 64, 128),
-            jet_order: int = 2,
-            zero_order: bool = False,
-            initial_scales: float | Sequence[float] = (1.0,),
-            scale_ratio: float = 1.13,
-            eps: float = 0.01,
-            spatial_pool: str = 'center',
-            scale_pool: str = 'max',
-            scale_dropout: float = 0.0,
-            scale_dropout_mode: str = 'score',
-            separable_from_block: int | None = None,
+            channels: Sequence[int] = _DEFAULTS['channels'],
+            jet_order: int = _DEFAULTS['jet_order'],
+            zero_order: bool = _DEFAULTS['zero_order'],
+            initial_scales: float | Sequence[float] = _DEFAULTS['initial_scales'],
+            scale_ratio: float = _DEFAULTS['scale_ratio'],
+            eps: float = _DEFAULTS['eps'],
+            spatial_pool: str = _DEFAULTS['spatial_pool'],
+            scale_pool: str = _DEFAULTS['scale_pool'],
+            scale_dropout: float = _DEFAULTS['scale_dropout'],
+            scale_dropout_mode: str = _DEFAULTS['scale_dropout_mode'],
+            separable_from_block: int | None = _DEFAULTS['separable_from_block'],
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
             drop_block_rate: float | None = None,
@@ -317,22 +345,13 @@ class GaussDerResNet(nn.Module):
             device=None,
             dtype=None,
     ):
+        arguments = locals()
         super().__init__()
-        channels = tuple(channels)
-        if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
-            raise ValueError(f'in_chans must be a positive integer, got {in_chans!r}')
-        if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
-            raise ValueError(f'channels must be a non-empty sequence of positive integers, got {channels!r}')
+        # Every architecture hyperparameter (one per entry of ARCHITECTURE) is checked by the
+        # validation the transformers config runs too, and comes back in canonical form.
+        architecture = check_architecture({p.name: arguments[p.name] for p in ARCHITECTURE})
+        channels = architecture['channels']
         num_blocks = len(channels) - 1
-        if separable_from_block is not None and (
-                isinstance(separable_from_block, bool) or not isinstance(separable_from_block, int)
-                or not 1 <= separable_from_block <= num_blocks + 1):
-            raise ValueError(f'separable_from_block must be None or an integer in 1..{num_blocks + 1}, '
-                             f'got {separable_from_block!r}')
-        if not isinstance(zero_order, bool):  # bool('no') is True: a string must not switch the term on
-            raise ValueError(f'zero_order must be a bool (True or False), got {zero_order!r}')
-        if not 0.0 <= scale_dropout < 1.0:
-            raise ValueError(f'scale_dropout must lie in [0, 1), got {scale_dropout!r}')
         drop_rate = _check_rate('drop_rate', drop_rate)
         drop_path_rate = _check_rate('drop_path_rate', drop_path_rate)
         if drop_block_rate not in (None, 0, 0.0) or isinstance(drop_block_rate, bool):
@@ -347,22 +366,20 @@ class GaussDerResNet(nn.Module):
             except ValueError:
                 raise ValueError(f'bn_eps must be a finite number > 0, got {bn_eps!r}') from None
             bn_eps = float(bn_eps)
-        if global_pool is not None:
-            spatial_pool = resolve_global_pool(global_pool, num_classes)
-        else:
-            _check_choice('spatial_pool', spatial_pool, SPATIAL_POOLS)
-        self.in_chans = in_chans
+        self.in_chans = in_chans = architecture['in_chans']
         self.num_classes = num_classes
         self.channels = channels
-        self.jet_order = check_jet_order(jet_order)
-        self.zero_order = zero_order
-        self.initial_scales = _check_scales(initial_scales)
-        self.scale_ratio = check_sigma(scale_ratio)  # any finite positive ratio
-        self.eps = check_eps(eps)
-        self.spatial_pool = spatial_pool
-        self.scale_pool = _check_choice('scale_pool', scale_pool, SCALE_POOLS)
-        self.scale_dropout_mode = _check_choice('scale_dropout_mode', scale_dropout_mode, SCALE_DROPOUT_MODES)
-        self.separable_from_block = separable_from_block
+        self.jet_order = jet_order = architecture['jet_order']
+        self.zero_order = zero_order = architecture['zero_order']
+        self.initial_scales = architecture['initial_scales']
+        self.scale_ratio = architecture['scale_ratio']
+        self.eps = eps = architecture['eps']
+        # timm's global_pool, where given, overrides the spatial selection.
+        self.spatial_pool = architecture['spatial_pool'] if global_pool is None else resolve_global_pool(
+            global_pool, num_classes)
+        self.scale_pool = architecture['scale_pool']
+        self.scale_dropout_mode = architecture['scale_dropout_mode']
+        self.separable_from_block = separable_from_block = architecture['separable_from_block']
         self.grad_checkpointing = False
         self.bn_momentum = bn_momentum
         self.bn_eps = bn_eps
@@ -390,7 +407,7 @@ class GaussDerResNet(nn.Module):
         self.head_conv: GaussDerConv | None = None
         self.head_norm: nn.BatchNorm2d | None = None
         self.reset_classifier(num_classes)
-        self.scale_dropout = nn.Dropout(scale_dropout)
+        self.scale_dropout = nn.Dropout(architecture['scale_dropout'])
         self._set_bn_hyperparameters(self)
 
     def _set_bn_hyperparameters(self, module: nn.Module) -> None:

@@ -14,7 +14,7 @@ from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from .configuration import GaussDerResNetConfig
 from .layers import DSGaussDerConv, GaussDerConv
-from .model import GaussDerResNet
+from .model import LEGACY_KEY_RENAMES, GaussDerResNet
 
 __all__ = ['GaussDerResNetPreTrainedModel', 'GaussDerResNetForImageClassification']
 
@@ -39,18 +39,27 @@ class GaussDerResNetPreTrainedModel(PreTrainedModel):
         if kwargs.get('use_safetensors') is False:
             raise ValueError('gaussder_hf loads weights from safetensors only, got use_safetensors=False')
         kwargs['use_safetensors'] = True
+        # Checkpoints of earlier versions name some tensors differently (model.LEGACY_KEY_RENAMES).
+        key_mapping = dict(LEGACY_KEY_RENAMES)
+        key_mapping.update(kwargs.pop('key_mapping', None) or {})
         wants_info = kwargs.pop('output_loading_info', False)
         # Load with re-initialisation allowed so that the loading info names every mis-shaped
         # tensor; refuse afterwards unless the user asked for it.
         ignore_mismatched = kwargs.pop('ignore_mismatched_sizes', False)
         try:
             model, info = super().from_pretrained(
-                *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+                *args, output_loading_info=True, ignore_mismatched_sizes=True, key_mapping=key_mapping, **kwargs)
         except OSError as error:
             if 'safetensors' not in str(error):
                 raise
             raise OSError(f'{error} (gaussder_hf loads weights from safetensors only and never unpickles '
                           'a pytorch_model.bin; convert a trusted one with safetensors.torch.save_file)') from error
+        # transformers undoes the renamings of loading when saving: the legacy names must not come back.
+        conversions = getattr(model, '_weight_conversions', None)
+        if conversions:
+            legacy = {pattern for pattern, _ in LEGACY_KEY_RENAMES}
+            model._weight_conversions = [
+                c for c in conversions if not set(getattr(c, '_original_source_patterns', ())) & legacy]
         problems = []
         if info.get('missing_keys'):
             problems.append(f'missing tensor(s) {sorted(info["missing_keys"])}')

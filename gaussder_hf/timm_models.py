@@ -23,13 +23,12 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._hub import download_from_hf
 
-from .model import GaussDerResNet
+from .architecture import WEIGHTS_NAME, timm_pretrained_cfg
+from .model import GaussDerResNet, rename_legacy_keys
 from .presets import DATASET_INFO, PRESETS, get_preset
 
 __all__ = ['checkpoint_filter_fn', 'default_cfgs', 'create_timm_model', 'PACKAGED_CHECKPOINTS']
 
-PAPER_ID = 'arXiv:2603.02843'
-WEIGHTS_NAME = 'model.safetensors'
 # Prefix of the network's parameters inside GaussDerResNetForImageClassification
 # (its base_model_prefix): checkpoints written by transformers' save_pretrained and Trainer.
 HF_PREFIX = 'gaussderresnet.'
@@ -62,7 +61,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: GaussDerRes
     # transformers' save_pretrained and Trainer store the network under its base_model_prefix.
     if state_dict and all(k.startswith(HF_PREFIX) for k in state_dict):
         state_dict = {k[len(HF_PREFIX):]: v for k, v in state_dict.items()}
-    state_dict = dict(state_dict)
+    state_dict = rename_legacy_keys(state_dict)  # the parameter names of earlier versions
     stem = state_dict.get('stem_conv.weight')
     if stem is not None and stem.shape[1] != model.in_chans:
         source, target = stem.shape[1], model.in_chans
@@ -293,25 +292,11 @@ def _cfg(variant: str) -> dict:
     info = DATASET_INFO[dataset]
     # Only weights that exist are named: timm.list_models(pretrained=True) lists what loads.
     folder = PACKAGED_CHECKPOINTS.get(variant)
-    return dict(
-        file=str(folder) if folder else None,
-        hf_hub_filename=WEIGHTS_NAME,  # safetensors only: never fall back to a pickle
-        num_classes=PRESETS[variant]['num_classes'],
-        input_size=info['input_size'],
-        test_input_size=info['test_input_size'],
-        fixed_input_size=False,
-        pool_size=None,
-        crop_pct=1.0,
-        interpolation='bicubic',
-        mean=info['mean'],
-        std=info['std'],
-        first_conv='stem_conv',
-        classifier='head_conv',
-        license='mit',
-        paper_ids=PAPER_ID,
+    return timm_pretrained_cfg(
+        input_size=info['input_size'], mean=info['mean'], std=info['std'], num_classes=PRESETS[variant]['num_classes'],
+        file=str(folder) if folder else None, test_input_size=info['test_input_size'], pool_size=None,
         paper_name='Scale-invariant Gaussian derivative residual networks',
-        origin_url='https://arxiv.org/abs/2603.02843',
-    )
+        origin_url='https://arxiv.org/abs/2603.02843')
 
 
 default_cfgs = generate_default_cfgs({name: _cfg(name) for name in PRESETS})

@@ -22,6 +22,7 @@ from transformers import (
     TrainingArguments,
     pipeline,
 )
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from gaussder_hf import (
     GaussDerResNet,
@@ -30,6 +31,8 @@ from gaussder_hf import (
     GaussDerResNetImageProcessor,
     save_for_hub,
 )
+from gaussder_hf.architecture import ARCHITECTURE, architecture_of, check_architecture
+from gaussder_hf.hub import config_from_model
 
 NAME = 'gaussderresnet10_fashionmnist'
 SCALES = (1.0, 2.0)
@@ -196,3 +199,76 @@ def test_explicit_arguments_still_adapt_a_folder(tmp_path):
     kept = [k for k in source if not k.startswith(('head_', 'stem_conv.'))]
     assert all(torch.equal(source[k], target[k]) for k in kept)
     torch.testing.assert_close(target['stem_conv.weight'], source['stem_conv.weight'].sum(1, keepdim=True))
+
+
+def test_every_architecture_hyperparameter_survives_every_checkpoint_path(tmp_path):
+    # Iterates the table of hyperparameters: an entry added to it is covered here without a change
+    # to this test, to the transformers config, to save_for_hub or to the timm loader.
+    example = check_architecture({p.name: p.example for p in ARCHITECTURE})
+    default = check_architecture({})
+    assert all(example[name] != default[name] for name in example), 'an example must differ from its default'
+    torch.manual_seed(0)
+    net = GaussDerResNet(num_classes=3, **example)
+    with torch.no_grad():
+        net.train()(torch.rand(4, example['in_chans'], 12, 12))
+    net.eval()
+    assert architecture_of(net) == example
+
+    config = config_from_model(net)  # model -> transformers config
+    assert {p.field: getattr(config, p.field) for p in ARCHITECTURE} == {
+        p.field: list(v) if isinstance(v, tuple) else v for p, v in zip(ARCHITECTURE, example.values())}
+    hf = GaussDerResNetForImageClassification(config)
+    hf.gaussderresnet.load_state_dict(net.state_dict())
+    folders = dict(save_for_hub=save_for_hub(net, tmp_path / 'hub'), save_pretrained=tmp_path / 'pretrained')
+    hf.save_pretrained(folders['save_pretrained'])
+
+    x = torch.rand(2, example['in_chans'], 12, 12)
+    with torch.no_grad():
+        expected = net(x)
+        for writer, folder in folders.items():
+            loaded = {'timm': timm.create_model(f'local-dir:{folder}', pretrained=True).eval(),
+                      'auto': AutoModelForImageClassification.from_pretrained(folder).eval().gaussderresnet}
+            for reader, model in loaded.items():
+                assert architecture_of(model) == example, (writer, reader)
+                torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+def _legacy_folder(folder):
+    """A save_for_hub folder whose shortcut projections carry the name of earlier versions, ``downsample``."""
+    state = load_file(folder / 'model.safetensors')
+    assert any('.shortcut.' in k for k in state)
+    save_file({k.replace('.shortcut.', '.downsample.'): v for k, v in state.items()}, folder / 'model.safetensors',
+              metadata={'format': 'pt'})
+    return load_file(folder / 'model.safetensors')
+
+
+def test_a_checkpoint_with_the_old_shortcut_names_loads_everywhere(tmp_path):
+    torch.manual_seed(0)
+    net = _calibrated(timm.create_model(NAME, num_classes=5, in_chans=3, channels=(4, 6, 6), initial_scales=SCALES))
+    folder = save_for_hub(net, tmp_path / 'checkpoint', class_names=LABELS)
+    legacy = _legacy_folder(folder)
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = net(x)
+        plain = GaussDerResNet(in_chans=3, num_classes=5, channels=(4, 6, 6), initial_scales=SCALES)
+        plain.load_state_dict(legacy)  # strict
+        auto = AutoModelForImageClassification.from_pretrained(folder).eval()
+        # The copy of the model code the folder carries for trust_remote_code, loaded as transformers does.
+        remote_class = get_class_from_dynamic_module('modeling.GaussDerResNetForImageClassification', str(folder))
+        assert remote_class.__module__.startswith('transformers_modules')
+        remote = remote_class.from_pretrained(folder).eval()
+        loaded = {
+            'load_state_dict': plain.eval(),
+            'timm local-dir': timm.create_model(f'local-dir:{folder}', pretrained=True).eval(),
+            'timm file': timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(folder))).eval(),
+            'AutoModel': auto.gaussderresnet,
+            'AutoModel remote code': remote.gaussderresnet,
+        }
+        for reader, model in loaded.items():
+            torch.testing.assert_close(model(x), expected, rtol=0, atol=0, msg=reader)
+    # Saving again writes the current names.
+    auto.save_pretrained(tmp_path / 'again')
+    keys = load_file(tmp_path / 'again' / 'model.safetensors').keys()
+    assert any('.shortcut.' in k for k in keys) and not any('.downsample.' in k for k in keys)
+    with pytest.warns(DeprecationWarning, match='shortcut'):
+        assert plain.blocks[0].downsample is plain.blocks[0].shortcut

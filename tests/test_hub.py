@@ -1,5 +1,6 @@
 """save_for_hub's model card and metadata, and push_to_hub up to the upload (no network here)."""
 import os
+from pathlib import Path
 
 import pytest
 import timm
@@ -205,3 +206,27 @@ def test_a_save_killed_between_moving_the_old_folder_aside_and_the_new_in_is_und
     loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), new_net(x))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _template_metadata():
+    return ModelCard((ROOT / 'model_cards' / 'gaussderresnet.md').read_text()).data
+
+
+def test_the_card_keeps_the_template_front_matter_beside_the_generated_one(model, tmp_path):
+    template = _template_metadata()
+    assert template.tags and 'gaussian-derivatives' in template.tags
+    folder = save_for_hub(model, tmp_path / 'ckpt', evaluation={'dataset': 'rescaled_stl10', 'accuracy': {1.0: 0.5}})
+    card = ModelCard.load(folder / 'README.md').data
+    assert card.tags[:len(template.tags)] == template.tags  # every template tag, in its order
+    assert (card.license, card.library_name, card.pipeline_tag) == (
+        template.license, template.library_name, template.pipeline_tag)
+    # ... and what save_for_hub generates: the dataset and the model-index.
+    assert card.datasets == ['rescaled_stl10'] and card.eval_results[0].dataset_split == 'test_s1p000'
+
+
+def test_the_committed_card_carries_the_template_tags():
+    committed = ROOT / 'checkpoints' / 'gaussderresnet10_fashionmnist' / 'README.md'
+    assert set(_template_metadata().tags) <= set(ModelCard.load(committed).data.tags)

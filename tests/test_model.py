@@ -269,7 +269,7 @@ def test_transformers_initialisation_keeps_he_uniform_shortcuts():
         'gaussderresnet10_fashionmnist', channels=[64, 256], initial_scales=[1.0])
     torch.manual_seed(0)
     model = gaussder_hf.GaussDerResNetForImageClassification(config)
-    conv = model.gaussderresnet.blocks[0].downsample[0]
+    conv = model.gaussderresnet.blocks[0].shortcut[0]
     assert conv.weight.abs().max() > 0.95 * math.sqrt(6.0 / 64)
 
 
@@ -280,7 +280,7 @@ def test_transformers_initialisation_keeps_he_uniform_shortcuts():
     (dict(eps=0.0), 'eps.*0.0'),
     (dict(initial_scales=(1.0, -1.0)), 'initial scale.*-1.0'),
     (dict(initial_scales=()), 'initial_scales'),
-    (dict(scale_ratio=0.0), 'sigma.*0.0'),
+    (dict(scale_ratio=0.0), 'scale_ratio.*0.0'),
     (dict(scale_dropout=1.0), 'scale_dropout.*1.0'),
     (dict(scale_dropout_mode='sample'), "scale_dropout_mode.*'sample'"),
     (dict(channels=(4, 0)), r'channels.*\(4, 0\)'),

@@ -253,3 +253,14 @@ def test_every_config_loads_in_the_training_recipe_and_cpu_configs_keep_validati
             assert not unknown, (path.name, unknown)
         if path.name.endswith('_cpu.yaml') or path.name.endswith('_cpu_stage2.yaml') or path.name == 'smoke.yaml':
             assert cfg.train_on_validation is False, path.name  # validation selects, as in the CPU experiment
+
+
+def test_every_preset_states_a_valid_architecture_in_canonical_form():
+    # The presets and the table of hyperparameters name the same arguments; each preset passes
+    # the one validation unchanged (tuples, floats), and states every hyperparameter of the table.
+    from gaussder_hf.architecture import ARCHITECTURE, check_architecture
+
+    for name, preset in gaussder_hf.PRESETS.items():
+        args = {k: v for k, v in preset.items() if k != 'num_classes'}
+        assert set(args) == {p.name for p in ARCHITECTURE}, name
+        assert check_architecture(args) == args, name

@@ -121,7 +121,7 @@ def test_drop_path_drops_the_residual_branch_and_keeps_the_shortcut():
     x = torch.rand(64, 3, 8, 8)
     with torch.no_grad():
         branch = block.bn2(block.conv2((block.bn1(block.conv1(x, 1.2))).relu(), 1.2))
-        shortcut = block.downsample(x)
+        shortcut = block.shortcut(x)
         torch.manual_seed(5)
         out = block(x, 1.2)
     kept = (branch / 0.5 + shortcut).relu()

@@ -22,7 +22,8 @@ from transformers import (
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 import gaussder_hf
-from gaussder_hf import GaussDerResNetConfig, GaussDerResNetForImageClassification, save_for_hub
+from gaussder_hf import GaussDerResNet, GaussDerResNetConfig, GaussDerResNetForImageClassification, save_for_hub
+from gaussder_hf.architecture import ARCHITECTURE
 
 FASHION_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
                    'Ankle boot']
@@ -125,8 +126,8 @@ def test_forward_returns_transformers_output_with_loss():
 
 def test_checkpoint_folder_contents(checkpoint):
     _, folder = checkpoint
-    code = ['configuration.py', 'image_processing.py', 'input_pipeline.py', 'kernels.py', 'layers.py', 'model.py',
-            'modeling.py', 'presets.py', 'rescaling.py']
+    code = ['architecture.py', 'configuration.py', 'image_processing.py', 'input_pipeline.py', 'kernels.py',
+            'layers.py', 'model.py', 'modeling.py', 'presets.py', 'rescaling.py']
     assert sorted(os.listdir(folder)) == sorted(
         ['README.md', 'config.json', 'model.safetensors', 'preprocessor_config.json', *code])
     for name in code:  # the package's own modules, for trust_remote_code
@@ -274,3 +275,16 @@ def test_model_card_snippets_run_from_the_offline_hf_cache(checkpoint, tmp_path)
     result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'OK T-shirt/top 5' in result.stdout
+
+
+@pytest.mark.parametrize('bad', [-1, 'x'])
+@pytest.mark.parametrize('parameter', ARCHITECTURE, ids=lambda p: p.name)
+def test_a_bad_hyperparameter_gets_the_same_error_from_the_model_and_the_config(parameter, bad):
+    # One validation for both: the same message, naming the hyperparameter and the value. Neither
+    # value is valid for any entry of the table (each is a count, a size, a rate, a flag or a name).
+    with pytest.raises(ValueError) as from_model:
+        GaussDerResNet(**{parameter.name: bad})
+    with pytest.raises(ValueError) as from_config:
+        GaussDerResNetConfig(**{parameter.field: bad})
+    assert str(from_model.value) == str(from_config.value)
+    assert str(from_model.value).startswith(f'{parameter.name}') and repr(bad) in str(from_model.value)

@@ -1,7 +1,8 @@
 """``GaussDerResNetConfig``: the transformers configuration of a GaussDerResNet.
 
-One ``config.json`` serves both libraries. The transformers fields below are the one source of
-truth for the architecture; :meth:`to_dict` derives from them the keys timm's ``hf-hub:`` /
+One ``config.json`` serves both libraries. The architecture fields are built from the table of
+hyperparameters (:data:`gaussder_hf.architecture.ARCHITECTURE`, which also checks them) and are
+the one source of truth for the architecture; :meth:`to_dict` derives from them the keys timm's ``hf-hub:`` /
 ``local-dir:`` loaders read (``architecture``, ``num_classes``, ``num_features``, ``model_args``,
 ``pretrained_cfg``, ``label_names``). Reading a config back checks that every derived key still
 agrees with the fields, so that a hand-edited file can never make timm and transformers build two
@@ -10,17 +11,15 @@ different networks.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from huggingface_hub.dataclasses import strict
 from transformers import GenerationConfig, PreTrainedConfig
 
-from .kernels import MAX_JET_ORDER
-from .model import SCALE_DROPOUT_MODES, SCALE_POOLS, SPATIAL_POOLS
+from .architecture import ARCHITECTURE, DEFAULT_PRESET, check_architecture, timm_pretrained_cfg
 from .presets import DATASET_INFO, PRESETS, get_preset
 
 __all__ = ['GaussDerResNetConfig']
-
-_DEFAULT = PRESETS['gaussderresnet18_fashionmnist']
 
 # Keys that ``PreTrainedConfig`` itself takes besides its dataclass fields, or that transformers
 # writes into config.json (``auto_map`` for remote code, ``_name_or_path``), including the
@@ -51,11 +50,6 @@ def _plain(value):
     return value
 
 
-def _is_int(value) -> bool:
-    """Returns whether ``value`` is an integer and not a bool (``True`` would read as 1)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_finite(value) -> bool:
     """Returns whether ``value`` is a finite real number and not a bool or a string."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -65,6 +59,10 @@ def _is_finite(value) -> bool:
 class GaussDerResNetConfig(PreTrainedConfig):
     r"""Configuration of a :class:`~gaussder_hf.GaussDerResNet` (arXiv:2603.02843).
 
+    The fields ``num_channels`` (the model's ``in_chans``) to ``separable_from_block`` are one per
+    entry of :data:`gaussder_hf.architecture.ARCHITECTURE`, with its default (the preset
+    ``gaussderresnet18_fashionmnist``) and its check.
+
     Args:
         num_channels: input (colour) channels.
         channels: output channels of the first GD layer and of each residual block.
@@ -73,7 +71,7 @@ class GaussDerResNetConfig(PreTrainedConfig):
         initial_scales: ``sigma0`` of each scale channel.
         scale_ratio: ratio between the scales of consecutive effective layers.
         eps: relative truncation error of the discrete Gaussian kernels.
-        spatial_pool: ``'center'`` or ``'max'``.
+        spatial_pool: ``'center'``, ``'max'``, ``'avg'`` or ``'avgmax'``.
         scale_pool: ``'max'``, ``'logsumexp'`` or ``'avg'``.
         scale_dropout: dropout on the per-scale-channel scores during training.
         scale_dropout_mode: ``'score'`` (single class scores) or ``'channel'`` (whole scale channels).
@@ -89,19 +87,12 @@ class GaussDerResNetConfig(PreTrainedConfig):
 
     model_type = 'gaussderresnet'
 
-    num_channels: int = _DEFAULT['in_chans']
-    channels: list[int] | tuple[int, ...] = _DEFAULT['channels']
-    jet_order: int = _DEFAULT['jet_order']
-    zero_order: bool = _DEFAULT['zero_order']
-    initial_scales: list[float] | tuple[float, ...] = _DEFAULT['initial_scales']
-    scale_ratio: float = _DEFAULT['scale_ratio']
-    eps: float = _DEFAULT['eps']
-    spatial_pool: str = _DEFAULT['spatial_pool']
-    scale_pool: str = _DEFAULT['scale_pool']
-    scale_dropout: float = _DEFAULT['scale_dropout']
-    scale_dropout_mode: str = 'score'  # what configs written before this field was added meant
-    separable_from_block: int | None = _DEFAULT['separable_from_block']
-    preset: str | None = 'gaussderresnet18_fashionmnist'
+    # One field per architecture hyperparameter, built from the table (architecture.ARCHITECTURE),
+    # with its default. The annotations stay strings, as in the rest of this class: huggingface_hub's
+    # strict dataclasses then leave the checking to check_architecture, which the model runs too.
+    __annotations__.update({p.field: p.annotation for p in ARCHITECTURE})
+    locals().update({p.field: p.default for p in ARCHITECTURE})
+    preset: str | None = DEFAULT_PRESET
     image_size: list[int] | tuple[int, ...] = DATASET_INFO['fashionmnist']['input_size'][1:]
     mean: list[float] | tuple[float, ...] = DATASET_INFO['fashionmnist']['mean']
     std: list[float] | tuple[float, ...] = DATASET_INFO['fashionmnist']['std']
@@ -169,35 +160,11 @@ class GaussDerResNetConfig(PreTrainedConfig):
         def fail(field, message):
             raise ValueError(f'{field} {message}, got {getattr(self, field)!r}')
 
-        # Types first: JSON and keyword arguments can carry strings ('2', 'no') that Python would
-        # silently compare, iterate or take as true.
-        if not _is_int(self.num_channels) or self.num_channels < 1:
-            fail('num_channels', 'must be an integer >= 1')
-        if (not isinstance(self.channels, (list, tuple)) or not self.channels
-                or any(not _is_int(c) or c < 1 for c in self.channels)):
-            fail('channels', 'must be a non-empty list of positive integers')
-        if not _is_int(self.jet_order) or not 1 <= self.jet_order <= MAX_JET_ORDER:
-            fail('jet_order', f'must be an integer in 1..{MAX_JET_ORDER}')
-        if not isinstance(self.zero_order, bool):
-            fail('zero_order', 'must be a bool (true or false)')
-        if (not isinstance(self.initial_scales, (list, tuple)) or not self.initial_scales
-                or any(not _is_finite(s) or s <= 0 for s in self.initial_scales)):
-            fail('initial_scales', 'must be a non-empty list of finite numbers > 0')
-        if not _is_finite(self.scale_ratio) or self.scale_ratio <= 0:
-            fail('scale_ratio', 'must be a finite number > 0')
-        if not _is_finite(self.eps) or not 0 < self.eps < 1:
-            fail('eps', 'must lie in (0, 1)')
-        if self.spatial_pool not in SPATIAL_POOLS:
-            fail('spatial_pool', f'must be one of {SPATIAL_POOLS}')
-        if self.scale_pool not in SCALE_POOLS:
-            fail('scale_pool', f'must be one of {SCALE_POOLS}')
-        if not _is_finite(self.scale_dropout) or not 0 <= self.scale_dropout < 1:
-            fail('scale_dropout', 'must lie in [0, 1)')
-        if self.scale_dropout_mode not in SCALE_DROPOUT_MODES:
-            fail('scale_dropout_mode', f'must be one of {SCALE_DROPOUT_MODES}')
-        if self.separable_from_block is not None and (
-                not _is_int(self.separable_from_block) or not 1 <= self.separable_from_block <= len(self.channels)):
-            fail('separable_from_block', f'must be None or an integer in 1..{len(self.channels)}')
+        # The architecture: checked by the model's own validation, and kept in canonical form as
+        # JSON stores it (lists, floats).
+        checked = check_architecture({p.name: getattr(self, p.field) for p in ARCHITECTURE})
+        for parameter in ARCHITECTURE:
+            setattr(self, parameter.field, _plain(checked[parameter.name]))
         if self.preset is not None and self.preset not in PRESETS:
             fail('preset', f'must be None or one of {sorted(PRESETS)}')
         if len(self.mean) != self.num_channels or len(self.std) != self.num_channels:
@@ -213,27 +180,34 @@ class GaussDerResNetConfig(PreTrainedConfig):
             raise ValueError(f'num_labels must be >= 1, got {self.num_labels}')
 
     @classmethod
+    def from_model_args(cls, model_args: Mapping, **fields) -> GaussDerResNetConfig:
+        """Returns the configuration of the network built from ``model_args``; keyword arguments set other fields.
+
+        ``model_args`` are :class:`~gaussder_hf.GaussDerResNet` arguments (a preset, or what
+        :func:`~gaussder_hf.architecture.architecture_of` reads off a model); ``num_classes`` is
+        ignored: the classes are ``id2label``'s.
+        """
+        unknown = set(model_args) - {p.name for p in ARCHITECTURE} - {'num_classes'}
+        if unknown:
+            raise ValueError(f'unknown GaussDerResNet argument(s) {sorted(unknown)}')
+        architecture = {p.field: _plain(model_args[p.name]) for p in ARCHITECTURE if p.name in model_args}
+        return cls(**{**architecture, **fields})
+
+    @classmethod
     def from_preset(cls, name: str, **overrides) -> GaussDerResNetConfig:
         """Returns the configuration of preset ``name``; keyword arguments override fields."""
         args = get_preset(name)
         info = DATASET_INFO[name.rsplit('_', 1)[1]]
         fields = dict(
-            num_channels=args.pop('in_chans'), preset=name, image_size=info['input_size'][1:],
-            mean=info['mean'], std=info['std'], id2label=dict(enumerate(info['class_names'])),
-            label2id={n: i for i, n in enumerate(info['class_names'])})
-        args.pop('num_classes')
-        fields.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in args.items()})
+            preset=name, image_size=list(info['input_size'][1:]), mean=list(info['mean']), std=list(info['std']),
+            id2label=dict(enumerate(info['class_names'])), label2id={n: i for i, n in enumerate(info['class_names'])})
         fields.update(overrides)
-        return cls(**fields)
+        return cls.from_model_args(args, **fields)
 
     def model_args(self) -> dict:
         """Returns the :class:`~gaussder_hf.GaussDerResNet` constructor arguments."""
-        return dict(
-            in_chans=self.num_channels, num_classes=self.num_labels, channels=tuple(self.channels),
-            jet_order=self.jet_order, zero_order=self.zero_order, initial_scales=tuple(self.initial_scales),
-            scale_ratio=self.scale_ratio, eps=self.eps, spatial_pool=self.spatial_pool,
-            scale_pool=self.scale_pool, scale_dropout=self.scale_dropout,
-            scale_dropout_mode=self.scale_dropout_mode, separable_from_block=self.separable_from_block)
+        args = {p.name: getattr(self, p.field) for p in ARCHITECTURE}
+        return dict(args, num_classes=self.num_labels)
 
     def _timm_dict(self, labels: list[str] | None = None) -> dict:
         """Returns the keys timm reads, derived from the fields (and ``labels``, default id2label)."""
@@ -247,11 +221,9 @@ class GaussDerResNetConfig(PreTrainedConfig):
             num_features=self.channels[-1],
             label_names=list(labels),
             model_args=_plain(args),
-            pretrained_cfg=dict(
-                input_size=[self.num_channels, *self.image_size], fixed_input_size=False, interpolation='bicubic',
-                crop_pct=1.0, mean=list(self.mean), std=list(self.std), num_classes=num_classes,
-                first_conv='stem_conv', classifier='head_conv', license='mit', paper_ids='arXiv:2603.02843',
-                hf_hub_filename='model.safetensors'),  # timm then never falls back to a pickle
+            pretrained_cfg=timm_pretrained_cfg(
+                input_size=[self.num_channels, *self.image_size], mean=list(self.mean), std=list(self.std),
+                num_classes=num_classes),
         )
 
     def to_dict(self) -> dict:

@@ -15,10 +15,11 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from ..presets import DATASET_INFO
 from ..rescaling import SIZE_FACTORS, rescale_batch, size_factor_name
 from .sources import CLASS_NAMES, SOURCES, check_files, verify_files, verify_md5
 
-__all__ = ['RescaledConfig', 'RescaledImageBuilder', 'split_names']
+__all__ = ['RescaledConfig', 'RescaledImageBuilder', 'canvas_side', 'split_names']
 
 _CITATION = """\
 @article{perzanowski2026gaussderresnets,
@@ -28,6 +29,18 @@ _CITATION = """\
   year    = {2026}
 }
 """
+
+
+def canvas_side(dataset: str, key: str = 'input_size') -> int:
+    """Returns the side of the square canvas of ``DATASET_INFO[dataset][key]``, a ``(C, H, W)`` input size.
+
+    The presets state the input sizes the models train (``input_size``) and are tested on
+    (``test_input_size``); the builders draw their canvases from them.
+    """
+    _, height, width = DATASET_INFO[dataset][key]
+    if height != width:
+        raise ValueError(f'{dataset} {key} must be square, got {height}x{width}')
+    return height
 
 
 def split_names() -> list[str]:
@@ -72,8 +85,8 @@ class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
     """Builds a rescaled benchmark from the original files (``data_dir``) or their official URLs."""
 
     SOURCE: str = ''                   # key of sources.SOURCES
-    TRAIN_CANVAS: int = 0              # side of the training / validation images
-    TEST_CANVAS: int = 0               # side of the test images
+    TRAIN_CANVAS: int = 0              # side of the training / validation images: canvas_side(dataset)
+    TEST_CANVAS: int = 0               # side of the test images: canvas_side(dataset, 'test_input_size')
     BACKGROUND: str = 'black'          # 'black' or 'mirror' (rescaling.rescale_batch)
     DESCRIPTION: str = ''
     HOMEPAGE: str = ''

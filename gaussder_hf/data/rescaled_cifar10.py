@@ -7,7 +7,7 @@ mirror-extended. Splits: ``train`` = official training batches 1-4 (40,000 image
 from __future__ import annotations
 
 from ..presets import DATASET_INFO
-from .builder import RescaledImageBuilder
+from .builder import RescaledImageBuilder, canvas_side
 from .sources import read_cifar10
 
 
@@ -15,8 +15,8 @@ class RescaledCIFAR10(RescaledImageBuilder):
     """CIFAR-10 at size factor 1 for training, and its test set at nine size factors 1/2 .. 2."""
 
     SOURCE = 'cifar10'
-    TRAIN_CANVAS = 64
-    TEST_CANVAS = 64
+    TRAIN_CANVAS = canvas_side('cifar10')
+    TEST_CANVAS = canvas_side('cifar10', 'test_input_size')
     BACKGROUND = DATASET_INFO['cifar10']['background']
     DESCRIPTION = (
         'Rescaled CIFAR-10: 32x32 CIFAR-10 images rescaled (bicubic, antialiased) by size factors 2**(k/4), '

@@ -6,7 +6,7 @@ Splits from the official files: ``train`` = the first 50,000 official training i
 from __future__ import annotations
 
 from ..presets import DATASET_INFO
-from .builder import RescaledImageBuilder
+from .builder import RescaledImageBuilder, canvas_side
 from .sources import read_fashion_mnist
 
 
@@ -14,8 +14,8 @@ class RescaledFashionMNIST(RescaledImageBuilder):
     """Fashion-MNIST at size factor 1 for training, and its test set at nine size factors 1/2 .. 2."""
 
     SOURCE = 'fashion_mnist'
-    TRAIN_CANVAS = 72
-    TEST_CANVAS = 72
+    TRAIN_CANVAS = canvas_side('fashionmnist')
+    TEST_CANVAS = canvas_side('fashionmnist', 'test_input_size')
     BACKGROUND = DATASET_INFO['fashionmnist']['background']
     DESCRIPTION = (
         'Rescaled Fashion-MNIST: 28x28 Fashion-MNIST images rescaled (bicubic, antialiased) by size factors '

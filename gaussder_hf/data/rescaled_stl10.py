@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..presets import DATASET_INFO
-from .builder import RescaledImageBuilder
+from .builder import RescaledImageBuilder, canvas_side
 from .sources import read_stl10
 
 OFFICIAL_TRAIN = 5_000
@@ -52,8 +52,8 @@ class RescaledSTL10(RescaledImageBuilder):
     """STL-10 (labelled) at size factor 1 for training, and its test set at nine size factors 1/2 .. 2."""
 
     SOURCE = 'stl10'
-    TRAIN_CANVAS = 96
-    TEST_CANVAS = 192
+    TRAIN_CANVAS = canvas_side('stl10')
+    TEST_CANVAS = canvas_side('stl10', 'test_input_size')
     BACKGROUND = DATASET_INFO['stl10']['background']
     DESCRIPTION = (
         'Rescaled STL-10: 96x96 STL-10 images for training at size factor 1; test images rescaled (bicubic, '
