@@ -283,7 +283,7 @@ def test_evaluation_refuses_non_finite_logits():
     clean = recipe.evaluate_loader(accelerator, model, [{'pixel_values': pixels, 'labels': labels}])
     assert 0 <= clean <= 1
     pixels[2, 0, 5, 5] = float('nan')  # one NaN pixel
-    with pytest.raises(ValueError, match=r'non-finite logits \(\d+ values\) on evaluation batch 1'):
+    with pytest.raises(ValueError, match=r'non-finite logits \(\d+ values\) on batch 1 of split validation'):
         recipe.evaluate_loader(accelerator, model, [{'pixel_values': pixels[:2], 'labels': labels[:2]},
                                                     {'pixel_values': pixels, 'labels': labels}])
 
