@@ -26,7 +26,8 @@ from .plotting import pyplot
 from .rescaling import SIZE_FACTORS, size_factor_name
 
 __all__ = [
-    'ScaleSelection', 'scale_selection', 'evaluate', 'rescaled_test_splits', 'evaluate_size_factors',
+    'ScaleSelection', 'scale_selection', 'evaluate', 'rescaled_test_splits', 'evaluation_transform',
+    'evaluate_size_factors',
     'selection_histogram', 'plot_scale_generalisation', 'plot_scale_selection', 'format_table', 'write_evaluation',
 ]
 
@@ -139,6 +140,20 @@ def rescaled_test_splits(dataset: Mapping, name: str) -> dict:
     return {s: dataset[split].cast_column('image', datasets.Image(decode=False)) for s, split in names.items()}
 
 
+def evaluation_transform(pipeline: InputPipeline):
+    """Returns the ``datasets`` batch transform of evaluation: ``{'image', 'label'}`` -> ``{'pixel_values', 'labels'}``.
+
+    Every image goes through ``pipeline`` (the package's input pipeline: channels, [0, 1],
+    normalisation; the test images are on their canvas already), labels become a long tensor.
+    """
+
+    def transform(batch: dict) -> dict:
+        return {'pixel_values': [pipeline(image) for image in batch['image']],
+                'labels': torch.as_tensor(batch['label'], dtype=torch.long)}
+
+    return transform
+
+
 def evaluate_size_factors(
         model: torch.nn.Module,
         splits: Mapping[float, object],
@@ -171,12 +186,7 @@ def evaluate_size_factors(
     from tqdm.auto import tqdm
 
     in_chans = getattr(model, 'in_chans', None) or model.pretrained_cfg['input_size'][0]
-    pipeline = InputPipeline(in_chans, *model_normalisation(model, in_chans))
-
-    def transform(batch: dict) -> dict:
-        return {'pixel_values': [pipeline(image) for image in batch['image']],
-                'labels': torch.as_tensor(batch['label'], dtype=torch.long)}
-
+    transform = evaluation_transform(InputPipeline(in_chans, *model_normalisation(model, in_chans)))
     is_gaussder = isinstance(model, GaussDerResNet)
     model = model.eval()
     prepared = net = model

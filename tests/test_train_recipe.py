@@ -261,6 +261,11 @@ def test_a_timm_baseline_is_saved_with_its_training_normalisation_and_no_pickle(
     model = timm.create_model('resnet18', in_chans=1, num_classes=10)
     used = recipe.normalisation(model)
     assert used == ((0.5,), (0.5,))
+    # Its home is the input pipeline; the spelling through the image processor module still works.
+    from gaussder_hf.input_pipeline import model_normalisation
+    with pytest.warns(FutureWarning, match='gaussder_hf.input_pipeline'):
+        from gaussder_hf.image_processing import model_normalisation as old_spelling
+    assert old_spelling is model_normalisation
     folder = recipe.save_model(model, tmp_path / 'resnet18', recipe.load_config(None))
     assert (folder / 'model.safetensors').is_file() and not list(folder.glob('*.bin'))
     loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
