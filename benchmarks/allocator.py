@@ -20,7 +20,8 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
+
+import common
 
 # glibc caps M_MMAP_THRESHOLD at 32 MiB on 64-bit systems (a larger value is ignored).
 TUNED = {
@@ -39,6 +40,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--iterations', type=int, default=4, help='timed calls per child (after one warm-up)')
     parser.add_argument('--rounds', type=int, default=2, help='children per setting, alternating')
     parser.add_argument('--child', choices=['infer', 'train'], help=argparse.SUPPRESS)
+    common.add_arguments(parser, threads=None, device=None, repeats=None)  # glibc's allocator: the CPU; --rounds repeat
     return parser.parse_args(argv)
 
 
@@ -50,6 +52,7 @@ def _child(args) -> None:
     import gaussder_hf  # noqa: F401
     from gaussder_hf.presets import get_preset
 
+    common.setup(args)
     torch.manual_seed(0)
     model = timm.create_model(args.model, initial_scales=get_preset(args.model)['initial_scales'][:args.scales])
     x = torch.rand(args.batch, model.in_chans, args.size, args.size)
@@ -69,10 +72,7 @@ def _child(args) -> None:
 
     call()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    start = time.perf_counter()
-    for _ in range(args.iterations):
-        call()
-    seconds = time.perf_counter() - start
+    seconds = common.time_call(lambda: [call() for _ in range(args.iterations)])
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     images = args.iterations * args.batch
     print(json.dumps({'img_s': images / seconds, 'faults_per_image': faults / images}))
@@ -90,7 +90,8 @@ def main(argv=None) -> None:
                 env = {k: v for k, v in os.environ.items() if k not in TUNED} | extra
                 out = subprocess.run([sys.executable, __file__, '--child', kind, '--model', args.model,
                                       '--scales', str(args.scales), '--size', str(args.size), '--batch',
-                                      str(args.batch), '--iterations', str(args.iterations)],
+                                      str(args.batch), '--iterations', str(args.iterations)]
+                                     + (['--threads', str(args.threads)] if args.threads else []),
                                      env=env, check=True, capture_output=True, text=True).stdout
                 results[kind, name].append(json.loads(out.strip().splitlines()[-1]))
     print(f'{args.model}, {args.scales} scale channel(s), batch {args.batch}, {args.size}x{args.size}; '

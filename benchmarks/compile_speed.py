@@ -21,10 +21,9 @@ Run: ``python benchmarks/compile_speed.py`` (``--help``; ``--device cuda`` on a 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import time
 
+import common
 import timm
 import torch
 import torch.nn.functional as F
@@ -39,19 +38,11 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--scales', type=int, default=6, help='use the first N scale channels of the preset')
     parser.add_argument('--size', type=int, default=72, help='input height = width')
     parser.add_argument('--batch', type=int, default=8)
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--warmup', type=int, default=2, help='untimed runs per case (compilation happens here)')
-    parser.add_argument('--threads', type=int, default=os.cpu_count())
-    parser.add_argument('--device', default='cpu')
     parser.add_argument('--no-train', action='store_true', help='time inference only')
     parser.add_argument('--no-layout-opt-case', action='store_true',
                         help="also time torch.compile with options={'layout_optimization': False} (one more compile)")
+    common.add_arguments(parser, repeats=5, warmup=2)  # compilation happens in the warm-up runs
     return parser.parse_args(argv)
-
-
-def _sync(device: str) -> None:
-    if device.startswith('cuda'):
-        torch.cuda.synchronize()
 
 
 class _Case:
@@ -70,10 +61,8 @@ class _Case:
         with torch.no_grad(), self._autocast():
             return self.forward(self.x).float()
 
-    def run(self, kind: str) -> float:
-        device = self.x.device.type
-        _sync(device)
-        start = time.perf_counter()
+    def run(self, kind: str) -> None:
+        """One inference call or one training step (cross-entropy forward + backward + AdamW step)."""
         if kind == 'infer':
             self.logits()
         else:
@@ -83,13 +72,11 @@ class _Case:
                 loss = F.cross_entropy(self.forward(self.x).float(), self.y)
             loss.backward()
             self.optimizer.step()
-        _sync(device)
-        return time.perf_counter() - start
 
 
 def main(argv=None) -> None:
     args = _parse_args(argv)
-    torch.set_num_threads(args.threads)
+    device = common.setup(args)
     torch.manual_seed(0)
     initial_scales = get_preset(args.model)['initial_scales'][:args.scales]
     in_chans = get_preset(args.model).get('in_chans', 1)
@@ -121,21 +108,20 @@ def main(argv=None) -> None:
     reference = cases[0].logits()
     agreement = {}
     for case in cases:
-        start = time.perf_counter()
-        logits = case.logits()
-        case.compile_s['infer'] = time.perf_counter() - start
+        first = []  # the first call compiles
+        case.compile_s['infer'] = common.time_call(lambda case=case: first.append(case.logits()), device)
+        logits = first[0]
         error = ((logits - reference).norm() / reference.norm()).item()
         agreement[case.label] = ((logits - reference).abs().max().item(), error,
                                  (logits.argmax(1) == reference.argmax(1)).float().mean().item())
     for kind in kinds:
+        for case in cases:  # the warm-up, timed as a whole: it holds the compilation
+            seconds = common.time_call(lambda case=case: [case.run(kind) for _ in range(args.warmup)], device)
+            case.compile_s.setdefault(kind, seconds)
+        samples = common.round_robin({case.label: (lambda case=case: case.run(kind)) for case in cases},
+                                     args.repeats, warmup=0, device=device)
         for case in cases:
-            start = time.perf_counter()
-            for _ in range(args.warmup):
-                case.run(kind)
-            case.compile_s.setdefault(kind, time.perf_counter() - start)
-        for _ in range(args.repeats):
-            for case in cases:
-                case.times[kind].append(case.run(kind))
+            case.times[kind] = samples[case.label]
 
     print(f'\n{"case":24s} | {"max|d| logits":>13s} {"rel L2":>8s} {"top-1 =":>8s} | '
           f'{"infer img/s":>11s} {"x eager":>7s} | {"train img/s":>11s} {"x eager":>7s} | first calls s')

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
-import time
 from pathlib import Path
 
+import common
 import torch
 import torch.nn.functional as F
 
@@ -32,7 +31,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--config', default='recipes/configs/rescaled_fashion_mnist_cpu.yaml')
     parser.add_argument('--batches', type=int, default=20, help='loader batches to time')
     parser.add_argument('--steps', type=int, default=5, help='training steps to time (after one warm-up)')
-    parser.add_argument('--threads', type=int, default=os.cpu_count())
+    common.add_arguments(parser, device=None, repeats=None)  # the recipe's CPU loader and model
     parser.add_argument('overrides', nargs='*', help='config overrides, key=value')
     return parser.parse_args(argv)
 
@@ -41,22 +40,23 @@ def main(argv=None) -> None:
     from datasets import load_dataset
 
     import gaussder_hf  # noqa: F401  (registers the datasets and models)
+    from gaussder_hf.input_pipeline import image_channels
 
     args = _parse_args(argv)
-    torch.set_num_threads(args.threads)
+    common.setup(args)
     cfg = recipe.load_config(args.config, args.overrides)
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir)
     split = data['train']
     num_classes = split.features['label'].num_classes
-    in_chans = 1 if split[0]['image'].mode == 'L' else 3
+    in_chans = image_channels(split[0]['image'])  # the input pipeline's grey-or-RGB rule
     model = recipe.build_model(cfg, num_classes, in_chans)
     dataset = recipe.make_dataset(cfg, split, model, train=True)
 
     loader = iter(recipe.epoch_loader(cfg, dataset, epoch=0))
     next(loader)  # worker start-up is not steady-state throughput
-    start = time.perf_counter()
-    batches = list(itertools.islice(loader, args.batches))
-    loader_rate = len(batches) * cfg.batch_size / (time.perf_counter() - start)
+    batches = []
+    seconds = common.time_call(lambda: batches.extend(itertools.islice(loader, args.batches)))
+    loader_rate = len(batches) * cfg.batch_size / seconds
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
@@ -66,11 +66,10 @@ def main(argv=None) -> None:
         F.cross_entropy(model(batch['pixel_values']), batch['labels']).backward()
         optimizer.step()
 
-    step(batches[0])
-    start = time.perf_counter()
-    for batch in itertools.islice(itertools.cycle(batches), args.steps):
-        step(batch)
-    train_rate = args.steps * cfg.batch_size / (time.perf_counter() - start)
+    step(batches[0])  # warm-up
+    timed = list(itertools.islice(itertools.cycle(batches), args.steps))
+    seconds = common.time_call(lambda: [step(batch) for batch in timed])
+    train_rate = args.steps * cfg.batch_size / seconds
 
     shape = tuple(batches[0]['pixel_values'].shape[1:])
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads; {args.config}: {cfg.model} '

@@ -40,6 +40,7 @@ import contextlib
 import sys
 import time
 
+import common
 import timm
 import torch
 
@@ -50,7 +51,6 @@ from gaussder_hf.presets import DATASET_INFO, PRESETS, get_preset
 
 def _parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--device', default='cuda')
     parser.add_argument('--sigmas', type=float, nargs='+', default=[0.7, 2.0, 6.0, 16.0])
     parser.add_argument('--layer-size', type=int, default=48, help='image size of the layer cases')
     parser.add_argument('--presets', nargs='+', default=[p for p in PRESETS if p.startswith(('gauss', 'dsgauss'))
@@ -66,6 +66,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
                         help='compare with the CPU in the same precision (default) or with CPU float64')
     parser.add_argument('--no-layers', action='store_true')
     parser.add_argument('--no-presets', action='store_true')
+    common.add_arguments(parser, threads=None, device='cuda', repeats=None)  # a comparison, not a timing: no --repeats
     return parser.parse_args(argv)
 
 
@@ -184,10 +185,7 @@ def _preset_cases(args):
 
 def main(argv=None) -> int:
     args = _parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise SystemExit(f'--device {args.device}: no CUDA device is available here '
-                         '(use --device cpu for a dry run of the comparisons on the CPU)')
+    device = common.setup(args, cuda_hint=' (use --device cpu for a dry run of the comparisons on the CPU)')
     tolerance = {'fp32': args.tol_fp32, 'tf32': args.tol_tf32, 'bf16': args.tol_bf16}
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
     print(f'torch {torch.__version__}, timm {timm.__version__}; {args.device} ({name}) against the CPU; '

@@ -24,9 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 
+import common
 import torch
 import torch.nn.functional as F
 
@@ -44,16 +43,13 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--jet-order', type=int, default=2)
     parser.add_argument('--zero-order', action='store_true')
     parser.add_argument('--eps', type=float, default=0.01)
-    parser.add_argument('--repeats', type=int, default=7, help='timed rounds per case (median reported)')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed runs per case before timing')
-    parser.add_argument('--threads', type=int, default=os.cpu_count(), help='torch.set_num_threads')
     parser.add_argument('--dtype', choices=['float32', 'float64'], default='float32')
     parser.add_argument('--dense-batch', type=int, default=1, help='batch of the dense reference run')
     parser.add_argument('--dense-budget', type=float, default=60.0,
                         help='seconds a dense run may take; longer ones are extrapolated instead')
     parser.add_argument('--no-dense', action='store_true', help='skip the dense reference')
     parser.add_argument('--no-ds', action='store_true', help='skip DSGaussDerConv')
-    parser.add_argument('--device', default='cpu', help="e.g. 'cuda' (every case is synchronised before timing)")
+    common.add_arguments(parser, repeats=7, warmup=2)
     return parser.parse_args(argv)
 
 
@@ -64,28 +60,11 @@ def _step(fn, inputs):
     fn().sum().backward()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def _time_once(fn, inputs) -> float:
-    device = inputs[0].device
-    _sync(device)
-    start = time.perf_counter()
-    _step(fn, inputs)
-    _sync(device)
-    return time.perf_counter() - start
-
-
 def main(argv=None) -> None:
     args = _parse_args(argv)
-    torch.set_num_threads(args.threads)
+    device = common.setup(args)
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
-    device = torch.device(args.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise SystemExit(f'--device {args.device}: no CUDA device is available here')
     c_in, c_out = args.channels, args.out_channels or args.channels
     batch, size = args.batch, args.size
     layer_kw = dict(jet_order=args.jet_order, zero_order=args.zero_order, eps=args.eps, dtype=dtype, device=device)
@@ -120,14 +99,9 @@ def main(argv=None) -> None:
           f'(loss = out.sum(), grads to input and weights); median of {args.repeats} round-robin '
           f'repeats after {args.warmup} warm-up runs')
 
-    for fn, inputs in cases.values():
-        for _ in range(args.warmup):
-            _step(fn, inputs)
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(args.repeats):
-        for name, (fn, inputs) in cases.items():
-            samples[name].append(_time_once(fn, inputs))
-    ms = {name: 1e3 * statistics.median(values) for name, values in samples.items()}
+    steps = {name: (lambda fn=fn, inputs=inputs: _step(fn, inputs)) for name, (fn, inputs) in cases.items()}
+    samples = common.round_robin(steps, args.repeats, args.warmup, device)
+    ms = {name: 1e3 * seconds for name, seconds in common.medians(samples).items()}
     spread = {name: 1e3 * (max(values) - min(values)) for name, values in samples.items()}
 
     dense_ms: dict[float, tuple[float, str]] = {}
@@ -191,7 +165,7 @@ def _time_dense(gd: GaussDerConv, args: argparse.Namespace, dtype: torch.dtype) 
             continue
         # Warm the composed-kernel computation on a tiny input, then one timed run.
         _step(lambda: dense_reference(gd, x[:, :, :4, :4].detach(), sigma), list(gd.parameters()))
-        seconds = _time_once(lambda: dense_reference(gd, x, sigma), inputs)
+        seconds = common.time_call(lambda: _step(lambda: dense_reference(gd, x, sigma), inputs), x.device)
         last = (sigma, area, seconds)
         note = '1 run' + (f' at batch {dense_batch}, x{scale:g}' if scale != 1 else '')
         result[sigma] = (1e3 * seconds * scale, note)

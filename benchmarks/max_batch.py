@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import time
 from collections.abc import Callable
 
+import common
 import timm
 import torch
 import torch.nn.functional as F
@@ -32,17 +32,18 @@ from gaussder_hf.presets import DATASET_INFO, get_preset
 
 def _parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--device', default='cuda')
     parser.add_argument('--model', default='gaussderresnet18_stl10')
     parser.add_argument('--scales', type=int, default=6, help='first N scale channels of the preset')
     parser.add_argument('--size', type=int, default=None, help='input height = width (default: the training size)')
     parser.add_argument('--start', type=int, default=8, help='first batch tried')
     parser.add_argument('--limit', type=int, default=4096, help='largest batch tried')
-    parser.add_argument('--steps', type=int, default=5, help='timed steps at the largest batch')
+    parser.add_argument('--steps', dest='repeats', type=int, default=argparse.SUPPRESS,
+                        help='the same as --repeats (its former name)')
     parser.add_argument('--precision', choices=['fp32', 'tf32', 'bf16'], default='tf32',
                         help='fp32: TF32 off; tf32: TF32 matmuls/convs; bf16: bfloat16 autocast')
     parser.add_argument('--checkpointing', choices=['off', 'on', 'both'], default='both')
     parser.add_argument('--budget-gb', type=float, default=None, help='cap the memory this process may use')
+    common.add_arguments(parser, threads=None, device='cuda', repeats=5)  # --repeats: timed steps at the largest batch
     return parser.parse_args(argv)
 
 
@@ -95,15 +96,15 @@ class _Trainer:
         """One training step at ``batch``; returns its seconds."""
         x = torch.rand(batch, *self.shape, device=self.device)
         y = torch.randint(0, 10, (batch,), device=self.device)
-        torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = F.cross_entropy(self.model(x).float(), y)
-        loss.backward()
-        self.optimizer.step()
-        torch.cuda.synchronize(self.device)
-        return time.perf_counter() - start
+
+        def train_step():
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                loss = F.cross_entropy(self.model(x).float(), y)
+            loss.backward()
+            self.optimizer.step()
+
+        return common.time_call(train_step, self.device)
 
     def fits(self, batch: int) -> bool:
         try:
@@ -122,12 +123,10 @@ class _Trainer:
 
 def main(argv=None) -> None:
     args = _parse_args(argv)
-    device = torch.device(args.device)
-    if device.type != 'cuda':
+    if torch.device(args.device).type != 'cuda':
         raise SystemExit(f'--device {args.device}: this benchmark measures GPU memory and needs a CUDA device '
                          '(CPU memory per sample: benchmarks/model_speed.py)')
-    if not torch.cuda.is_available():
-        raise SystemExit(f'--device {args.device}: no CUDA device is available here')
+    device = common.setup(args)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision == 'tf32'
     torch.backends.cudnn.benchmark = False  # autotuning workspaces would blur the memory bisection
     total_gb = torch.cuda.get_device_properties(device).total_memory / 1e9
@@ -149,7 +148,7 @@ def main(argv=None) -> None:
         trainer.step(batch)  # warm-up at the final batch
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        times = [trainer.step(batch) for _ in range(args.steps)]
+        times = [trainer.step(batch) for _ in range(args.repeats)]
         peak_gb = (torch.cuda.max_memory_allocated(device) - before) / 1e9
         results.append((checkpointing, batch, batch / statistics.median(times), peak_gb / batch))
         del trainer

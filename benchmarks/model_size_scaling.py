@@ -12,10 +12,8 @@ Run: ``python benchmarks/model_size_scaling.py`` (see ``--help``; ``--device cud
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import time
 
+import common
 import timm
 import torch
 
@@ -30,9 +28,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--max-size', nargs='*', default=['gaussderresnet18_stl10=192'],
                         help='MODEL=SIDE: largest side to run a model at (a full-resolution network at 1024 px '
                              'takes minutes per forward on a CPU)')
-    parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--threads', type=int, default=os.cpu_count())
-    parser.add_argument('--device', default='cpu')
+    common.add_arguments(parser, repeats=3)
     return parser.parse_args(argv)
 
 
@@ -44,32 +40,34 @@ def _status_kb(field: str) -> int:
     raise KeyError(field)
 
 
-def _forward(model, x, device) -> tuple[float, float]:
-    """Returns (seconds, peak memory growth in MB) of one forward."""
+@torch.no_grad()
+def _infer(model, x) -> None:
+    model(x)
+
+
+def _peak_memory_mb(model, x, device) -> float:
+    """Returns the peak memory growth in MB over one forward."""
     cuda = device.type == 'cuda'
     if cuda:
-        torch.cuda.synchronize(device)
+        common.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')
         base = _status_kb('VmRSS') * 1024
-    start = time.perf_counter()
-    with torch.no_grad():
-        model(x)
+    _infer(model, x)
     if cuda:
-        torch.cuda.synchronize(device)
+        common.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = _status_kb('VmHWM') * 1024
-    return time.perf_counter() - start, (peak - base) / 2 ** 20
+    return (peak - base) / 2 ** 20
 
 
 def main(argv=None) -> None:
     args = _parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = common.setup(args)
     limits = {k: int(v) for k, v in (item.split('=') for item in args.max_size)}
     print(f'# torch {torch.__version__}, timm {timm.__version__}, {device}, {torch.get_num_threads()} threads; '
           f'inference batch 1, one scale channel, median of {args.repeats} after 1 warm-up, cases interleaved')
@@ -84,14 +82,9 @@ def main(argv=None) -> None:
                 continue
             x = torch.rand(1, preset['in_chans'], size, size, device=device)
             cases = {'ours': ours, 'resnet18': ref}
-            times = {k: [] for k in cases}
-            memory = {}
-            for key, model in cases.items():
-                memory[key] = _forward(model, x, device)[1]
-            for _ in range(args.repeats):
-                for key, model in cases.items():
-                    times[key].append(_forward(model, x, device)[0])
-            t = {k: statistics.median(v) for k, v in times.items()}
+            memory = {key: _peak_memory_mb(model, x, device) for key, model in cases.items()}  # also the warm-up
+            calls = {key: (lambda model=model: _infer(model, x)) for key, model in cases.items()}
+            t = common.medians(common.round_robin(calls, args.repeats, warmup=0, device=device))
             rows.append((name, size, t['ours'], t['resnet18'], memory['ours'], memory['resnet18']))
             print(f'  {name} {size} done', flush=True)
     print()

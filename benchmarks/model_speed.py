@@ -40,8 +40,8 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
+import common
 import timm
 import torch
 import torch.nn.functional as F
@@ -58,17 +58,14 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--presets', nargs='+', default=DEFAULT_PRESETS)
     parser.add_argument('--scales', type=int, default=6, help='use the first N scale channels of each preset')
     parser.add_argument('--batch', type=int, default=8, help='batch of the throughput runs')
-    parser.add_argument('--repeats', type=int, default=5, help='timed rounds per case (median reported)')
-    parser.add_argument('--warmup', type=int, default=1, help='untimed runs per case before timing')
-    parser.add_argument('--threads', type=int, default=os.cpu_count(), help='torch.set_num_threads')
     parser.add_argument('--mem-preset', default='gaussderresnet18_stl10')
     parser.add_argument('--mem-scales', type=int, default=6, help='scale channels of the memory runs')
     parser.add_argument('--mem-batch', type=int, default=2)
     parser.add_argument('--mem-budget-gb', type=float, default=80.0, help='memory to extrapolate the batch to')
     parser.add_argument('--no-memory', action='store_true', help='skip the memory runs')
     parser.add_argument('--no-speed', action='store_true', help='skip the throughput and FLOP runs')
-    parser.add_argument('--device', default='cpu', help="e.g. 'cuda' (memory then from torch.cuda's allocator)")
     parser.add_argument('--memory-child', nargs=2, metavar=('CKPT', 'BATCH'), help=argparse.SUPPRESS)
+    common.add_arguments(parser, repeats=5, warmup=1)  # on CUDA the memory comes from torch.cuda's allocator
     return parser.parse_args(argv)
 
 
@@ -107,29 +104,17 @@ class _Case:
         self.infer_times: list[float] = []
         self.train_times: list[float] = []
 
-    def infer(self) -> float:
+    def infer(self) -> None:
         self.model.eval()
-        _sync(self.device)
-        start = time.perf_counter()
         with torch.no_grad():
             self.model(self.x)
-        _sync(self.device)
-        return time.perf_counter() - start
 
-    def train(self) -> float:
+    def train(self) -> None:
+        """One training step: cross-entropy forward + backward + AdamW step."""
         self.model.train()
-        _sync(self.device)
-        start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(self.model(self.x), self.y).backward()
         self.optimizer.step()
-        _sync(self.device)
-        return time.perf_counter() - start
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 def _status_kb(field: str) -> int:
@@ -168,11 +153,13 @@ def _memory_child(preset: str, scales: int, ckpt: bool, batch: int) -> None:
     x = torch.rand(batch, *_input_size(preset))
     y = torch.randint(0, 10, (batch,))
     base = _reset_peak()
-    start = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
-    optimizer.step()
-    seconds = time.perf_counter() - start
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    seconds = common.time_call(step)
     peak = _status_kb('VmHWM') if base is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if base is None:
         base = _base_maxrss
@@ -190,16 +177,17 @@ def _memory_cuda(args) -> list[dict]:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         x = torch.rand(args.mem_batch, *_input_size(args.mem_preset), device=device)
         y = torch.randint(0, 10, (args.mem_batch,), device=device)
-        for _ in range(2):  # the first step also allocates AdamW's state and cuDNN workspaces
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            start = time.perf_counter()
+
+        def step(model=model, optimizer=optimizer, x=x, y=y):
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
-            torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
+
+        for _ in range(2):  # the first step also allocates AdamW's state and cuDNN workspaces
+            common.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            seconds = common.time_call(step, device)
         peak = torch.cuda.max_memory_allocated(device)
         record = dict(base_kb=base // 1024, peak_kb=peak // 1024, seconds=seconds, ckpt=ckpt,
                       per_sample_gb=(peak - base) / args.mem_batch / 1e9)
@@ -229,14 +217,11 @@ def _memory(args) -> list[dict]:
 
 def main(argv=None) -> None:
     args = _parse_args(argv)
-    torch.set_num_threads(args.threads)
+    device = common.setup(args)
     if args.memory_child:
         _memory_child(args.mem_preset, args.mem_scales, bool(int(args.memory_child[0])), int(args.memory_child[1]))
         return
     torch.manual_seed(0)
-    device = torch.device(args.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise SystemExit(f'--device {args.device}: no CUDA device is available here')
     where = (f'{torch.cuda.get_device_name(device)}, TF32 matmul {torch.backends.cuda.matmul.allow_tf32} / cuDNN '
              f'{torch.backends.cudnn.allow_tf32}' if device.type == 'cuda' else platform.machine())
     print(f'torch {torch.__version__}, timm {timm.__version__}, {where}, '
@@ -253,14 +238,13 @@ def main(argv=None) -> None:
                 model = model.to(device)
                 flops[label] = _flops(model, shape)
                 cases.append(_Case(label, model, shape, args.batch))
-        for case in cases:  # warm-up: kernels and smoothing matrices are cached on the first call
-            for _ in range(args.warmup):
-                case.infer()
-                case.train()
+        calls = {(case.label, kind): getattr(case, kind) for case in cases for kind in ('infer', 'train')}
         for r in range(args.repeats):
+            # The warm-up before the first round: kernels and smoothing matrices are cached on the first call.
+            samples = common.round_robin(calls, 1, args.warmup if r == 0 else 0, device)
             for case in cases:
-                case.infer_times.append(case.infer())
-                case.train_times.append(case.train())
+                case.infer_times += samples[case.label, 'infer']
+                case.train_times += samples[case.label, 'train']
             print(f'  round {r + 1}/{args.repeats} done', flush=True)
         for case in cases:
             total, conv, mm = flops[case.label]

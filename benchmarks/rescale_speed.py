@@ -12,43 +12,28 @@ use the s = 1 rate). It also reports the max and mean absolute pixel difference 
 outputs on the subset: they are not identical (float vs 8-bit intermediate, different rounding).
 
 The data come from Debian's ``dataset-fashion-mnist`` package (``--root``, IDX files, gzip), read
-by a tiny reader in this script. Train = the first 50,000 images of the training file,
-validation = the last 10,000 (just for timing; the dataset builder defines the real split).
+by the package's IDX reader (``gaussder_hf.dataset_sources.read_idx``). Train = the first
+50,000 images of the training file, validation = the last 10,000 (just for timing; the dataset
+builder defines the real split).
 
 Run: ``python benchmarks/rescale_speed.py`` (see ``--help``).
 """
 from __future__ import annotations
 
 import argparse
-import gzip
 import math
 import os
 import platform
-import struct
-import time
 
+import common
 import numpy as np
 import torch
 from PIL import Image
 
+from gaussder_hf.dataset_sources import read_idx
 from gaussder_hf.rescaling import SIZE_FACTORS, rescale_batch, rescaled_size, size_factor_name
 
 CANVAS = 72
-
-
-def read_idx_gz(path: str) -> np.ndarray:
-    """Returns the uint8 array of a gzip-compressed IDX file (magic 0x0803 images, 0x0801 labels)."""
-    with gzip.open(path, 'rb') as f:
-        magic, = struct.unpack('>i', f.read(4))
-        if magic not in (0x00000803, 0x00000801):
-            raise ValueError(f'{path}: bad IDX magic number 0x{magic:08x}')
-        ndim = magic & 0xFF
-        shape = struct.unpack(f'>{ndim}i', f.read(4 * ndim))
-        data = f.read()
-    count = int(np.prod(shape))
-    if len(data) != count:
-        raise ValueError(f'{path}: expected {count} bytes of data, got {len(data)}')
-    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def pil_rescale(images: np.ndarray, s: float, canvas: int = CANVAS) -> np.ndarray:
@@ -68,23 +53,22 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--root', default=os.environ.get('FASHION_MNIST_DIR', '/usr/share/datasets/fashion-mnist'))
     parser.add_argument('--pil-subset', type=int, default=2000, help='images per size factor for the PIL baseline')
-    parser.add_argument('--repeats', type=int, default=3, help='rounds; the fastest round of each case is reported')
-    parser.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
+    common.add_arguments(parser, threads=None, device=None, repeats=3)  # numpy and PIL on the CPU: no --device
     return parser.parse_args(argv)
 
 
 def _timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start
+    """Returns ``fn(*args)`` and the seconds it took."""
+    out = []
+    seconds = common.time_call(lambda: out.append(fn(*args)))
+    return out[0], seconds
 
 
 def main(argv=None) -> None:
     args = _parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    train_all = read_idx_gz(os.path.join(args.root, 'train-images-idx3-ubyte.gz'))
-    test = read_idx_gz(os.path.join(args.root, 't10k-images-idx3-ubyte.gz'))
+    common.setup(args)
+    train_all = read_idx(os.path.join(args.root, 'train-images-idx3-ubyte.gz'), ndim=3)
+    test = read_idx(os.path.join(args.root, 't10k-images-idx3-ubyte.gz'), ndim=3)
     train, val = train_all[:50000], train_all[50000:]
     subset = test[:args.pil_subset]
     print(f'{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, '

@@ -15,10 +15,8 @@ Run: ``python benchmarks/scale_batching.py`` (``--help``).
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import time
 
+import common
 import torch
 import torch.nn.functional as F
 
@@ -33,8 +31,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--channels', type=int, default=24, help='C_in = C_out')
     parser.add_argument('--size', type=int, default=72)
     parser.add_argument('--layer', type=int, default=5, help='sigma = initial scale * 1.13**(layer - 1)')
-    parser.add_argument('--repeats', type=int, default=7)
-    parser.add_argument('--threads', type=int, default=os.cpu_count())
+    common.add_arguments(parser, device=None, repeats=7)  # the CPU's batched matrix products
     return parser.parse_args(argv)
 
 
@@ -61,37 +58,30 @@ def batched(layer: GaussDerConv, x: torch.Tensor, sigmas) -> torch.Tensor:
     return out.view(batch, channels, layer.out_channels, height, width).transpose(0, 1)
 
 
-def _time(fn, layer, x, sigmas) -> float:
+def _step(fn, layer, x, sigmas) -> None:
+    """One forward + backward (``loss = out.sum()``), the gradients cleared first."""
     layer.zero_grad(set_to_none=True)
     x.grad = None
-    start = time.perf_counter()
     fn(layer, x, sigmas).sum().backward()
-    return time.perf_counter() - start
 
 
 def main(argv=None) -> None:
     args = _parse_args(argv)
-    torch.set_num_threads(args.threads)
+    common.setup(args)
     torch.manual_seed(0)
     sigmas = [s * 1.13 ** (args.layer - 1) for s in DEFAULT_INITIAL_SCALES]
     layer = GaussDerConv(args.channels, args.channels)
     x = torch.rand(len(sigmas), args.batch, args.channels, args.size, args.size, requires_grad=True)
     with torch.no_grad():
         torch.testing.assert_close(batched(layer, x, sigmas), sequential(layer, x, sigmas), rtol=1e-4, atol=1e-4)
-    times = {'sequential': [], 'batched': []}
-    fns = {'sequential': sequential, 'batched': batched}
-    for fn in fns.values():
-        _time(fn, layer, x, sigmas)
-    for _ in range(args.repeats):
-        for name, fn in fns.items():
-            times[name].append(_time(fn, layer, x, sigmas))
+    steps = {name: (lambda fn=fn: _step(fn, layer, x, sigmas)) for name, fn in
+             (('sequential', sequential), ('batched', batched))}
+    median = common.medians(common.round_robin(steps, args.repeats, warmup=1))
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads; GaussDerConv {args.channels}->'
           f'{args.channels}, batch {args.batch}, {args.size}x{args.size}, {len(sigmas)} scale channels at sigma '
           + ', '.join(f'{s:.2f}' for s in sigmas) + f'; forward + backward, median of {args.repeats}; outputs equal')
-    base = statistics.median(times['sequential'])
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f'  {name:10s} {1000 * median:8.1f} ms   x{base / median:.2f} vs sequential')
+    for name, seconds in median.items():
+        print(f'  {name:10s} {1000 * seconds:8.1f} ms   x{median["sequential"] / seconds:.2f} vs sequential')
 
 
 if __name__ == '__main__':

@@ -4,7 +4,7 @@ For each preset and size factor s, compares the spatially max-pooled class score
 channel sigma0 on the s = 1 image with those on the image rescaled by s (bicubic, antialiased,
 centred on a black canvas): of channel s * sigma0 (matched), of channel sigma0 (unmatched), and
 those of a plain 3x3-conv ResNet of the same widths without subsampling (plain). Errors are
-mean relative L2 errors over the 10 class scores (tests/test_scale_covariance.py defines them).
+mean relative L2 errors over the 10 class scores (defined below; tests/test_scale_covariance.py checks them).
 The RGB presets see the grayscale image replicated to 3 channels.
 
 Part 2 sweeps sigma0 and the canvas for the Fashion-MNIST preset: the matched error should fall
@@ -24,22 +24,169 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
 
+import common
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
-from fashion_mnist import load_fashion_mnist  # noqa: E402
-from test_scale_covariance import (  # noqa: E402
-    build_networks,
-    load_test_images,
-    reference_scores,
-    relative_l2_error,
-    rescale_on_canvas,
-    rescaled_scores,
-)
+import gaussder_hf
+from gaussder_hf.dataset_sources import FASHION_MNIST_DEBIAN_DIR, read_fashion_mnist
+from gaussder_hf.model import spatial_select
+
+FASHION_MNIST_DIR = os.environ.get('FASHION_MNIST_DIR', FASHION_MNIST_DEBIAN_DIR)
+
+# ---------------------------------------------------------------------------------------------
+# The measurement (tests/test_scale_covariance.py checks its numbers)
+# ---------------------------------------------------------------------------------------------
+
+def load_test_images(count: int, in_chans: int = 1, start: int = 0) -> torch.Tensor:
+    """Returns ``count`` Fashion-MNIST test images as floats in [0, 1], ``(count, in_chans, 28, 28)``.
+
+    Grayscale is replicated to ``in_chans`` channels (for the RGB presets).
+    """
+    images, _ = read_fashion_mnist(FASHION_MNIST_DIR, 'test', limit=start + count)
+    x = torch.from_numpy(images[start:start + count].copy()).float().div_(255.0).unsqueeze(1)
+    return x.expand(-1, in_chans, -1, -1).contiguous()
+
+
+def rescaled_size(size: int, s: float) -> int:
+    """Returns the side of an image of side ``size`` rescaled by ``s``: ``round(size * s)``."""
+    return max(1, int(round(size * s)))
+
+
+def rescale_on_canvas(images: torch.Tensor, s: float, canvas: int) -> torch.Tensor:
+    """Rescales ``images`` by ``s`` (bicubic, antialiased, clamped to [0, 1]) and centres them on a black canvas.
+
+    The object occupies rows/columns ``offset .. offset + n - 1`` with ``offset = (canvas - n) // 2``
+    and ``n = round(28 * s)``, so its centre ``offset + (n - 1) / 2`` is the canvas centre
+    ``(canvas - 1) / 2`` exactly when ``canvas - n`` is even, and half a pixel up-left of it
+    otherwise (the same rule for every ``s``; the sizes used here are all even).
+    """
+    size = images.shape[-1]
+    n = rescaled_size(size, s)
+    if n > canvas:
+        raise ValueError(f'a {size}px image rescaled by {s} ({n}px) does not fit on a {canvas}px canvas')
+    if n != size:
+        images = TF.resize(images, [n, n], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    images = images.clamp(0.0, 1.0)
+    out = images.new_zeros(*images.shape[:-2], canvas, canvas)
+    offset = (canvas - n) // 2
+    out[..., offset:offset + n, offset:offset + n] = images
+    return out
+
+
+class PlainConvResNet(nn.Module):
+    """Plain 3x3-conv ResNet without subsampling, the GaussDerResNet's layout with 3x3 convolutions.
+
+    Stem ``conv3x3 -> BN -> ReLU``, one residual block ``conv3x3 -> BN -> ReLU -> conv3x3 -> BN``
+    (+ identity, or 1x1 conv + BN when the width changes, then ReLU) per entry of ``channels[1:]``,
+    head ``conv3x3 -> BN`` to ``num_classes``, then the spatial selection ``spatial_pool`` (spatial
+    max pooling by default). Convolutions have no bias and the same He-uniform initialisation as
+    the GaussDerResNet's layers, 1x1 skips included. Zero padding: on a black canvas it agrees with
+    the GD layers' mirror extension wherever the margin is wide enough.
+    """
+
+    def __init__(self, in_chans: int, num_classes: int, channels, spatial_pool: str = 'max'):
+        super().__init__()
+        channels = tuple(channels)
+        self.spatial_pool = spatial_pool
+
+        def conv(cin, cout):
+            layer = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+            nn.init.kaiming_uniform_(layer.weight, nonlinearity='relu')
+            return layer
+
+        self.stem = nn.Sequential(conv(in_chans, channels[0]), nn.BatchNorm2d(channels[0]), nn.ReLU())
+        self.blocks = nn.ModuleList()
+        for cin, cout in zip(channels[:-1], channels[1:]):
+            block = nn.Module()
+            block.body = nn.Sequential(
+                conv(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(), conv(cout, cout), nn.BatchNorm2d(cout))
+            block.skip = nn.Identity()
+            if cin != cout:
+                skip = nn.Conv2d(cin, cout, 1, bias=False)
+                nn.init.kaiming_uniform_(skip.weight, nonlinearity='relu')
+                block.skip = nn.Sequential(skip, nn.BatchNorm2d(cout))
+            self.blocks.append(block)
+        self.head = nn.Sequential(conv(channels[-1], num_classes), nn.BatchNorm2d(num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = F.relu(block.body(x) + block.skip(x))
+        return spatial_select(self.head(x), self.spatial_pool)
+
+
+def relative_l2_error(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Returns the mean over images of ``||reference - other|| / ||reference||`` over the last axis."""
+    return ((reference - other).norm(dim=-1) / reference.norm(dim=-1)).mean().item()
+
+
+def centred(scores: torch.Tensor) -> torch.Tensor:
+    """Returns class scores ``(..., K)`` with their mean over the classes removed."""
+    return scores - scores.mean(dim=-1, keepdim=True)
+
+
+def build_networks(preset: str, sigma0: float, seed: int = 0, spatial_pool: str | None = 'max'):
+    """Returns ``(gaussderresnet, plain)``: the preset with one scale channel ``sigma0`` and a plain
+    3x3-conv ResNet of the same widths, both randomly initialised, eval mode, both with the spatial
+    selection ``spatial_pool`` (``None``: the preset's own)."""
+    torch.manual_seed(seed)
+    overrides = dict(initial_scales=(sigma0,))
+    if spatial_pool is not None:
+        overrides['spatial_pool'] = spatial_pool
+    model = gaussder_hf.create_gaussderresnet(preset, **overrides).eval()
+    plain = PlainConvResNet(model.in_chans, model.num_classes, model.channels, model.spatial_pool).eval()
+    return model, plain
+
+
+@torch.no_grad()
+def reference_scores(model, plain, images: torch.Tensor, sigma0: float, canvas: int):
+    """Returns the ``s = 1`` scores: channel ``sigma0`` of ``model`` ``(B, K)`` and ``plain`` ``(B, K)``."""
+    x = rescale_on_canvas(images, 1.0, canvas)
+    scores = model.with_initial_scales((sigma0,)).forward_scale_channels(x)[:, 0]
+    return scores, plain(x)
+
+
+@torch.no_grad()
+def rescaled_scores(model, plain, images: torch.Tensor, s: float, sigma0: float, canvas: int):
+    """Returns the scores on the image rescaled by ``s``: ``(matched, unmatched, plain)``, each ``(B, K)``.
+
+    ``matched`` is scale channel ``s * sigma0``, ``unmatched`` scale channel ``sigma0``.
+    """
+    x = rescale_on_canvas(images, s, canvas)
+    scores = model.with_initial_scales((sigma0, s * sigma0)).forward_scale_channels(x)
+    return scores[:, 1], scores[:, 0], plain(x)
+
+
+def covariance_errors(model, plain, images: torch.Tensor, s: float, sigma0: float, canvas: int, reference=None,
+                      centre: bool = True):
+    """Returns ``{'matched', 'unmatched', 'plain', 'spread', 'plain_spread'}`` mean relative L2 errors for ``s``.
+
+    ``matched``: channel ``s * sigma0`` on the rescaled image against channel ``sigma0`` on the
+    ``s = 1`` image; ``unmatched``: channel ``sigma0`` on both; ``plain``: the plain conv net on both;
+    ``spread`` (``plain_spread``): the ``s = 1`` scores of the GaussDerResNet (the plain net) against
+    their mean over the images, i.e. how much they depend on the image at all. With ``centre``
+    (default) every score vector first loses its mean over the classes (:func:`centred`).
+    ``reference`` reuses :func:`reference_scores`.
+    """
+    ref, plain_ref = reference if reference is not None else reference_scores(model, plain, images, sigma0, canvas)
+    matched, unmatched, plain_scores = rescaled_scores(model, plain, images, s, sigma0, canvas)
+    if centre:
+        ref, plain_ref, matched, unmatched, plain_scores = map(
+            centred, (ref, plain_ref, matched, unmatched, plain_scores))
+    return dict(
+        matched=relative_l2_error(ref, matched),
+        unmatched=relative_l2_error(ref, unmatched),
+        plain=relative_l2_error(plain_ref, plain_scores),
+        spread=relative_l2_error(ref, ref.mean(dim=0, keepdim=True).expand_as(ref)),
+        plain_spread=relative_l2_error(plain_ref, plain_ref.mean(dim=0, keepdim=True).expand_as(plain_ref)),
+    )
+
 
 PRESETS = [
     'gaussderresnet18_fashionmnist', 'dsgaussderresnet18_fashionmnist',
@@ -47,10 +194,6 @@ PRESETS = [
     'gaussderresnet18_stl10', 'dsgaussderresnet18_stl10',
 ]
 FACTORS = {'sqrt2': math.sqrt(2.0), '2': 2.0}
-
-
-def centred(scores: torch.Tensor) -> torch.Tensor:
-    return scores - scores.mean(dim=-1, keepdim=True)
 
 
 @torch.no_grad()
@@ -117,10 +260,9 @@ def main(argv=None):
     parser.add_argument('--no-sweep', action='store_true', help='skip the sigma0 / canvas sweep')
     parser.add_argument('--calibrate-bn', action='store_true',
                         help='add Fashion-MNIST rows with BN statistics from one train-mode pass on 16 train images')
-    parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
+    common.add_arguments(parser, threads=None, device=None, repeats=None)  # errors, not timings, on the CPU
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.setup(args)
 
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, {args.images} images from #{args.start}, '
           f'seed {args.seed}; errors are mean relative L2 over the 10 class scores')
@@ -138,7 +280,7 @@ def main(argv=None):
                 print(fmt(preset, args.sigma0, args.canvas, r), flush=True)
         if args.calibrate_bn:
             preset = 'gaussderresnet18_fashionmnist'
-            train, _ = load_fashion_mnist('train', limit=16)
+            train, _ = read_fashion_mnist(FASHION_MNIST_DIR, 'train', limit=16)
             calibration = torch.from_numpy(train.copy()).float().div_(255.0).unsqueeze(1)
             for sigma0 in (1.0, 2.0):
                 model, plain = build_networks(preset, sigma0, seed=args.seed)

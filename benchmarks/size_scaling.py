@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
+import common
 import torch
 
 from gaussder_hf import kernels
@@ -37,35 +36,23 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--sigmas', type=float, nargs='+', default=[0.7, 2.0, 6.0, 16.0])
     parser.add_argument('--dense-max-size', type=int, default=1024,
                         help='largest side at which the dense ("before") case is timed (it grows as side**3)')
-    parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--threads', type=int, default=os.cpu_count())
-    parser.add_argument('--device', default='cpu')
     parser.add_argument('--memory', action='store_true', help='also measure RSS growth over many sides')
     parser.add_argument('--memory-sizes', type=int, default=20)
     parser.add_argument('--preset', default='gaussderresnet18_stl10', help='whose first layer and scales --memory uses')
     parser.add_argument('--memory-child', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--skip-speed', action='store_true')
+    common.add_arguments(parser, repeats=3)
     return parser.parse_args(argv)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def _time(fn, inputs) -> float:
-    device = inputs[0].device
+def _step(fn, inputs) -> None:
+    """One forward + backward (``loss = out.sum()``), the gradients of ``inputs`` cleared first."""
     for tensor in inputs:
         tensor.grad = None
-    _sync(device)
-    start = time.perf_counter()
     fn().sum().backward()
-    _sync(device)
-    return time.perf_counter() - start
 
 
-def _speed(args: argparse.Namespace) -> None:
-    device = torch.device(args.device)
+def _speed(args: argparse.Namespace, device: torch.device) -> None:
     torch.manual_seed(0)
     c = args.channels
     gd = GaussDerConv(c, c, jet_order=2, device=device)
@@ -89,13 +76,9 @@ def _speed(args: argparse.Namespace) -> None:
                     with kernels.smoothing_method(m):
                         return gd(x, s)
                 cases[f'{label}@{sigma:g}'] = (run, [x, *gd.parameters()])
-        samples = {name: [] for name in cases}
-        for fn, inputs in cases.values():
-            _time(fn, inputs)
-        for _ in range(args.repeats):
-            for name, (fn, inputs) in cases.items():
-                samples[name].append(_time(fn, inputs))
-        ms = {name: 1e3 * statistics.median(v) for name, v in samples.items()}
+        steps = {name: (lambda fn=fn, inputs=inputs: _step(fn, inputs)) for name, (fn, inputs) in cases.items()}
+        median = common.medians(common.round_robin(steps, args.repeats, warmup=1, device=device))
+        ms = {name: 1e3 * seconds for name, seconds in median.items()}
         for sigma in args.sigmas:
             method = 'conv' if kernels.uses_conv_smoothing(sigma, gd.eps, (size, size)) else 'dense'
             before = ms.get(f'before@{sigma:g}')
@@ -142,7 +125,8 @@ def _memory_child(args: argparse.Namespace) -> None:
 def _memory(args: argparse.Namespace) -> None:
     results = {}
     for method in ('dense', 'auto'):
-        code = ('import sys; from gaussder_hf import kernels; import benchmarks.size_scaling as b; '
+        code = ('import sys; sys.path.insert(0, "benchmarks"); from gaussder_hf import kernels; '
+                'import size_scaling as b; '
                 f'ctx = kernels.smoothing_method({method!r}); ctx.__enter__(); '
                 'b._memory_child(b._parse_args('
                 f'["--memory-sizes", "{args.memory_sizes}", "--preset", "{args.preset}"]))')
@@ -161,12 +145,12 @@ def _memory(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> None:
     args = _parse_args(argv)
-    torch.set_num_threads(args.threads)
+    device = common.setup(args)
     if args.memory_child:
         _memory_child(args)
         return
     if not args.skip_speed:
-        _speed(args)
+        _speed(args, device)
     if args.memory:
         _memory(args)
 

@@ -12,10 +12,8 @@ Run: ``python benchmarks/smoothing_cost.py`` (see ``--help``; ``--device cuda`` 
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import time
 
+import common
 import torch
 
 from gaussder_hf import kernels
@@ -29,31 +27,22 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--pad', type=int, default=1, help='mirror extension after smoothing (1 for a 2-jet)')
     parser.add_argument('--eps', type=float, default=0.01)
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--threads', type=int, default=os.cpu_count())
     parser.add_argument('--forward-only', action='store_true')
-    parser.add_argument('--device', default='cpu')
+    common.add_arguments(parser, repeats=5)
     return parser.parse_args(argv)
 
 
-def _time(x: torch.Tensor, sigma: float, eps: float, pad: int, method: str, backward: bool) -> float:
-    if x.device.type == 'cuda':
-        torch.cuda.synchronize(x.device)
-    start = time.perf_counter()
+def _smooth(x: torch.Tensor, sigma: float, eps: float, pad: int, method: str, backward: bool) -> None:
     with kernels.smoothing_method(method):
         y = kernels.gaussian_smooth(x, sigma, eps, 2, pad=pad)
     if backward:
         x.grad = None
         y.sum().backward()
-    if x.device.type == 'cuda':
-        torch.cuda.synchronize(x.device)
-    return time.perf_counter() - start
 
 
 def main(argv=None) -> None:
     args = _parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = common.setup(args)
     backward = not args.forward_only
     print(f'# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; batch {args.batch}, '
           f'{args.channels} channels, pad {args.pad}, eps {args.eps}; '
@@ -64,13 +53,10 @@ def main(argv=None) -> None:
     for size in args.sizes:
         x = torch.randn(args.batch, args.channels, size, size, device=device, requires_grad=backward)
         for sigma in args.sigmas:
-            samples = {'dense': [], 'conv': []}
-            for method in samples:  # warm-up: builds the cached operators
-                _time(x, sigma, args.eps, args.pad, method, backward)
-            for _ in range(args.repeats):
-                for method in samples:
-                    samples[method].append(_time(x, sigma, args.eps, args.pad, method, backward))
-            dense, conv = (statistics.median(samples[m]) for m in ('dense', 'conv'))
+            # One warm-up call per method builds the cached operators.
+            cases = {m: (lambda m=m: _smooth(x, sigma, args.eps, args.pad, m, backward)) for m in ('dense', 'conv')}
+            median = common.medians(common.round_robin(cases, args.repeats, warmup=1, device=device))
+            dense, conv = median['dense'], median['conv']
             ratios[size, sigma] = conv / dense
             times[size, sigma] = (dense, conv)
         print(f'  side {size:5d} done', flush=True)

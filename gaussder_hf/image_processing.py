@@ -16,11 +16,11 @@ from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import PILImageResampling
 
-from .input_pipeline import InputPipeline, decode_image, model_normalisation, normalise, to_model_channels
+from .input_pipeline import InputPipeline, decode_image, normalise, to_model_channels
 from .presets import DATASET_INFO
 from .rescaling import BACKGROUNDS
 
-__all__ = ['GaussDerResNetImageProcessor', 'model_normalisation']
+__all__ = ['GaussDerResNetImageProcessor']
 
 
 class GaussDerResNetImageProcessor(TorchvisionBackend):
@@ -133,3 +133,17 @@ def _per_channel(values, channels: int, name: str, positive: bool = False) -> tu
            or (positive and v <= 0) for v in values):
         raise ValueError(f'{name} must hold {allowed}, got {values!r}')
     return tuple(float(v) for v in values)
+
+
+def __getattr__(name: str):
+    # model_normalisation was reachable from here once; its home is the input pipeline, where
+    # training and evaluation take it from. The old spelling keeps working, with a warning.
+    if name == 'model_normalisation':
+        import warnings
+
+        from .input_pipeline import model_normalisation
+
+        warnings.warn('gaussder_hf.image_processing.model_normalisation is deprecated; import it from '
+                      'gaussder_hf.input_pipeline', FutureWarning, stacklevel=2)
+        return model_normalisation
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

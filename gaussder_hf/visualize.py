@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .analysis import _pyplot
 from .model import GaussDerResNet
+from .plotting import pyplot
 
 __all__ = ['activation_maps', 'plot_activation_maps', 'receptive_fields', 'plot_receptive_fields',
            'plot_scale_space']
@@ -66,7 +66,7 @@ def plot_activation_maps(
 ):
     """Writes the input and the class map of each chosen scale channel, maxima marked; returns the figure."""
     class_index, maps = activation_maps(model, image, class_index, channels)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.2 * (len(maps) + 1), 3.2), dpi=100, squeeze=False)
     axes = axes[0]
     shown = image.permute(1, 2, 0).squeeze(-1).float()
@@ -115,7 +115,7 @@ def plot_receptive_fields(
         sigma0 = model.initial_scales[len(model.initial_scales) // 2]
     kernels = receptive_fields(model, layer, sigma0)[:max_outputs, :max_inputs].float()
     rows, cols = kernels.shape[:2]
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols + 0.6, 1.2 * rows + 0.6), dpi=100, squeeze=False)
     for i in range(rows):
         for j in range(cols):
@@ -144,7 +144,7 @@ def plot_scale_space(
         raise ValueError(f'expected one (C, H, W) image and a channel in range, got {tuple(image.shape)}, {channel}')
     stem = model.stem_conv
     names = ['L_' + 'x' * alpha[1] + 'y' * alpha[0] for alpha in stem.alphas]  # alpha = (order in y, in x)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(sigmas), len(names), figsize=(2.2 * len(names), 2.2 * len(sigmas)), dpi=100,
                              squeeze=False)
     for r, sigma in enumerate(sigmas):

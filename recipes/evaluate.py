@@ -2,7 +2,7 @@
 
     python recipes/evaluate.py --model checkpoints/gaussderresnet10_fashionmnist --max_examples 100
     accelerate launch recipes/evaluate.py --dataset rescaled_fashion_mnist \\
-        --data_dir /usr/share/datasets/fashion-mnist --out_dir evaluation \\
+        --data_dir /usr/share/datasets/fashion-mnist --output_dir evaluation \\
         --model gaussderresnet=local-dir:checkpoints/gaussderresnet18_fashionmnist \\
         --model resnet18=local-dir:checkpoints/resnet18
     python recipes/evaluate.py --model checkpoints/my_model --model resnet18 \\
@@ -24,7 +24,7 @@ official files instead. Other datasets are downloaded unless ``--data_dir`` is g
 Every model is tested on the nine splits ``test_s0p500`` ... ``test_s2p000`` (size factors
 ``2**(k/4)``, k = -4..4). Images are never resized: the networks see the rescaled test images as
 they are, scaled to [0, 1] and normalised with the model's ``pretrained_cfg`` mean and std.
-Writes to ``--out_dir`` (main process only):
+Writes to ``--output_dir`` (main process only; ``--out_dir`` is its deprecated spelling):
 
 - ``evaluation.json``: per model label, ``{'model', 'dataset', 'size_factors', 'num_examples',
   'accuracy', 'winners', 'initial_scales'}``; size factors are keys written with full precision
@@ -39,14 +39,15 @@ Writes to ``--out_dir`` (main process only):
 
 Under ``accelerate launch`` the test sets are sharded over the processes and the predictions
 gathered (``gather_for_metrics`` drops the padding of the last batch), so the numbers are the
-same as with one process.
+same as with one process. The evaluation itself is :mod:`gaussder_hf.analysis`'s
+(:func:`~gaussder_hf.analysis.evaluate_size_factors`, :func:`~gaussder_hf.analysis.write_evaluation`),
+the one ``recipes/train.py`` runs at the end of training.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
+import warnings
 from pathlib import Path
 
 import datasets
@@ -55,11 +56,9 @@ import torch
 import yaml
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 import gaussder_hf  # registers the GaussDerResNets with timm and the rescaled datasets with load_dataset
-from gaussder_hf import GaussDerResNet
-from gaussder_hf.analysis import plot_scale_generalisation, plot_scale_selection, scale_selection
+from gaussder_hf.analysis import evaluate_size_factors, rescaled_test_splits, write_evaluation
 from gaussder_hf.data.sample import (
     DATA_DIR_ENV,
     FASHION_MNIST_SAMPLE_SIZE,
@@ -68,8 +67,7 @@ from gaussder_hf.data.sample import (
     default_data_source,
 )
 from gaussder_hf.data.sources import FASHION_MNIST_DEBIAN_DIR
-from gaussder_hf.input_pipeline import InputPipeline, image_channels, model_normalisation
-from gaussder_hf.rescaling import SIZE_FACTORS, size_factor_name
+from gaussder_hf.input_pipeline import image_channels
 
 __all__ = ['ModelSpec', 'parse_model_spec', 'evaluate_models', 'write_evaluation', 'main']
 
@@ -158,13 +156,7 @@ def _load_test_splits(dataset: str, data_dir, max_examples, cache_dir, test_only
             f'could not load dataset {dataset!r} ({error}); the rescaled datasets are '
             f'{", ".join(gaussder_hf.data.BUILDERS)}, or give a folder written by `gaussder-hf datasets export`'
         ) from error
-    names = {s: size_factor_name(s) for s in SIZE_FACTORS}
-    missing = [n for n in names.values() if n not in ds]
-    if missing:
-        raise ValueError(f'dataset {dataset!r} has no split(s) {missing}: not a rescaled dataset (splits: {list(ds)})')
-    # Undecoded: the input pipeline opens each image and refuses one above the pixel limit
-    # (PIL.Image.MAX_IMAGE_PIXELS) before decoding it, where datasets' decoding would only warn.
-    return {s: ds[name].cast_column('image', datasets.Image(decode=False)) for s, name in names.items()}
+    return rescaled_test_splits(ds, dataset)
 
 
 def _dataset_arg(text: str) -> tuple[str, object]:
@@ -173,16 +165,6 @@ def _dataset_arg(text: str) -> tuple[str, object]:
     if not sep or not key.isidentifier():
         raise argparse.ArgumentTypeError(f'expected KEY=VALUE, got {text!r}')
     return key, yaml.safe_load(value)
-
-
-def _to_tensors(pipeline: InputPipeline):
-    """Returns the batch transform: images -> normalised float tensors (C, H, W) by the package's input pipeline."""
-
-    def transform(batch: dict) -> dict:
-        return {'pixel_values': [pipeline(image) for image in batch['image']],
-                'labels': torch.as_tensor(batch['label'], dtype=torch.long)}
-
-    return transform
 
 
 def _dataset_shape(split: datasets.Dataset) -> tuple[int, int]:
@@ -195,85 +177,13 @@ def _dataset_shape(split: datasets.Dataset) -> tuple[int, int]:
 
 # ---- evaluation --------------------------------------------------------------------------------
 
-def _evaluate_one(accelerator: Accelerator, model: torch.nn.Module, splits: dict[float, datasets.Dataset],
-                  batch_size: int, num_workers: int, label: str) -> dict:
-    """Accuracy, example count and (GaussDerResNet) winner counts per size factor."""
-    in_chans = getattr(model, 'in_chans', None) or model.pretrained_cfg['input_size'][0]
-    mean, std = model_normalisation(model, in_chans)  # the rule recipes/train.py trains with
-    # The test images are on their canvas already: no canvas here, only channels, [0, 1], normalisation.
-    transform = _to_tensors(InputPipeline(in_chans, mean, std))
-    is_gaussder = isinstance(model, GaussDerResNet)
-    num_scales = len(model.initial_scales) if is_gaussder else 0
-    prepared = accelerator.prepare(model)
-    net = accelerator.unwrap_model(prepared)
-
-    accuracy, counts, winners, predicted = {}, {}, {} if is_gaussder else None, {}
-    for s in tqdm(SIZE_FACTORS, desc=label, unit='split', disable=not accelerator.is_local_main_process):
-        loader = accelerator.prepare(torch.utils.data.DataLoader(
-            splits[s].with_transform(transform), batch_size=batch_size, shuffle=False, num_workers=num_workers))
-        predictions, labels, winning = [], [], []
-        with torch.inference_mode():
-            for index, batch in enumerate(loader):
-                images, targets = batch['pixel_values'], batch['labels']
-                if is_gaussder:
-                    selection = scale_selection(net, images)
-                    _check_finite(accelerator, selection.scores, label, s, index)
-                    gathered = accelerator.gather_for_metrics((selection.prediction, targets, selection.winner))
-                    winning.append(gathered[2].cpu())
-                else:
-                    logits = prepared(images)
-                    _check_finite(accelerator, logits, label, s, index)
-                    gathered = accelerator.gather_for_metrics((logits.argmax(dim=-1), targets))
-                predictions.append(gathered[0].cpu())
-                labels.append(gathered[1].cpu())
-        prediction, target = torch.cat(predictions), torch.cat(labels)
-        if len(target) == 0:
-            raise ValueError(f'split {size_factor_name(s)} has no examples')
-        accuracy[s] = int((prediction == target).sum()) / len(target)
-        predicted[s] = prediction.tolist()
-        counts[s] = len(target)
-        if is_gaussder:
-            winners[s] = torch.bincount(torch.cat(winning), minlength=num_scales).tolist()
-    accelerator.free_memory(prepared)  # drop the accelerator's references before the next model
-    return dict(accuracy=accuracy, num_examples=counts, winners=winners, predictions=predicted,
-                initial_scales=list(model.initial_scales) if is_gaussder else None)
-
-
-def _check_finite(accelerator: Accelerator, scores: torch.Tensor, label: str, size_factor: float, index: int) -> None:
-    """Raises on NaN/inf scores: argmax would turn them into a class (NaN wins) and an accuracy that means nothing.
-
-    Every process learns of a non-finite batch anywhere, so all of them stop together.
-    """
-    bad = int(accelerator.gather((~torch.isfinite(scores)).sum().reshape(1)).sum())
-    if bad:
-        raise ValueError(
-            f'model {label!r} gives non-finite logits ({bad} values) on batch {index} of split '
-            f'{size_factor_name(size_factor)}: an accuracy from them would mean nothing; check the inputs '
-            '(NaN/inf pixels) and the weights')
-
-
-def _file_label(label: str) -> str:
-    return re.sub(r'[^A-Za-z0-9._-]+', '_', label).strip('_') or 'model'
-
-
-def _print_table(results: dict) -> None:
-    labels = list(results)
-    widths = [max(len(label), 7) for label in labels]
-    print('size factor | ' + ' | '.join(label.rjust(w) for label, w in zip(labels, widths)))
-    print('-' * 11 + '-+-' + '-+-'.join('-' * w for w in widths))
-    for s in SIZE_FACTORS:
-        key = str(s)
-        cells = [f'{100 * results[label]["accuracy"][key]:6.2f}%'.rjust(w) for label, w in zip(labels, widths)]
-        print(f'{s:11.3f} | ' + ' | '.join(cells))
-
-
 def evaluate_models(
         models: list[str],
         dataset: str,
         data_dir: str | None = None,
         max_examples: int | None = None,
         batch_size: int = 64,
-        out_dir: str = 'evaluation',
+        output_dir: str = 'evaluation',
         cache_dir: str | None = None,
         pretrained: bool = False,
         num_workers: int = 0,
@@ -281,6 +191,7 @@ def evaluate_models(
         save_predictions: bool = False,
         test_only: bool = False,
         dataset_args: dict | None = None,
+        out_dir: str | None = None,
 ) -> dict:
     """Evaluates every model on the nine rescaled test splits of ``dataset``; returns the evaluation.json dict.
 
@@ -290,7 +201,7 @@ def evaluate_models(
         data_dir: folder of the original files (rescaled builders); ``None`` downloads them.
         max_examples: originals per split (quick runs); ``None`` uses all.
         batch_size: images per batch and process.
-        out_dir: folder for evaluation.json and the PNGs (written by the main process).
+        output_dir: folder for evaluation.json and the PNGs (written by the main process).
         cache_dir: ``datasets`` cache folder (default: datasets' own).
         pretrained: load the weights of registered timm names (checkpoint folders and ``hf-hub:`` always are).
         num_workers: DataLoader worker processes.
@@ -301,7 +212,9 @@ def evaluate_models(
             official test files, such as :data:`gaussder_hf.data.sample.FASHION_MNIST_SAMPLE_DIR`, holds).
         dataset_args: further options of the dataset's builder, e.g. ``rescaled_images``'s
             ``{'base': folder, 'canvas_size': 72}``.
+        out_dir: deprecated spelling of ``output_dir``.
     """
+    output_dir = _deprecated_out_dir(out_dir, output_dir, default='evaluation')
     if not models:
         raise ValueError('no model given')
     specs = [parse_model_spec(m) for m in models]  # fail on a bad spec before building any data
@@ -319,40 +232,29 @@ def evaluate_models(
     for spec in specs:
         set_seed(seed)
         model = _create_model(spec, in_chans, num_classes, pretrained)
-        result = _evaluate_one(accelerator, model, splits, batch_size, num_workers, spec.label)
-        results[spec.label] = {
-            'model': spec.spec,
-            'dataset': dataset,
-            'size_factors': list(SIZE_FACTORS),
-            'num_examples': {str(s): n for s, n in result['num_examples'].items()},
-            'accuracy': {str(s): a for s, a in result['accuracy'].items()},
-            'winners': None if result['winners'] is None else {str(s): w for s, w in result['winners'].items()},
-            'initial_scales': result['initial_scales'],
-        }
+        entry = evaluate_size_factors(model, splits, batch_size, num_workers, accelerator, label=spec.label)
+        predictions = entry.pop('predictions')
+        results[spec.label] = {'model': spec.spec, 'dataset': dataset, **entry}
         if save_predictions:
-            results[spec.label]['predictions'] = {str(s): p for s, p in result['predictions'].items()}
+            results[spec.label]['predictions'] = predictions
         del model
 
     if accelerator.is_main_process:
-        write_evaluation(results, out_dir, dataset)
+        write_evaluation(results, output_dir, dataset)
     accelerator.wait_for_everyone()
     return results
 
 
-def write_evaluation(results: dict, out_dir: str | Path, dataset: str) -> None:
-    """Writes evaluation.json, the scale-generalisation plot and one scale-selection plot per GaussDerResNet."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / 'evaluation.json').write_text(json.dumps(results, indent=2))
-    curves = {label: {float(s): a for s, a in r['accuracy'].items()} for label, r in results.items()}
-    plot_scale_generalisation(curves, out / 'scale_generalisation.png', title=f'Scale generalisation: {dataset}')
-    for label, r in results.items():
-        if r['winners'] is not None:
-            plot_scale_selection({float(s): w for s, w in r['winners'].items()}, r['initial_scales'],
-                                 out / f'scale_selection_{_file_label(label)}.png',
-                                 title=f'Scale selection: {label}')
-    _print_table(results)
-    print(f'wrote {out / "evaluation.json"} and the figures to {out}/')
+def _deprecated_out_dir(out_dir: str | None, output_dir: str | None, default: str | None = None) -> str | None:
+    """Returns the output folder given as ``output_dir`` or by its deprecated spelling ``out_dir`` (with a warning)."""
+    if out_dir is None:
+        return output_dir
+    if output_dir not in (None, default, out_dir):
+        raise ValueError(f'give the output folder once: output_dir={output_dir!r} and its deprecated spelling '
+                         f'out_dir={out_dir!r} differ')
+    warnings.warn('out_dir (--out_dir) is deprecated; use output_dir (--output_dir), the name every recipe uses',
+                  FutureWarning, stacklevel=3)
+    return out_dir
 
 
 def main(argv=None) -> None:
@@ -371,7 +273,9 @@ def main(argv=None) -> None:
                         "rescaled_images; repeat for several")
     parser.add_argument('--max_examples', '--max-examples', type=int, help='originals per split (quick runs)')
     parser.add_argument('--batch_size', '--batch-size', type=int, default=64, help='images per batch and process')
-    parser.add_argument('--out_dir', '--out-dir', default='evaluation', help='folder for evaluation.json and PNGs')
+    parser.add_argument('--output_dir', '--output-dir', help='folder for evaluation.json and the PNGs '
+                        '(default: evaluation)')
+    parser.add_argument('--out_dir', '--out-dir', help='deprecated spelling of --output_dir')
     parser.add_argument('--cache_dir', '--cache-dir', help='datasets cache folder')
     parser.add_argument('--pretrained', action='store_true', help='load the weights of registered timm names')
     parser.add_argument('--num_workers', '--num-workers', type=int, default=0, help='DataLoader workers')
@@ -379,6 +283,10 @@ def main(argv=None) -> None:
     parser.add_argument('--save_predictions', '--save-predictions', action='store_true',
                         help='store the predicted class of every test image in evaluation.json')
     args = parser.parse_args(argv)
+    if args.out_dir is not None and args.output_dir not in (None, args.out_dir):
+        parser.error(f'--output_dir {args.output_dir!r} and its deprecated spelling --out_dir {args.out_dir!r} '
+                     'name different folders: give --output_dir only')
+    output_dir = _deprecated_out_dir(args.out_dir, args.output_dir) or 'evaluation'
     if args.download and args.data_dir:
         parser.error('give --data_dir or --download, not both')
     if args.download or args.data_dir:
@@ -388,7 +296,7 @@ def main(argv=None) -> None:
     if PartialState().is_main_process:
         print(source.description, flush=True)
     evaluate_models(args.model, args.dataset, data_dir=source.data_dir, max_examples=args.max_examples,
-                    batch_size=args.batch_size, out_dir=args.out_dir, cache_dir=args.cache_dir,
+                    batch_size=args.batch_size, output_dir=output_dir, cache_dir=args.cache_dir,
                     pretrained=args.pretrained, num_workers=args.num_workers, seed=args.seed,
                     save_predictions=args.save_predictions, test_only=source.test_only,
                     dataset_args=dict(args.dataset_arg))

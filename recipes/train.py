@@ -31,7 +31,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import time
 import typing
 from dataclasses import dataclass, field
@@ -635,19 +634,6 @@ def _save_model_in_place(model, model_dir: Path, cfg: TrainConfig, evaluation: d
     staging.rmdir()
 
 
-def _sibling(name: str):
-    """Imports another recipe of this folder by path (the name 'evaluate' is taken by a PyPI package)."""
-    import importlib.util
-
-    module_name = f'gaussder_hf_recipe_{name}'
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, Path(__file__).resolve().parent / f'{name}.py')
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
-
-
 def _evaluation_notes(cfg: TrainConfig) -> str:
     subset = f'the first {cfg.max_examples} test images' if cfg.max_examples else 'the full test set'
     trained = ('with scale augmentation (size factors drawn log-uniformly from '
@@ -676,22 +662,39 @@ def lr_lambda(cfg: TrainConfig, total_steps: int, steps_per_epoch: int):
 
 @torch.no_grad()
 def evaluate_loader(accelerator, model, loader) -> float:
-    """Returns the accuracy over a (prepared) loader, gathered over all processes."""
+    """Returns the accuracy over a (prepared) loader, gathered over all processes (by :mod:`gaussder_hf.analysis`)."""
+    from gaussder_hf.analysis import evaluate
+
+    if len(loader) == 0:
+        return 0.0
     model.eval()
-    correct = total = 0
-    for index, batch in enumerate(loader):
-        logits = model(batch['pixel_values'])
-        # Every process learns of a non-finite batch anywhere, so all of them stop together.
-        bad = accelerator.gather((~torch.isfinite(logits)).sum().reshape(1))
-        if int(bad.sum()):
-            raise ValueError(f'non-finite logits ({int(bad.sum())} values) on evaluation batch {index}: an accuracy '
-                             f'from them would mean nothing; check the inputs (NaN/inf pixels) and the weights')
-        prediction = logits.argmax(-1)
-        prediction, labels = accelerator.gather_for_metrics((prediction, batch['labels']))
-        correct += int((prediction == labels).sum())
-        total += len(labels)
-    model.train()
-    return correct / max(1, total)
+    try:
+        # The prepared model as it is (its mixed-precision autocast included): accuracy only.
+        return evaluate(model, ((batch['pixel_values'], batch['labels']) for batch in loader), accelerator,
+                        select_scales=False, name='the model', split='validation')['accuracy']
+    finally:
+        model.train()
+
+
+def evaluate_at_end(accelerator, cfg: TrainConfig, model_dir: Path, test_splits: dict, output_dir: Path) -> dict:
+    """Evaluates the saved model on every rescaled test split as ``recipes/evaluate.py`` does; returns its entry.
+
+    The same core (:func:`gaussder_hf.analysis.evaluate_size_factors`) on the folder just written,
+    loaded back as any later evaluation loads it; ``evaluation.json`` and the figures go to
+    ``output_dir/evaluation`` (:func:`gaussder_hf.analysis.write_evaluation`).
+    """
+    import timm
+
+    from gaussder_hf.analysis import evaluate_size_factors, write_evaluation
+
+    model = timm.create_model(f'local-dir:{model_dir}', pretrained=True)
+    entry = evaluate_size_factors(model, test_splits, cfg.batch_size, accelerator=accelerator, label='model')
+    entry.pop('predictions')
+    results = {'model': {'model': str(model_dir), 'dataset': cfg.dataset, **entry}}
+    if accelerator.is_main_process:
+        write_evaluation(results, output_dir / 'evaluation', cfg.dataset)
+    accelerator.wait_for_everyone()
+    return results['model']
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -739,6 +742,7 @@ def _train(cfg: TrainConfig, output_dir: Path, accelerator) -> dict:
     from tqdm.auto import tqdm
 
     import gaussder_hf  # noqa: F401  (registers the datasets and models)
+    from gaussder_hf.analysis import rescaled_test_splits
     from gaussder_hf.input_pipeline import image_channels
 
     # The main process (holding the lock) decides what the folder becomes; the others follow.
@@ -748,11 +752,11 @@ def _train(cfg: TrainConfig, output_dir: Path, accelerator) -> dict:
     set_seed(cfg.seed)
 
     # ---- data
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, max_examples=cfg.max_examples, cache_dir=cfg.cache_dir,
-                        **cfg.dataset_args)
+    loaded = load_dataset(cfg.dataset, data_dir=cfg.data_dir, max_examples=cfg.max_examples, cache_dir=cfg.cache_dir,
+                          **cfg.dataset_args)
     # Undecoded: the input pipeline opens each image and refuses one above the pixel limit
     # (PIL.Image.MAX_IMAGE_PIXELS) before decoding it, where datasets' decoding would only warn.
-    data = {name: data[name].cast_column('image', DatasetImage(decode=False)) for name in ('train', 'validation')}
+    data = {name: loaded[name].cast_column('image', DatasetImage(decode=False)) for name in ('train', 'validation')}
     train_split = data['train']
     if cfg.train_on_validation:
         from datasets import concatenate_datasets
@@ -855,13 +859,8 @@ def _train(cfg: TrainConfig, output_dir: Path, accelerator) -> dict:
     accelerator.wait_for_everyone()
     evaluation = None
     if cfg.evaluate_at_end:
-        evaluate_recipe = _sibling('evaluate')
-        results = evaluate_recipe.evaluate_models(
-            [f'model={model_dir}'], cfg.dataset, data_dir=cfg.data_dir, max_examples=cfg.max_examples,
-            batch_size=cfg.batch_size, out_dir=str(output_dir / 'evaluation'), cache_dir=cfg.cache_dir,
-            dataset_args=cfg.dataset_args)
-        evaluation = {'dataset': cfg.dataset, 'accuracy': results['model']['accuracy'],
-                      'notes': _evaluation_notes(cfg)}
+        tested = evaluate_at_end(accelerator, cfg, model_dir, rescaled_test_splits(loaded, cfg.dataset), output_dir)
+        evaluation = {'dataset': cfg.dataset, 'accuracy': tested['accuracy'], 'notes': _evaluation_notes(cfg)}
         if accelerator.is_main_process:
             _save_model_in_place(unwrapped, model_dir, cfg, evaluation)
     if accelerator.is_main_process and cfg.push_to_hub:
@@ -915,5 +914,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

@@ -77,6 +77,14 @@ def test_scale_selection_of_a_random_network_and_evaluate():
     assert baseline['winners'] is None and baseline['count'] == 6
     with pytest.raises(ValueError, match='no examples'):
         evaluate(model, [])
+    # The predictions behind the accuracy, in batch order; without scale selection no winners.
+    assert result['predictions'] == selection.prediction.tolist()
+    plain = evaluate(model, [(x, y)], select_scales=False)
+    assert plain['winners'] is None and plain['predictions'] == result['predictions']
+    broken = x.clone()
+    broken[5, 0, 3, 3] = float('nan')
+    with pytest.raises(ValueError, match=r"model 'm' gives non-finite logits \(\d+ values\) on batch 1 of split s1"):
+        evaluate(model, [(x[:4], y[:4]), (broken[4:], y[4:])], name="model 'm'", split='s1')
 
 
 def test_selection_histogram_normalises_per_size_factor():

@@ -5,30 +5,18 @@ be checked without one is checked here, so that time on a GPU is not spent on th
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f'benchmarks_{name}', BENCHMARKS / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope='module')
+def max_batch(load_benchmark):
+    return load_benchmark('max_batch')
 
 
 @pytest.fixture(scope='module')
-def max_batch():
-    return _load('max_batch')
-
-
-@pytest.fixture(scope='module')
-def device_agreement():
-    return _load('device_agreement')
+def device_agreement(load_benchmark):
+    return load_benchmark('device_agreement')
 
 
 @pytest.mark.parametrize('threshold', [0, 1, 5, 7, 8, 9, 63, 64, 65, 1000, 4095, 4096, 10_000])
@@ -100,3 +88,83 @@ def test_device_agreement_names_a_missing_cuda_device(device_agreement):
         pytest.skip('this machine has a CUDA device')
     with pytest.raises(SystemExit, match='--device cuda: no CUDA device'):
         device_agreement.main(['--device', 'cuda'])
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/common.py: the shared options and the one timing rule
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def common(load_benchmark):
+    return load_benchmark('common')
+
+
+def test_round_robin_warms_up_then_interleaves_the_cases(common):
+    calls = []
+    cases = {'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}
+    samples = common.round_robin(cases, repeats=3, warmup=2)
+    assert calls == ['a', 'a', 'b', 'b'] + ['a', 'b'] * 3
+    assert {name: len(values) for name, values in samples.items()} == {'a': 3, 'b': 3}
+    assert all(value >= 0 for values in samples.values() for value in values)
+    assert common.medians({'a': [3.0, 1.0, 2.0], 'b': [4.0, 1.0]}) == {'a': 2.0, 'b': 2.5}
+
+
+def test_time_call_measures_the_call(common):
+    import time
+
+    assert 0.05 <= common.time_call(lambda: time.sleep(0.05)) < 5
+
+
+def test_shared_options_and_their_refusals(common):
+    import argparse
+
+    parser = common.add_arguments(argparse.ArgumentParser(), repeats=3, warmup=1)
+    args = parser.parse_args(['--threads', '1'])
+    assert (args.threads, args.device, args.repeats, args.warmup) == (1, 'cpu', 3, 1)
+    assert common.setup(args) == torch.device('cpu') and torch.get_num_threads() == 1
+    assert not hasattr(common.add_arguments(argparse.ArgumentParser(), device=None).parse_args([]), 'device')
+    with pytest.raises(SystemExit, match='--repeats must be >= 1, got 0'):
+        common.setup(parser.parse_args(['--repeats', '0', '--threads', '1']))
+    with pytest.raises(SystemExit, match="--device gpu0: not a torch device"):
+        common.setup(parser.parse_args(['--device', 'gpu0', '--threads', '1']))
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match='--device cuda: no CUDA device is available here'):
+            common.setup(parser.parse_args(['--device', 'cuda', '--threads', '1']))
+
+
+def test_max_batch_still_takes_its_former_steps_option(max_batch):
+    assert max_batch._parse_args(['--steps', '2']).repeats == 2
+    assert max_batch._parse_args([]).repeats == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# the quick mode of the other timing benchmarks (the smoothing ones: tests/test_size_benchmarks.py)
+# ---------------------------------------------------------------------------------------------
+
+def test_layer_speed_quick_mode(load_benchmark, capsys):
+    load_benchmark('layer_speed').main(['--batch', '1', '--channels', '2', '--size', '12', '--sigmas', '0.7', '2',
+                                        '--repeats', '1', '--warmup', '1', '--no-dense', '--threads', '1'])
+    out = capsys.readouterr().out
+    assert 'median of 1 round-robin repeats after 1 warm-up' in out
+    assert [line.split()[0] for line in out.splitlines() if line.strip().startswith(('0.7 ', '2 '))] == ['0.7', '2']
+
+
+def test_scale_batching_quick_mode(load_benchmark, capsys):
+    load_benchmark('scale_batching').main(['--batch', '1', '--channels', '2', '--size', '12', '--repeats', '1',
+                                           '--threads', '1'])
+    out = capsys.readouterr().out
+    assert 'outputs equal' in out and 'x1.00 vs sequential' in out and ' batched ' in out
+
+
+def test_model_speed_quick_mode(load_benchmark, capsys):
+    load_benchmark('model_speed').main(['--presets', 'gaussderresnet10_fashionmnist', '--scales', '1', '--batch', '1',
+                                        '--repeats', '1', '--warmup', '1', '--no-memory', '--threads', '1'])
+    out = capsys.readouterr().out
+    assert 'round 1/1 done' in out and 'ratios ours / resnet18' in out
+
+
+@pytest.mark.slow
+def test_compile_speed_quick_mode(load_benchmark, capsys):
+    load_benchmark('compile_speed').main(['--scales', '1', '--size', '16', '--batch', '1', '--repeats', '1',
+                                          '--warmup', '1', '--no-train', '--threads', '1'])
+    assert 'compiled fp32' in capsys.readouterr().out

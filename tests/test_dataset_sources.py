@@ -187,16 +187,6 @@ def test_fashion_mnist_missing_files(tmp_path):
     assert ds.SOURCES['fashion_mnist'][0].url in message
 
 
-def test_tests_helper_reexports_the_package_reader():
-    import sys
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import fashion_mnist
-    assert fashion_mnist.read_idx is ds.read_idx
-    if fashion_mnist.fashion_mnist_available():
-        images, _ = fashion_mnist.load_fashion_mnist('test', limit=3)
-        assert images.shape == (3, 28, 28)
-
-
 # ---------------------------------------------------------------------------------------------
 # CIFAR-10 (python version)
 # ---------------------------------------------------------------------------------------------

@@ -26,15 +26,13 @@ recipe = load_recipe('evaluate')
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
+def run(tmp_path_factory, small_checkpoint):
     """Evaluates a tiny saved GaussDerResNet and a random timm resnet18 baseline once for the module."""
     tmp = tmp_path_factory.mktemp('evaluate')
-    torch.manual_seed(0)
-    tiny = timm.create_model('gaussderresnet18_fashionmnist', channels=(4, 4, 6), initial_scales=(1.0, 2.0))
-    checkpoint = gaussder_hf.save_for_hub(tiny, tmp / 'ckpt' / 'tiny')
+    _, checkpoint = small_checkpoint(tmp / 'ckpt' / 'tiny', 'gaussderresnet18_fashionmnist', initial_scales=(1.0, 2.0))
     results = recipe.evaluate_models(
         [str(checkpoint), 'baseline=resnet18'], 'rescaled_fashion_mnist', data_dir=FASHION_DIR,
-        max_examples=LIMIT, batch_size=BATCH_SIZE, out_dir=str(tmp / 'out'), cache_dir=str(tmp / 'cache'))
+        max_examples=LIMIT, batch_size=BATCH_SIZE, output_dir=str(tmp / 'out'), cache_dir=str(tmp / 'cache'))
     return dict(results=results, checkpoint=checkpoint, out=tmp / 'out', cache=tmp / 'cache')
 
 
@@ -92,7 +90,7 @@ def test_accuracies_and_winners_equal_a_direct_computation(run):
 @needs_fashion
 def test_main_with_a_labelled_spec_prints_the_table(run, tmp_path, capsys):
     recipe.main(['--model', 'rn18=resnet18', '--dataset', 'rescaled_fashion_mnist', '--data_dir', FASHION_DIR,
-                 '--max_examples', str(LIMIT), '--out_dir', str(tmp_path), '--cache_dir', str(run['cache'])])
+                 '--max_examples', str(LIMIT), '--output_dir', str(tmp_path), '--cache_dir', str(run['cache'])])
     printed = capsys.readouterr().out
     assert 'size factor' in printed and 'rn18' in printed and '0.595' in printed
     written = json.loads((tmp_path / 'evaluation.json').read_text())
@@ -105,7 +103,7 @@ def test_main_with_a_labelled_spec_prints_the_table(run, tmp_path, capsys):
 def test_saved_predictions_are_the_per_image_classes_behind_the_accuracy(run, tmp_path):
     ds = load_dataset('rescaled_fashion_mnist', data_dir=FASHION_DIR, max_examples=LIMIT, cache_dir=str(run['cache']))
     recipe.main(['--model', f'tiny={run["checkpoint"]}', '--dataset', 'rescaled_fashion_mnist', '--data_dir',
-                 FASHION_DIR, '--max_examples', str(LIMIT), '--out_dir', str(tmp_path), '--cache_dir',
+                 FASHION_DIR, '--max_examples', str(LIMIT), '--output_dir', str(tmp_path), '--cache_dir',
                  str(run['cache']), '--batch_size', str(BATCH_SIZE), '--save_predictions'])
     written = json.loads((tmp_path / 'evaluation.json').read_text())['tiny']
     tiny = timm.create_model(f'local-dir:{run["checkpoint"]}', pretrained=True).eval()
@@ -140,26 +138,45 @@ def test_an_unknown_dataset_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     with pytest.raises(ValueError, match="could not load dataset 'no_such_dataset_xyz'.*rescaled_fashion_mnist"):
         recipe.evaluate_models(['resnet18'], 'no_such_dataset_xyz', cache_dir=str(tmp_path / 'cache'),
-                               out_dir=str(tmp_path / 'out'))
+                               output_dir=str(tmp_path / 'out'))
     # A dataset that loads but has no rescaled test splits.
     folder = tmp_path / 'plain'
     folder.mkdir()
     (folder / 'train.csv').write_text('image,label\na,0\n')
     with pytest.raises(ValueError, match='has no split'):
         recipe.evaluate_models(['resnet18'], str(folder), cache_dir=str(tmp_path / 'cache'),
-                               out_dir=str(tmp_path / 'out'))
+                               output_dir=str(tmp_path / 'out'))
     assert not (tmp_path / 'out').exists()
 
 
 @needs_fashion
-def test_non_finite_logits_are_refused(run, tmp_path):
+def test_non_finite_logits_are_refused(run, tmp_path, small_checkpoint):
     """A checkpoint with a NaN weight gets an error, not an accuracy (argmax of NaN scores picks a class)."""
-    torch.manual_seed(0)
-    broken = timm.create_model('gaussderresnet18_fashionmnist', channels=(4, 4, 6), initial_scales=(1.0, 2.0))
+    broken, _ = small_checkpoint(tmp_path / 'fine', 'gaussderresnet18_fashionmnist', initial_scales=(1.0, 2.0))
     with torch.no_grad():
         broken.head_conv.weight[0, 0, 0] = float('nan')
     checkpoint = gaussder_hf.save_for_hub(broken, tmp_path / 'broken')
     with pytest.raises(ValueError, match=r"model 'broken' gives non-finite logits .* split test_s0p500"):
         recipe.evaluate_models([str(checkpoint)], 'rescaled_fashion_mnist', data_dir=FASHION_DIR,
-                               max_examples=LIMIT, batch_size=BATCH_SIZE, out_dir=str(tmp_path / 'out'),
+                               max_examples=LIMIT, batch_size=BATCH_SIZE, output_dir=str(tmp_path / 'out'),
                                cache_dir=str(run['cache']))
+
+
+@needs_fashion
+def test_the_deprecated_out_dir_spelling_still_writes_there(run, tmp_path, capsys):
+    args = ['--model', 'rn18=resnet18', '--dataset', 'rescaled_fashion_mnist', '--data_dir', FASHION_DIR,
+            '--max_examples', str(LIMIT), '--cache_dir', str(run['cache'])]
+    with pytest.warns(FutureWarning, match='--output_dir'):
+        recipe.main(args + ['--out_dir', str(tmp_path / 'cli')])
+    assert json.loads((tmp_path / 'cli' / 'evaluation.json').read_text())['rn18']['accuracy'] == \
+        run['results']['baseline']['accuracy']
+    # The keyword of evaluate_models: accepted with the warning (the spec then fails before any data is built)
+    with pytest.warns(FutureWarning, match='output_dir'), pytest.raises(ValueError, match='unknown model'):
+        recipe.evaluate_models(['no_such_model_xyz'], 'rescaled_fashion_mnist', out_dir=str(tmp_path / 'api'))
+    with pytest.raises(ValueError, match="output_dir='.*b' and its deprecated spelling out_dir='.*a' differ"):
+        recipe.evaluate_models(['resnet18'], 'rescaled_fashion_mnist', output_dir=str(tmp_path / 'b'),
+                               out_dir=str(tmp_path / 'a'))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        recipe.main(args + ['--out_dir', str(tmp_path / 'a'), '--output_dir', str(tmp_path / 'b')])
+    assert "--output_dir '" in capsys.readouterr().err and not (tmp_path / 'a').exists()

@@ -125,12 +125,14 @@ def test_rgb_to_grey_is_pils_luma_bit_for_bit():
 
 
 def test_training_evaluation_and_the_processor_see_the_same_tensors():
-    train_recipe, evaluate_recipe = load_recipe('train'), load_recipe('evaluate')
+    from gaussder_hf.analysis import evaluation_transform  # what recipes/evaluate.py and train.py evaluate with
+
+    train_recipe = load_recipe('train')
     cfg = train_recipe.TrainConfig(hflip=False)
     for mode, channels, mean, std in (('L', 1, (0.5,), (0.5,)), ('RGB', 3, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))):
         images = [Image.fromarray(_rng_image((9, 11, 3), seed=s)).convert(mode) for s in range(3)]
         train = train_recipe.image_transform(cfg, channels, mean, std, train=True)
-        evaluate = evaluate_recipe._to_tensors(InputPipeline(channels, mean, std))
+        evaluate = evaluation_transform(InputPipeline(channels, mean, std))
         processor = GaussDerResNetImageProcessor(num_channels=channels, image_mean=list(mean), image_std=list(std))
         by_processor = processor(images, return_tensors='pt')['pixel_values']
         by_evaluation = torch.stack(evaluate({'image': images, 'label': [0, 1, 2]})['pixel_values'])

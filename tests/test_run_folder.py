@@ -1,7 +1,6 @@
 """Run folders of recipes/train.py: a run owns only what it writes, one run per folder, exact resume or none."""
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -242,14 +241,9 @@ def test_resume_refuses_to_write_over_a_checkpoint_name_it_cannot_own(tmp_path):
 
 
 @needs_fashion
-def test_resume_past_a_truncated_and_a_corrupt_checkpoint_matches_the_uninterrupted_run(tmp_path):
+def test_resume_past_a_truncated_and_a_corrupt_checkpoint_matches_the_uninterrupted_run(tmp_path, crashed_copy):
     full = recipe.train(_config(tmp_path, tmp_path / 'full', 'max_steps=6', 'save_every=2', 'keep_checkpoints=10'))
-    crashed = tmp_path / 'crashed'
-    crashed.mkdir()
-    for name in ('run.json', 'config.yaml', 'log.jsonl'):
-        shutil.copy(tmp_path / 'full' / name, crashed / name)
-    for step in (2, 4, 6):
-        shutil.copytree(tmp_path / 'full' / f'checkpoint-{step:08d}', crashed / f'checkpoint-{step:08d}')
+    crashed = crashed_copy(tmp_path / 'full', tmp_path / 'crashed', 2, 4, 6)
     states = crashed / 'checkpoint-00000006' / 'random_states_0.pkl'
     states.write_bytes(states.read_bytes()[:-7])
     weights = crashed / 'checkpoint-00000004' / 'model.safetensors'
@@ -289,7 +283,7 @@ def test_evaluation_refuses_non_finite_logits():
     clean = recipe.evaluate_loader(accelerator, model, [{'pixel_values': pixels, 'labels': labels}])
     assert 0 <= clean <= 1
     pixels[2, 0, 5, 5] = float('nan')  # one NaN pixel
-    with pytest.raises(ValueError, match=r'non-finite logits \(\d+ values\) on evaluation batch 1'):
+    with pytest.raises(ValueError, match=r'non-finite logits \(\d+ values\) on batch 1 of split validation'):
         recipe.evaluate_loader(accelerator, model, [{'pixel_values': pixels[:2], 'labels': labels[:2]},
                                                     {'pixel_values': pixels, 'labels': labels}])
 

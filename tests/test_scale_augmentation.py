@@ -148,9 +148,7 @@ def test_smoke_training_with_scale_augmentation_runs_and_a_resume_may_not_change
 
 
 @needs_fashion
-def test_a_resumed_run_with_scale_augmentation_is_the_uninterrupted_one(tmp_path):
-    import shutil
-
+def test_a_resumed_run_with_scale_augmentation_is_the_uninterrupted_one(tmp_path, crashed_copy):
     def losses(folder):
         records = [json.loads(line) for line in (folder / 'log.jsonl').read_text().splitlines()]
         return [r['loss'] for r in records if 'loss' in r]
@@ -158,11 +156,7 @@ def test_a_resumed_run_with_scale_augmentation_is_the_uninterrupted_one(tmp_path
     # 4 steps per epoch: 6 steps cross into epoch 1, whose size factors are drawn anew.
     common = ['max_steps=6', 'save_every=2', 'keep_checkpoints=10', 'scale_augmentation=[0.5, 2.0]']
     full = recipe.train(_config(tmp_path, *common, f'output_dir={tmp_path / "a"}'))
-    crashed = tmp_path / 'b'  # killed after its checkpoint at step 2
-    crashed.mkdir()
-    for name in ('run.json', 'config.yaml', 'log.jsonl'):
-        shutil.copy(tmp_path / 'a' / name, crashed / name)
-    shutil.copytree(tmp_path / 'a' / 'checkpoint-00000002', crashed / 'checkpoint-00000002')
+    crashed = crashed_copy(tmp_path / 'a', tmp_path / 'b', 2)  # killed after its checkpoint at step 2
     resumed = recipe.train(_config(tmp_path, *common, f'output_dir={crashed}', resume=True))
     assert resumed['step'] == full['step'] == 6
     a, b = full['model'].state_dict(), resumed['model'].state_dict()

@@ -1,41 +1,29 @@
 """The smoothing-method benchmarks run end to end on tiny inputs and report what they claim to."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f'benchmarks_{name}', BENCHMARKS / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_smoothing_cost_times_both_methods(capsys):
-    _load('smoothing_cost').main(['--sizes', '8', '24', '--sigmas', '0.7', '3', '--channels', '2', '--repeats', '1',
-                                  '--threads', '1'])
+def test_smoothing_cost_times_both_methods(load_benchmark, capsys):
+    load_benchmark('smoothing_cost').main(['--sizes', '8', '24', '--sigmas', '0.7', '3', '--channels', '2',
+                                           '--repeats', '1', '--threads', '1'])
     out = capsys.readouterr().out
     assert 'conv / dense time' in out
     rows = [line for line in out.splitlines() if line.strip().startswith(('0.7 ', '3 '))]
     assert len(rows) == 4  # ratio table and per-pixel table, one row per sigma each
 
 
-def test_size_scaling_reports_before_and_after_per_side(capsys):
-    _load('size_scaling').main(['--sizes', '12', '20', '--sigmas', '1', '--channels', '2', '--repeats', '1',
-                                '--dense-max-size', '12', '--threads', '1'])
+def test_size_scaling_reports_before_and_after_per_side(load_benchmark, capsys):
+    load_benchmark('size_scaling').main(['--sizes', '12', '20', '--sigmas', '1', '--channels', '2', '--repeats', '1',
+                                         '--dense-max-size', '12', '--threads', '1'])
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.strip().startswith(('12 ', '20 '))]
     assert [row[0] for row in rows] == ['12', '20']
     assert rows[0][2] == 'dense' and rows[1][7] == '-'  # no dense timing above --dense-max-size
 
 
-def test_model_size_scaling_compares_with_resnet18(capsys):
-    _load('model_size_scaling').main(['--models', 'gaussderresnet10_fashionmnist', 'gaussderresnet18_stl10',
-                                      '--sizes', '16', '24', '--max-size', 'gaussderresnet18_stl10=16',
-                                      '--repeats', '1', '--threads', '1'])
+def test_model_size_scaling_compares_with_resnet18(load_benchmark, capsys):
+    load_benchmark('model_size_scaling').main(['--models', 'gaussderresnet10_fashionmnist', 'gaussderresnet18_stl10',
+                                               '--sizes', '16', '24', '--max-size', 'gaussderresnet18_stl10=16',
+                                               '--repeats', '1', '--threads', '1'])
     out = capsys.readouterr().out
     assert 'gaussderresnet10_fashionmnist     24 |' in out
     assert 'gaussderresnet18_stl10            24 | skipped' in out

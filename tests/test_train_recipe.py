@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,16 +20,6 @@ SMOKE = str(ROOT / 'recipes' / 'configs' / 'smoke.yaml')
 
 def _losses(log: Path) -> list[float]:
     return [r['loss'] for r in map(json.loads, log.read_text().splitlines()) if 'loss' in r]
-
-
-def _crashed_copy(run: Path, crashed: Path, *steps: int) -> Path:
-    """The folder a run killed after its checkpoint(s) ``steps`` would leave (its log runs on past them)."""
-    crashed.mkdir()
-    for name in ('run.json', 'config.yaml', 'log.jsonl'):
-        shutil.copy(run / name, crashed / name)
-    for step in steps:
-        shutil.copytree(run / f'checkpoint-{step:08d}', crashed / f'checkpoint-{step:08d}')
-    return crashed
 
 
 def test_config_rejects_typos_and_bad_values(tmp_path):
@@ -124,12 +113,12 @@ def test_smoke_training_learns_evaluates_and_pushes_a_loadable_model(tmp_path, m
 
 
 @needs_fashion
-def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, crashed_copy):
     common = [f'cache_dir={tmp_path / "cache"}', 'max_examples=64', 'batch_size=16', 'epochs=3', 'save_every=2',
               'keep_checkpoints=10', 'evaluate_at_end=false']
     full = recipe.train(recipe.load_config(SMOKE, common + [f'output_dir={tmp_path / "a"}']))
     # A crash after step 6 (mid-epoch) leaves checkpoint 6 and a half-written save of step 8.
-    crashed = _crashed_copy(tmp_path / 'a', tmp_path / 'b', 6)
+    crashed = crashed_copy(tmp_path / 'a', tmp_path / 'b', 6)
     (crashed / '.partial-checkpoint-00000008').mkdir()
     resumed = recipe.train(recipe.load_config(SMOKE, common + [f'output_dir={crashed}'], resume=True))
     assert resumed['step'] == full['step'] == 12
@@ -151,7 +140,8 @@ def restore_accelerate_state():
 
 
 @needs_fashion
-def test_compiled_training_matches_eager_resumes_and_saves_plain_weights(tmp_path, restore_accelerate_state):
+def test_compiled_training_matches_eager_resumes_and_saves_plain_weights(tmp_path, restore_accelerate_state,
+                                                                          crashed_copy):
     # aot_eager: Dynamo's capture and AOTAutograd's joint trace, no C++ compiler needed.
     common = [f'cache_dir={tmp_path / "cache"}', 'max_examples=64', 'batch_size=16', 'epochs=2', 'save_every=2',
               'keep_checkpoints=10', 'evaluate_at_end=false', 'evaluate_every_epoch=false']
@@ -179,7 +169,7 @@ def test_compiled_training_matches_eager_resumes_and_saves_plain_weights(tmp_pat
     assert all(torch.equal(saved.state_dict()[k], b[k]) for k in b)
 
     # A compiled run resumes from its own checkpoint and ends where the uninterrupted one did.
-    crashed = _crashed_copy(tmp_path / 'compiled', tmp_path / 'crashed', 4)
+    crashed = crashed_copy(tmp_path / 'compiled', tmp_path / 'crashed', 4)
     resumed = recipe.train(recipe.load_config(SMOKE, common + [f'output_dir={crashed}', 'dynamo_backend=aot_eager'],
                                               resume=True))
     c = resumed['model'].state_dict()
@@ -221,14 +211,9 @@ def test_two_processes_gather_the_same_validation_accuracy(tmp_path):
     assert len(dataset) == 96 and gathered == pytest.approx(single, abs=1e-9)
 
 
-def test_init_from_a_checkpoint_with_other_classes_keeps_every_other_weight(tmp_path):
-    import timm
-
-    import gaussder_hf
-
-    source = timm.create_model('gaussderresnet18_fashionmnist', num_classes=5, channels=(4, 4, 6),
-                               initial_scales=(1.0,))
-    folder = gaussder_hf.save_for_hub(source, tmp_path / 'five', class_names=list('abcde'))
+def test_init_from_a_checkpoint_with_other_classes_keeps_every_other_weight(tmp_path, small_checkpoint):
+    source, folder = small_checkpoint(tmp_path / 'five', 'gaussderresnet18_fashionmnist',
+                                      model_args={'num_classes': 5}, class_names=list('abcde'))
     cfg = recipe.load_config(SMOKE, [f'init_from={folder}', 'model_args={initial_scales: [1.0, 2.0]}'])
     model = recipe.build_model(cfg, num_classes=10, in_chans=1)
     assert model.num_classes == 10 and model.initial_scales == (1.0, 2.0)
@@ -276,6 +261,11 @@ def test_a_timm_baseline_is_saved_with_its_training_normalisation_and_no_pickle(
     model = timm.create_model('resnet18', in_chans=1, num_classes=10)
     used = recipe.normalisation(model)
     assert used == ((0.5,), (0.5,))
+    # Its home is the input pipeline; the spelling through the image processor module still works.
+    from gaussder_hf.input_pipeline import model_normalisation
+    with pytest.warns(FutureWarning, match='gaussder_hf.input_pipeline'):
+        from gaussder_hf.image_processing import model_normalisation as old_spelling
+    assert old_spelling is model_normalisation
     folder = recipe.save_model(model, tmp_path / 'resnet18', recipe.load_config(None))
     assert (folder / 'model.safetensors').is_file() and not list(folder.glob('*.bin'))
     loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)

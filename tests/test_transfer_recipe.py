@@ -17,10 +17,8 @@ recipe = load_recipe('transfer')
 
 
 @pytest.fixture()
-def single(tmp_path):
-    torch.manual_seed(0)
-    model = timm.create_model('gaussderresnet10_fashionmnist', channels=(4, 4, 6), initial_scales=(1.0,)).eval()
-    return model, gaussder_hf.save_for_hub(model, tmp_path / 'single', canvas_size={'height': 72, 'width': 72})
+def single(tmp_path, small_checkpoint):
+    return small_checkpoint(tmp_path / 'single', canvas_size={'height': 72, 'width': 72})
 
 
 def test_transfer_to_the_default_grid_keeps_every_weight_and_the_matching_channel(single, tmp_path):

@@ -71,38 +71,27 @@ def test_figures_have_their_panels(model, tmp_path):
         activation_maps(model, image, class_index=3)
 
 
-def test_visualize_recipe_writes_the_three_figures(tmp_path):
+def test_visualize_recipe_writes_the_three_figures(tmp_path, small_checkpoint):
     import subprocess
     import sys
 
     import numpy as np
-    import timm
 
-    import gaussder_hf
-
-    torch.manual_seed(0)
-    net = timm.create_model('gaussderresnet18_fashionmnist', initial_scales=(1.0, 2.0), channels=(4, 4, 6))
-    folder = gaussder_hf.save_for_hub(net.eval(), tmp_path / 'ckpt')
+    _, folder = small_checkpoint(tmp_path / 'ckpt', 'gaussderresnet18_fashionmnist', initial_scales=(1.0, 2.0))
     Image.fromarray((np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)).save(tmp_path / 'x.png')
     root = __import__('pathlib').Path(__file__).resolve().parents[1]
     result = subprocess.run(
         [sys.executable, str(root / 'recipes' / 'visualize.py'), '--model', f'local-dir:{folder}',
-         '--image', str(tmp_path / 'x.png'), '--out', str(tmp_path / 'fig'), '--layer', '3'],
+         '--image', str(tmp_path / 'x.png'), '--output_dir', str(tmp_path / 'fig'), '--layer', '3'],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ('activation_maps.png', 'receptive_fields.png', 'scale_space.png'):
         assert Image.open(tmp_path / 'fig' / name).format == 'PNG'
 
 
-def test_visualize_recipe_refuses_a_layer_the_model_does_not_have(tmp_path):
-
-    import timm
-
-    import gaussder_hf
-
+def test_visualize_recipe_refuses_a_layer_the_model_does_not_have(tmp_path, small_checkpoint):
     recipe = load_recipe('visualize')
-    net = timm.create_model('gaussderresnet10_fashionmnist', initial_scales=(1.0,), channels=(4, 4, 4))
-    folder = gaussder_hf.save_for_hub(net.eval(), tmp_path / 'ckpt')
+    net, folder = small_checkpoint(tmp_path / 'ckpt')
     Image.new('L', (20, 20)).save(tmp_path / 'x.png')
     depth = len(net.gd_layers())
     for layer in (999, 0, -1):
@@ -112,16 +101,12 @@ def test_visualize_recipe_refuses_a_layer_the_model_does_not_have(tmp_path):
     assert not (tmp_path / 'fig').exists()  # refused before drawing anything
 
 
-def test_visualize_recipe_refuses_an_image_above_the_pixel_limit_before_decoding_it(tmp_path, monkeypatch):
-
-    import timm
+def test_visualize_recipe_refuses_an_image_above_the_pixel_limit_before_decoding_it(tmp_path, monkeypatch,
+                                                                                   small_checkpoint):
     from PIL import ImageFile
 
-    import gaussder_hf
-
     recipe = load_recipe('visualize')
-    net = timm.create_model('gaussderresnet10_fashionmnist', initial_scales=(1.0,), channels=(4, 4, 4))
-    folder = gaussder_hf.save_for_hub(net.eval(), tmp_path / 'ckpt')
+    _, folder = small_checkpoint(tmp_path / 'ckpt')
     Image.new('L', (40, 30)).save(tmp_path / 'big.png')
     # A small limit stands for PIL's default one; PIL itself would only warn and decode.
     monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)
@@ -129,3 +114,18 @@ def test_visualize_recipe_refuses_an_image_above_the_pixel_limit_before_decoding
     with pytest.raises(ValueError, match=r"image '.*big\.png' of 40x30 = 1,200 pixels exceeds the limit of 1,000"):
         recipe.visualize(f'local-dir:{folder}', str(tmp_path / 'big.png'), str(tmp_path / 'fig'), layer=3)
     assert not (tmp_path / 'fig').exists()
+
+
+def test_visualize_recipe_still_takes_the_deprecated_out_spelling(tmp_path, small_checkpoint, capsys):
+    recipe = load_recipe('visualize')
+    _, folder = small_checkpoint(tmp_path / 'ckpt')
+    Image.new('L', (20, 20)).save(tmp_path / 'x.png')
+    with pytest.warns(FutureWarning, match='--output_dir'):
+        recipe.main(['--model', f'local-dir:{folder}', '--image', str(tmp_path / 'x.png'), '--out',
+                     str(tmp_path / 'old'), '--layer', '2'])
+    assert sorted(p.name for p in (tmp_path / 'old').iterdir()) == [
+        'activation_maps.png', 'receptive_fields.png', 'scale_space.png']
+    with pytest.raises(SystemExit):
+        recipe.main(['--model', f'local-dir:{folder}', '--image', str(tmp_path / 'x.png'), '--out', 'a',
+                     '--output_dir', 'b'])
+    assert 'name different folders' in capsys.readouterr().err

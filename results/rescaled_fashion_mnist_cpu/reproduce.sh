@@ -33,7 +33,7 @@ python recipes/transfer.py $RUNS/gaussderresnet10_stage2/model $RUNS/dense_stage
   --grid 0.5 1.189207115002721 11 --boundary 4
 
 python recipes/evaluate.py --dataset rescaled_fashion_mnist --data_dir /usr/share/datasets/fashion-mnist \
-  --max_examples 1000 --save_predictions --out_dir $OUT \
+  --max_examples 1000 --save_predictions --output_dir $OUT \
   --model "multi-scale (6 channels, two-stage)=$RUNS/gaussderresnet10_stage2/model" \
   --model "multi-scale (6 channels, transferred)=$RUNS/transferred" \
   --model "single-scale (1 channel, sigma0 1)=$RUNS/gaussderresnet10_single/model" \
