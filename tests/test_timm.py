@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 import gaussder_hf  # noqa: F401  (registers the models)
+from gaussder_hf import kernels
 
 MODELS = timm.list_models('*gaussder*')
 SMALL = dict(initial_scales=(1.0, 1.5))  # two scale channels keep the per-model tests fast
@@ -105,7 +106,8 @@ def test_preset_fields_are_overridable_by_kwargs():
 
 
 def test_torch_export_at_a_fixed_input_size():
-    # Scales and a size no other test uses, so that the export itself builds the kernels.
+    # Empty caches, so that the export itself builds the kernels.
+    kernels.clear_caches()
     model = timm.create_model('gaussderresnet18_fashionmnist', initial_scales=(1.1, 1.7)).eval()
     torch.manual_seed(0)
     x = torch.rand(2, 1, 23, 19)
