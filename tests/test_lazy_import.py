@@ -40,9 +40,12 @@ def test_importing_the_package_and_its_primitives_imports_no_heavy_library():
         package = [name for name in HEAVY if name in sys.modules]
         import gaussder_hf.kernels, gaussder_hf.layers
         primitives = [name for name in HEAVY if name in sys.modules]
-        print(json.dumps({'package': package, 'primitives': primitives}))
+        import timm  # registers the models, which must not bring transformers or datasets along
+        assert 'gaussderresnet10_fashionmnist' in timm.list_models('gaussder*')
+        with_timm = [name for name in ('transformers', 'datasets') if name in sys.modules]
+        print(json.dumps({'package': package, 'primitives': primitives, 'with_timm': with_timm}))
     '''))
-    assert imported == {'package': [], 'primitives': []}
+    assert imported == {'package': [], 'primitives': [], 'with_timm': []}
 
 
 # Each library registers through one of two paths: already imported when the package is, or
