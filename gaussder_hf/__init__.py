@@ -1,18 +1,70 @@
-"""gaussder_hf: scale-invariant Gaussian derivative residual networks (arXiv:2603.02843)."""
-from . import (
-    data,  # registers the rescaled datasets with datasets.load_dataset
-    timm_models,  # registers the models with timm
-)
-from .configuration import GaussDerResNetConfig
-from .hub import push_to_hub, save_for_hub
-from .image_processing import GaussDerResNetImageProcessor
-from .kernels import discrete_gaussian_kernel, gaussian_jet, gaussian_smooth, jet_indices, truncation_radius
-from .layers import DSGaussDerConv, GaussDerConv
-from .model import GaussDerBlock, GaussDerResNet, pool_scales, spatial_select, transfer_scales
-from .modeling import GaussDerResNetForImageClassification, GaussDerResNetPreTrainedModel
+"""gaussder_hf: scale-invariant Gaussian derivative residual networks (arXiv:2603.02843).
+
+Importing the package is cheap: it imports neither torch, timm, transformers nor datasets. The
+names below are imported from their modules on first access (PEP 562), and the registrations
+with timm, transformers and datasets run as soon as each library is imported, before or after
+this package (:mod:`gaussder_hf._registration`).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from . import _registration
 from .presets import DEFAULT_INITIAL_SCALES, HUB_NAMESPACE, PRESETS, geometric_scales, get_preset
 
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these on first use
+    from .configuration import GaussDerResNetConfig
+    from .hub import push_to_hub, save_for_hub
+    from .image_processing import GaussDerResNetImageProcessor
+    from .kernels import discrete_gaussian_kernel, gaussian_jet, gaussian_smooth, jet_indices, truncation_radius
+    from .layers import DSGaussDerConv, GaussDerConv
+    from .model import GaussDerBlock, GaussDerResNet, pool_scales, spatial_select, transfer_scales
+    from .modeling import GaussDerResNetForImageClassification, GaussDerResNetPreTrainedModel
+
 __version__ = '0.1.0'
+
+# Public name -> the submodule that defines it (imported by __getattr__ on first access).
+_LAZY_NAMES = {
+    'GaussDerResNetConfig': 'configuration',
+    'push_to_hub': 'hub',
+    'save_for_hub': 'hub',
+    'GaussDerResNetImageProcessor': 'image_processing',
+    'discrete_gaussian_kernel': 'kernels',
+    'gaussian_jet': 'kernels',
+    'gaussian_smooth': 'kernels',
+    'jet_indices': 'kernels',
+    'truncation_radius': 'kernels',
+    'DSGaussDerConv': 'layers',
+    'GaussDerConv': 'layers',
+    'GaussDerBlock': 'model',
+    'GaussDerResNet': 'model',
+    'pool_scales': 'model',
+    'spatial_select': 'model',
+    'transfer_scales': 'model',
+    'GaussDerResNetForImageClassification': 'modeling',
+    'GaussDerResNetPreTrainedModel': 'modeling',
+}
+# Submodules reachable as attributes (``gaussder_hf.kernels``) without importing them first.
+_SUBMODULES = (
+    'analysis', 'cli', 'configuration', 'data', 'dataset_sources', 'hub', 'image_processing', 'input_pipeline',
+    'kernels', 'layers', 'model', 'modeling', 'presets', 'rescaling', 'run_folder', 'timm_models', 'visualize',
+)
+
+
+def __getattr__(name: str):
+    module = _LAZY_NAMES.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f'{__name__}.{module}'), name)
+        globals()[name] = value  # later lookups do not come back here
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f'{__name__}.{name}')
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_NAMES) | set(_SUBMODULES))
 
 
 def create_gaussderresnet(name: str, **overrides) -> GaussDerResNet:
@@ -20,6 +72,8 @@ def create_gaussderresnet(name: str, **overrides) -> GaussDerResNet:
 
     Keyword arguments override single preset fields, e.g. ``initial_scales=(1.0,)``.
     """
+    from .model import GaussDerResNet
+
     args = get_preset(name)
     unknown = set(overrides) - set(args) - {'device', 'dtype'}
     if unknown:
@@ -28,24 +82,6 @@ def create_gaussderresnet(name: str, **overrides) -> GaussDerResNet:
     return GaussDerResNet(**args)
 
 
-def _register_with_transformers() -> None:
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
-
-    AutoConfig.register(GaussDerResNetConfig.model_type, GaussDerResNetConfig, exist_ok=True)
-    AutoModelForImageClassification.register(
-        GaussDerResNetConfig, GaussDerResNetForImageClassification, exist_ok=True)
-    AutoImageProcessor.register(
-        GaussDerResNetConfig, image_processor_classes={'torchvision': GaussDerResNetImageProcessor}, exist_ok=True)
-    # Every folder transformers saves (save_pretrained, Trainer checkpoints, save_for_hub) then
-    # carries an auto_map and a copy of the defining modules, so that it loads with
-    # trust_remote_code=True where gaussder_hf is not installed.
-    GaussDerResNetConfig.register_for_auto_class('AutoConfig')
-    GaussDerResNetForImageClassification.register_for_auto_class('AutoModelForImageClassification')
-    GaussDerResNetImageProcessor.register_for_auto_class('AutoImageProcessor')
-
-
-_register_with_transformers()
-
 __all__ = [
     'DEFAULT_INITIAL_SCALES', 'DSGaussDerConv', 'GaussDerBlock', 'GaussDerConv', 'GaussDerResNet', 'PRESETS',
     'GaussDerResNetConfig', 'GaussDerResNetForImageClassification', 'GaussDerResNetImageProcessor',
@@ -53,3 +89,6 @@ __all__ = [
     'create_gaussderresnet', 'discrete_gaussian_kernel', 'gaussian_jet', 'gaussian_smooth', 'geometric_scales',
     'get_preset', 'jet_indices', 'pool_scales', 'spatial_select', 'transfer_scales', 'truncation_radius',
 ]
+
+# Last, so that a registration run at once (its library already imported) finds the package complete.
+_registration.install()

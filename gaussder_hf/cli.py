@@ -11,9 +11,9 @@ import time
 
 
 def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    from .data import BUILDERS
+    from .data import BUILDER_NAMES  # the names only: --help imports neither datasets nor the builders
 
-    parser.add_argument('name', choices=sorted(BUILDERS), help='dataset to build')
+    parser.add_argument('name', choices=sorted(BUILDER_NAMES), help='dataset to build')
     parser.add_argument('--data-dir', help='folder with the original files (default: download them)')
     parser.add_argument('--cache-dir', help='datasets cache folder, also for extracted archives and the record of '
                         'checked md5s (default: the HF datasets cache)')
@@ -50,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
                         help='folder to write: new, empty, or an earlier export (replaced whole)')
     export.add_argument('--push-to-hub', metavar='REPO_ID', help='also upload the folder to this dataset repo')
     args = parser.parse_args(argv)
-
-    import gaussder_hf  # noqa: F401  (registers the builders)
 
     builder, dataset = _build(args)
     if args.action == 'export':

@@ -47,7 +47,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.special import ive
 
 __all__ = [
     'MAX_JET_ORDER',
@@ -126,6 +125,16 @@ def stencil_radius(jet_order: int) -> int:
     smoothed input so that its output keeps the input's size.
     """
     return (check_jet_order(jet_order) + 1) // 2
+
+
+def _assume_constant_result(fn: Callable) -> Callable:
+    """``torch.compiler.assume_constant_result`` without importing ``torch._dynamo`` (about a second) now.
+
+    That decorator imports Dynamo only to set this marker, which Dynamo reads when it traces a
+    call of ``fn``; ``tests/test_lazy_import.py`` checks that both mark a function alike.
+    """
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 # The cached tensors must be real even when they are first built while tracing (torch.export,
@@ -259,6 +268,8 @@ def set_operator_cache_budget(budget_bytes: int) -> int:
 
 @lru_cache(maxsize=4096)  # a few hundred bytes per (sigma, eps)
 def _kernel_np(sigma: float, eps: float) -> np.ndarray:
+    from scipy.special import ive  # here, not at the top: importing scipy.special costs more than the module
+
     t = sigma * sigma
     # T(n; t) = exp(-t) I_n(t) (eq. 56) is scipy's exponentially scaled Bessel function ive.
     # Grow the support until the two-sided tail mass 1 - sum_{|n|<=N} T(n; t) is <= eps.
@@ -496,7 +507,7 @@ def _smoothing_operator(sigma: float, eps: float, size: int, pad: int, device: t
 # evaluates once while tracing: the kernel taps and the stencil basis. Building a matrix is one
 # scatter of size * (2N + 1) taps, negligible next to the products it feeds.
 
-@torch.compiler.assume_constant_result
+@_assume_constant_result
 def _kernel_taps(sigma: float, eps: float) -> tuple[float, ...]:
     return tuple(_kernel_np(sigma, eps).tolist())
 
@@ -759,7 +770,7 @@ def _stencil_basis(
     return _stencil_basis_cached(jet_order, spatial_dims, zero_order, device, dtype)
 
 
-@torch.compiler.assume_constant_result
+@_assume_constant_result
 def _stencil_basis_values(jet_order: int, spatial_dims: int, zero_order: bool) -> list:
     return _stencil_basis_cached(jet_order, spatial_dims, zero_order, torch.device('cpu'), torch.float64).tolist()
 
