@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_dataset_arguments(build)
     export = actions.add_parser('export', help='build, then write parquet shards and a dataset card')
     _add_dataset_arguments(export)
-    export.add_argument('--output', required=True,
+    # --output-dir as in the recipes (--output_dir there) and timm's scripts; --output is the older spelling.
+    export.add_argument('--output-dir', '--output_dir', '--output', dest='output', required=True,
                         help='folder to write: new, empty, or an earlier export (replaced whole)')
     export.add_argument('--push-to-hub', metavar='REPO_ID', help='also upload the folder to this dataset repo')
     args = parser.parse_args(argv)

@@ -308,9 +308,13 @@ def test_download_path_checks_md5_and_builds(tmp_path, monkeypatch):
 def test_cli_builds_and_exports(tmp_path, capsys):
     from gaussder_hf.cli import main
     assert main(['datasets', 'export', 'rescaled_fashion_mnist', '--data-dir', FASHION_DIR, '--max-examples', '3',
-                 '--cache-dir', str(tmp_path / 'cache'), '--output', str(tmp_path / 'out')]) == 0
+                 '--cache-dir', str(tmp_path / 'cache'), '--output-dir', str(tmp_path / 'out')]) == 0
     printed = capsys.readouterr().out
     assert 'built rescaled_fashion_mnist' in printed and 'test_s2p000' in printed
     assert len(list((tmp_path / 'out' / 'data').glob('*.parquet'))) == 12
+    # the older spelling --output still works (the build is cached: only the export runs again)
+    assert main(['datasets', 'export', 'rescaled_fashion_mnist', '--data-dir', FASHION_DIR, '--max-examples', '3',
+                 '--cache-dir', str(tmp_path / 'cache'), '--output', str(tmp_path / 'older')]) == 0
+    assert len(list((tmp_path / 'older' / 'data').glob('*.parquet'))) == 12
     with pytest.raises(SystemExit):
         main(['datasets', 'build', 'rescaled_mnist'])
