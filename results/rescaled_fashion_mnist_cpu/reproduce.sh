@@ -10,6 +10,7 @@
 #      and to the denser grid of App. A.5 (ratio 2**(1/4) plus a boundary channel sigma0 = 4);
 #      2's weights transferred to the same denser grid
 #   5. evaluate all six on the first 1000 images of each of the nine test splits
+#   6. the committed checkpoint's scale channels at s = 1/2: antialiasing against discretisation
 # Training steps resume after an interruption (rerun this script).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -40,6 +41,9 @@ python recipes/evaluate.py --dataset rescaled_fashion_mnist --data_dir /usr/shar
   --model "denser grid (12 channels, A.5)=$RUNS/dense" \
   --model "denser grid (12 channels, A.5, from two-stage)=$RUNS/dense_stage2" \
   --model "resnet18=$RUNS/resnet18/model"
+
+# why the finest channels rarely win at s = 1/2 (docs/design.md §6.1): finest_channels.json
+python $OUT/finest_channels.py --num_images 1000
 
 # the committed checkpoint: stage 2's weights, with the measured accuracies in its card
 SUMMARY="$SUMMARY" python - <<'PY'
