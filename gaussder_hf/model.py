@@ -341,7 +341,7 @@ class GaussDerResNet(nn.Module):
             drop_block_rate: float | None = None,
             global_pool: str | None = None,
             bn_momentum: float | None = None,
-            bn_eps: float | None = None,
+            bn_eps: float | None = _DEFAULTS['bn_eps'],
             device=None,
             dtype=None,
     ):
@@ -360,12 +360,6 @@ class GaussDerResNet(nn.Module):
                 '(use drop_rate, drop_path_rate or scale_dropout for regularisation)')
         if bn_momentum is not None:
             bn_momentum = _check_rate('bn_momentum', bn_momentum, upper_inclusive=True)
-        if bn_eps is not None:
-            try:
-                check_sigma(bn_eps)  # any finite positive number
-            except ValueError:
-                raise ValueError(f'bn_eps must be a finite number > 0, got {bn_eps!r}') from None
-            bn_eps = float(bn_eps)
         self.in_chans = in_chans = architecture['in_chans']
         self.num_classes = num_classes
         self.channels = channels
@@ -382,7 +376,7 @@ class GaussDerResNet(nn.Module):
         self.separable_from_block = separable_from_block = architecture['separable_from_block']
         self.grad_checkpointing = False
         self.bn_momentum = bn_momentum
-        self.bn_eps = bn_eps
+        self.bn_eps = architecture['bn_eps']
 
         factory = dict(device=device, dtype=dtype)
         gd = dict(jet_order=jet_order, eps=eps, **factory)

@@ -6,6 +6,7 @@ checkpoint and timm's ``save_for_hf``. Readers: timm's ``local-dir:``, transform
 5 classes and 3 input channels, unlike the preset's 10 and 1, so a reader that took either from
 anywhere but the folder would fail.
 """
+import json
 import shutil
 
 import numpy as np
@@ -231,6 +232,24 @@ def test_every_architecture_hyperparameter_survives_every_checkpoint_path(tmp_pa
             for reader, model in loaded.items():
                 assert architecture_of(model) == example, (writer, reader)
                 torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+def test_a_config_written_before_bn_eps_was_recorded_loads_with_pytorchs_epsilon(tmp_path):
+    # Folders saved before bn_eps travelled with the weights have no such key: they were built
+    # with PyTorch's default, which is what None means.
+    torch.manual_seed(0)
+    net = _calibrated(timm.create_model(NAME, num_classes=5, in_chans=3, initial_scales=SCALES))
+    folder = save_for_hub(net, tmp_path / 'checkpoint', class_names=LABELS)
+    config = json.loads((folder / 'config.json').read_text())
+    assert config.pop('bn_eps') is None and config['model_args'].pop('bn_eps') is None
+    (folder / 'config.json').write_text(json.dumps(config))
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = net(x)
+        for model in (timm.create_model(f'local-dir:{folder}', pretrained=True).eval(),
+                      AutoModelForImageClassification.from_pretrained(folder).eval().gaussderresnet):
+            assert model.bn_eps is None and model.stem_norm.eps == 1e-5
+            torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
 
 
 def _legacy_folder(folder):

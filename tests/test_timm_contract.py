@@ -339,7 +339,7 @@ def test_bad_intermediate_requests_are_refused(call, match):
     (dict(drop_block_rate=0.1), 'drop_block_rate must be None or 0, got 0.1'),
     (dict(drop_rate=1.5), r'drop_rate must be a number in \[0, 1\), got 1.5'),
     (dict(drop_path_rate=-0.1), r'drop_path_rate .*got -0.1'),
-    (dict(bn_eps=0.0), 'bn_eps must be a finite number > 0, got 0.0'),
+    (dict(bn_eps=0.0), r'bn_eps must be None or a finite number > 0.*got 0.0'),
     (dict(bn_momentum=2.0), r'bn_momentum must be a number in \[0, 1\], got 2.0'),
     (dict(features_only=True, out_indices=(9,)), r'indices.*got \(9,\)'),
     (dict(features_only=True, feature_cls='hook'), "feature_cls must be 'getter'.*'hook'"),

@@ -10,8 +10,9 @@ validation; the model and the config both call it, so a bad value gets the same 
 
 The class count is not in the table: transformers keeps it as ``id2label`` (with the class
 names), timm as ``num_classes``. Nor are the training-time switches only the model takes
-(``drop_rate``, ``drop_path_rate``, ``global_pool``, ``bn_momentum``, ``bn_eps``): no checkpoint
-records them.
+(``drop_rate``, ``drop_path_rate``, ``global_pool``, ``bn_momentum``): no checkpoint records them,
+and none changes what a trained network computes in evaluation. ``bn_eps`` does (it is in every
+normalisation's denominator), so it is in the table and travels with the weights.
 
 The module also names, once, what the checkpoint files of both libraries share: the weights file
 (:data:`WEIGHTS_NAME`) and timm's ``pretrained_cfg`` (:func:`timm_pretrained_cfg`).
@@ -112,6 +113,14 @@ def _bool(value, _):
     return value
 
 
+def _optional_positive(value, _):
+    if value is None:
+        return None
+    if not _is_finite(value) or not value > 0:
+        raise _Invalid
+    return float(value)
+
+
 def _first_separable_block(value, checked):
     if value is None:
         return None
@@ -194,6 +203,11 @@ ARCHITECTURE: tuple[Hyperparameter, ...] = (
     Hyperparameter(
         'scale_dropout_mode', f'one of {SCALE_DROPOUT_MODES}', _choice(SCALE_DROPOUT_MODES), 'score', 'str',
         example='channel'),
+    # timm's bn_eps (its scripts' --bn-eps): None keeps PyTorch's 1e-5, and configs written before
+    # this entry existed meant that.
+    Hyperparameter(
+        'bn_eps', "None or a finite number > 0 (the epsilon of every batch normalisation; None: PyTorch's 1e-5)",
+        _optional_positive, _D['bn_eps'], 'float | None', example=1e-3),
     Hyperparameter(
         'separable_from_block', lambda checked: f'None or an integer in 1..{len(checked["channels"])}',
         _first_separable_block, _D['separable_from_block'], 'int | None', example=1),

@@ -145,20 +145,20 @@ CHANNELS_V0 = MappingProxyType({
 
 # Architecture per dataset (Table 1). The DS variants differ only in `separable_from_block`.
 # `scale_dropout_mode='score'` drops single class scores, as earlier versions did; 'channel' drops
-# whole scale channels (design.md §3.10, §7.4).
+# whole scale channels (design.md §3.10, §7.4). `bn_eps=None`: PyTorch's 1e-5 (not in the text).
 _ARCHITECTURES = {
     'fashionmnist': dict(
         in_chans=1, num_classes=10, channels=_CHANNELS['fashionmnist'],
         jet_order=2, zero_order=False, scale_ratio=1.13, eps=0.01,
-        spatial_pool='center', scale_pool='max', scale_dropout=0.2, scale_dropout_mode='score'),
+        spatial_pool='center', scale_pool='max', scale_dropout=0.2, scale_dropout_mode='score', bn_eps=None),
     'cifar10': dict(
         in_chans=3, num_classes=10, channels=_CHANNELS['cifar10'],
         jet_order=2, zero_order=False, scale_ratio=1.2, eps=0.005,
-        spatial_pool='center', scale_pool='max', scale_dropout=0.3, scale_dropout_mode='score'),
+        spatial_pool='center', scale_pool='max', scale_dropout=0.3, scale_dropout_mode='score', bn_eps=None),
     'stl10': dict(
         in_chans=3, num_classes=10, channels=_CHANNELS['stl10'],
         jet_order=2, zero_order=True, scale_ratio=1.32, eps=0.005,
-        spatial_pool='max', scale_pool='max', scale_dropout=0.3, scale_dropout_mode='score'),
+        spatial_pool='max', scale_pool='max', scale_dropout=0.3, scale_dropout_mode='score', bn_eps=None),
 }
 
 # DSGaussDerResNet: standard GD layers in the first layer, the first 4 residual blocks and the
