@@ -1,11 +1,11 @@
-"""Measures the cost model that picks the Gaussian smoothing method: 'dense' against 'conv'.
+"""Measures the cost model that picks the Gaussian smoothing method: 'dense', 'banded' and 'conv'.
 
 Smoothing (``gaussder_hf.kernels._smooth_padded``, the call a GD layer makes: mirror extension
 by the radius of the difference stencils included) is timed forward + backward with each
 method forced (:func:`gaussder_hf.kernels.smoothing_method`) on a grid of image sides and
-sigmas, the two methods interleaved, median of ``--repeats``. The table gives conv / dense
-(< 1: conv is faster) and, per sigma, the smallest side from which conv wins at every larger
-measured side, against the rule the package uses now (``uses_conv_smoothing``).
+sigmas, the methods interleaved, median of ``--repeats``. The tables give each method's time
+over the first one's (< 1: faster), the fastest method per case against the one the rule the
+package uses now picks (``kernels._method_for``), and the times per pixel and channel.
 
 Run: ``python benchmarks/smoothing_cost.py`` (see ``--help``; ``--device cuda`` on a GPU).
 """
@@ -23,7 +23,7 @@ from gaussder_hf import kernels
 
 def _parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--sizes', type=int, nargs='+', default=[32, 48, 64, 96, 128, 192, 256, 384, 512])
+    parser.add_argument('--sizes', type=int, nargs='+', default=[32, 64, 96, 128, 192, 256, 384, 512, 1024])
     parser.add_argument('--sigmas', type=float, nargs='+', default=[0.7, 1.0, 2.0, 4.0, 6.0, 10.0, 16.0])
     parser.add_argument('--channels', type=int, default=24)
     parser.add_argument('--batch', type=int, default=1)
@@ -33,6 +33,9 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=os.cpu_count())
     parser.add_argument('--forward-only', action='store_true')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--methods', nargs='+', default=['dense', 'banded', 'conv'],
+                        choices=['dense', 'banded', 'conv'],
+                        help='methods timed, interleaved; ratios are to the first')
     return parser.parse_args(argv)
 
 
@@ -55,48 +58,51 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     backward = not args.forward_only
+    methods = args.methods
     print(f'# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; batch {args.batch}, '
           f'{args.channels} channels, pad {args.pad}, eps {args.eps}; '
           f'{"forward" if args.forward_only else "forward + backward"}, median of {args.repeats}, '
-          f'dense and conv interleaved')
-    ratios: dict[tuple[int, float], float] = {}
-    times: dict[tuple[int, float], tuple[float, float]] = {}
+          f'{", ".join(methods)} interleaved')
+    times: dict[tuple[int, float, str], float] = {}
     for size in args.sizes:
         x = torch.randn(args.batch, args.channels, size, size, device=device, requires_grad=backward)
         for sigma in args.sigmas:
-            samples = {'dense': [], 'conv': []}
+            samples = {m: [] for m in methods}
             for method in samples:  # warm-up: builds the cached operators
                 _time(x, sigma, args.eps, args.pad, method, backward)
             for _ in range(args.repeats):
                 for method in samples:
                     samples[method].append(_time(x, sigma, args.eps, args.pad, method, backward))
-            dense, conv = (statistics.median(samples[m]) for m in ('dense', 'conv'))
-            ratios[size, sigma] = conv / dense
-            times[size, sigma] = (dense, conv)
+            for method in methods:
+                times[size, sigma, method] = statistics.median(samples[method])
         print(f'  side {size:5d} done', flush=True)
-    print()
-    print('conv / dense time (< 1: conv faster)')
     sizes = ' '.join(f'{s:>7d}' for s in args.sizes)
-    print(f'{"sigma":>6} {"taps":>5} | {sizes} | conv wins from | rule picks conv from')
+    for method in methods[1:]:
+        print()
+        print(f'{method} / {methods[0]} time (< 1: {method} faster)')
+        print(f'{"sigma":>6} {"taps":>5} | {sizes}')
+        for sigma in args.sigmas:
+            taps = 2 * kernels.truncation_radius(sigma, args.eps) + 1
+            row = ' '.join(f'{times[s, sigma, method] / times[s, sigma, methods[0]]:7.2f}' for s in args.sizes)
+            print(f'{sigma:6g} {taps:5d} | {row}')
+    print()
+    print('fastest method measured / method the rule picks (kernels._method_for)')
+    print(f'{"sigma":>6} {"taps":>5} | ' + ' '.join(f'{s:>15d}' for s in args.sizes))
     for sigma in args.sigmas:
         taps = 2 * kernels.truncation_radius(sigma, args.eps) + 1
-        row = ' '.join(f'{ratios[s, sigma]:7.2f}' for s in args.sizes)
-        wins = None
-        for s in reversed(args.sizes):
-            if ratios[s, sigma] >= 1.0:
-                break
-            wins = s
-        rule = next((s for s in args.sizes if kernels.uses_conv_smoothing(sigma, args.eps, (s, s))), None)
-        print(f'{sigma:6g} {taps:5d} | {row} | {str(wins or "-"):>14} | {str(rule or "-"):>20}')
+        cells = []
+        for s in args.sizes:
+            fastest = min(methods, key=lambda m: times[s, sigma, m])
+            cells.append(f'{fastest + "/" + kernels._method_for(sigma, args.eps, (s, s)):>15}')
+        print(f'{sigma:6g} {taps:5d} | ' + ' '.join(cells))
     print()
-    print('per pixel and channel, ns: dense / conv')
+    print('per pixel and channel, ns: ' + ' / '.join(methods))
     for sigma in args.sigmas:
         cells = []
         for s in args.sizes:
-            dense, conv = times[s, sigma]
             scale = 1e9 / (args.batch * args.channels * s * s)
-            cells.append(f'{dense * scale:5.1f}/{conv * scale:5.1f}')
-        print(f'{sigma:6g} | ' + ' '.join(cells))
+            cells.append('/'.join(f'{times[s, sigma, m] * scale:.1f}' for m in methods))
+        print(f'{sigma:6g} | ' + ' '.join(f'{c:>17}' for c in cells))
 
 
 if __name__ == '__main__':
