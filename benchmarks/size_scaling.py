@@ -108,7 +108,7 @@ def _speed(args: argparse.Namespace) -> None:
             before = ms.get(f'before@{sigma:g}')
             after = ms[f'after@{sigma:g}']
             # GD / 3x3 with each compared method forced (the 'after' timing where it is the chosen one).
-            forced = {m: (after if m == method else ms.get('before' if m == 'dense' else m + f'@{sigma:g}'))
+            forced = {m: (after if m == method else ms.get(f'{"before" if m == "dense" else m}@{sigma:g}'))
                       for m in args.compare}
             rows.append((size, sigma, method, ms['conv3x3'], ms['conv1x1'], before, after, forced))
         print(f'  side {size} done', flush=True)

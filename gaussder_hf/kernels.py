@@ -11,7 +11,9 @@ Smoothing has three exact implementations, chosen per call by a cost model measu
   one GEMM: about ``2 T`` multiply-adds per sample at matrix-product speed, whatever the side.
 * ``'conv'``: the input is mirror-extended (:func:`reflect_index`, repeated reflection for
   kernels wider than the image) and convolved depthwise with the truncated 1-D kernel along
-  each axis. Its cost per pixel grows with the kernel's support, not with the image side.
+  each axis. Its cost per pixel grows with the kernel's support, not with the image side; in
+  a GD layer the layout passes around it make it slower than ``'banded'``, so it is used only
+  when forced.
 * ``'dense'``: one ``(size + 2 pad) x size`` matrix product per axis with the mirror extension
   folded into the matrix. Its cost per pixel grows with the image side, not with sigma, and it
   is the faster one on small and mid-sized images, where one GEMM beats the stencils and the
@@ -715,21 +717,6 @@ def _traced_banded_along(x: torch.Tensor, band: torch.Tensor, dim: int, extensio
     return y.reshape(*before, tiles * tile, *after).narrow(dim, 0, size + 2 * pad)
 
 
-_BANDED_MIN_SIDE = 160
-_BANDED_SIDE_PER_TILE = 8
-
-
-def _method_for(sigma: float, eps: float, spatial_shape: Sequence[int]) -> str:
-    """Returns the smoothing method for signals of ``spatial_shape``: the forced one or the cost model's."""
-    if _forced_method != 'auto':
-        return _forced_method
-    radius = (len(_kernel_taps(sigma, eps)) - 1) // 2  # (traceable: a constant under torch.compile)
-    smallest = min(spatial_shape)
-    if smallest >= max(_BANDED_MIN_SIDE, _BANDED_SIDE_PER_TILE * _band_tile(radius)):
-        return 'banded'
-    return 'dense'
-
-
 def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
     """The ``'banded'`` smoothing method: block-Toeplitz GEMMs along each axis (see above)."""
     radius = (len(_kernel_taps(sigma, eps)) - 1) // 2
@@ -743,15 +730,18 @@ def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
     return x
 
 
-# Cost model of the two smoothing methods, measured on a 2-core x86 CPU (benchmarks/README.md,
+# Cost model of the smoothing methods, measured on a 2-core x86 CPU, one thread (benchmarks/README.md,
 # "Smoothing method"). Smoothing alone (benchmarks/smoothing_cost.py; per pixel and channel,
-# forward + backward): dense about 5 + 0.23 * side ns, conv about 55 + 1.2 * taps ns, equal
-# near side = 220 + 5 * taps. Inside a GD layer (benchmarks/size_scaling.py) conv also pays
-# the layout passes around the mixing convolution and was no faster at side 256 and 512, won
-# at 1024 for 5 and 11 taps, lost for 33 and 83, and won at 2048 (dense extrapolated). The
-# rule follows the layer: conv from side 512 + 16 * taps on the shortest side.
-_CONV_BASE_SIDE = 512
-_CONV_SIDE_PER_TAP = 16
+# forward + backward): dense grows with the side (about 0.09 ns per sample of side here, 0.23 in
+# an earlier run), banded with the tile (about 10 + 0.25 T ns up to 512 px; at 1024 px all methods
+# are memory-bound near 35-50 ns), conv with the taps at depthwise speed. Banded beat dense from
+# side 192 for T = 16 (sigma <= 2), 256 for T = 32 (sigma 6) and 512 for T = 88 (sigma 16): the
+# rule is banded from shortest side >= 128 + 4 T, dense below. Conv alone was as fast as banded
+# for narrow kernels, but inside a GD layer (benchmarks/size_scaling.py) it pays the layout
+# passes around the mixing convolution and lost to banded at every side 256..2048, so the cost
+# model no longer picks it (smoothing_method('conv') still does).
+_BANDED_BASE_SIDE = 128
+_BANDED_SIDE_PER_TILE = 4
 _METHODS = ('auto', 'dense', 'banded', 'conv')
 _forced_method = 'auto'
 
@@ -773,6 +763,17 @@ def smoothing_method(method: str) -> Iterator[None]:
         yield
     finally:
         _forced_method = previous
+
+
+def _method_for(sigma: float, eps: float, spatial_shape: Sequence[int]) -> str:
+    """Returns the smoothing method for signals of ``spatial_shape``: the forced one or the cost model's."""
+    if _forced_method != 'auto':
+        return _forced_method
+    radius = (len(_kernel_taps(sigma, eps)) - 1) // 2  # (traceable: a constant under torch.compile)
+    smallest = min(spatial_shape)
+    if smallest >= _BANDED_BASE_SIDE + _BANDED_SIDE_PER_TILE * _band_tile(radius):
+        return 'banded'
+    return 'dense'
 
 
 def uses_conv_smoothing(sigma: float, eps: float, spatial_shape: Sequence[int]) -> bool:
