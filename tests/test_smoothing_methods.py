@@ -118,6 +118,8 @@ def test_the_cost_model_takes_dense_on_small_images_and_banded_on_large_ones():
 @pytest.mark.parametrize('sigma', [0.6, 2.0, 9.0])
 @pytest.mark.parametrize('method', ['banded', 'conv'])
 def test_conv_and_banded_layers_equal_dense_reference_with_gradients(layer_cls, spatial_dims, shape, sigma, method):
+    if method == 'banded' and spatial_dims == 3 and sigma > 5:
+        pytest.skip('a kernel wider than a 3-D image: covered for banded by the numpy comparison, ~3 s here')
     torch.manual_seed(0)
     layer = layer_cls(3, 4, jet_order=3 if spatial_dims == 2 else 2, zero_order=True, eps=1e-3,
                       spatial_dims=spatial_dims).double()
