@@ -734,14 +734,16 @@ def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
 # "Smoothing method"). Smoothing alone (benchmarks/smoothing_cost.py; per pixel and channel,
 # forward + backward): dense grows with the side (about 0.09 ns per sample of side here, 0.23 in
 # an earlier run), banded with the tile (about 10 + 0.25 T ns up to 512 px; at 1024 px all methods
-# are memory-bound near 35-50 ns), conv with the taps at depthwise speed. Banded beat dense from
-# side 192 for T = 16 (sigma <= 2), 256 for T = 32 (sigma 6) and 512 for T = 88 (sigma 16): the
-# rule is banded from shortest side >= 128 + 4 T, dense below. Conv alone was as fast as banded
-# for narrow kernels, but inside a GD layer (benchmarks/size_scaling.py) it pays the layout
-# passes around the mixing convolution and lost to banded at every side 256..2048, so the cost
-# model no longer picks it (smoothing_method('conv') still does).
+# are memory-bound near 35-50 ns), conv with the taps at depthwise speed. Alone, banded beat
+# dense from side 192 for T = 16 (sigma <= 2), 256 for T = 32 (sigma 6) and 512 for T = 88
+# (sigma 16). Inside a GD layer (benchmarks/size_scaling.py, 24 and 64 channels) banded won at
+# 256 for T = 16 but lost at 256 for T = 32 and at 512 for T = 88 (its output is a strided view
+# the mixing convolution copies): the rule is banded from shortest side >= 128 + 5 T (T = 16:
+# 208, 32: 288, 88: 568), dense below. Conv alone was as fast as banded for narrow kernels, but
+# in the layer it pays the layout passes around the mixing convolution and lost to banded at
+# every side 256..2048, so the cost model no longer picks it (smoothing_method('conv') does).
 _BANDED_BASE_SIDE = 128
-_BANDED_SIDE_PER_TILE = 4
+_BANDED_SIDE_PER_TILE = 5
 _METHODS = ('auto', 'dense', 'banded', 'conv')
 _forced_method = 'auto'
 
