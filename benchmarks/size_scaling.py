@@ -5,8 +5,9 @@ against ``nn.Conv2d(C, C, 3, padding=1)`` and a 1x1 convolution from ``C * J`` t
 channels (the mix the layer has to do once the jet exists) on the same side, in one run. Each
 GD case runs twice: ``before``, with the dense smoothing forced (a ``(H+2) x H`` matrix
 product per axis: what every size used before the cost model), and ``after``, the method the
-cost model picks (``auto``). Per side, every case is warmed up once and the cases are then
-timed round-robin, median of ``--repeats``; ratios are within one side's round-robin.
+cost model picks (``auto``); ``--compare`` adds GD / 3x3 columns with each smoothing method
+forced ('dense', 'banded', 'conv'). Per side, every case is warmed up once and the cases are
+then timed round-robin, median of ``--repeats``; ratios are within one side's round-robin.
 
 Also, with ``--memory``: RSS growth over forwards at ``--memory-sizes`` distinct sides at the
 six initial scales of a preset's first layer (each side once, each scale once), in a fresh
@@ -36,6 +37,10 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--sigmas', type=float, nargs='+', default=[0.7, 2.0, 6.0, 16.0])
     parser.add_argument('--dense-max-size', type=int, default=1024,
                         help='largest side at which the dense ("before") case is timed (it grows as side**3)')
+    parser.add_argument('--compare', nargs='*', default=['dense', 'banded', 'conv'],
+                        choices=['dense', 'banded', 'conv'],
+                        help='smoothing methods also timed forced, as extra GD/3x3 columns (a method the cost '
+                             'model picks anyway reuses the "after" timing; dense obeys --dense-max-size)')
     parser.add_argument('--memory', action='store_true', help='also measure RSS growth over many sides')
     parser.add_argument('--memory-sizes', type=int, default=20)
     parser.add_argument('--preset', default='gaussderresnet18_stl10', help='whose first layer and scales --memory uses')
@@ -68,7 +73,9 @@ def _speed(args: argparse.Namespace, device: torch.device) -> None:
         cases = {'conv3x3': (lambda: conv3(x), [x, *conv3.parameters()]),
                  'conv1x1': (lambda: conv1(mixed), [mixed, *conv1.parameters()])}
         for sigma in args.sigmas:
-            for label, method in (('before', 'dense'), ('after', 'auto')):
+            chosen = kernels.chosen_smoothing_method(sigma, gd.eps, (size, size))
+            forced = [m for m in args.compare if m != chosen and m != 'dense']
+            for label, method in (('before', 'dense'), ('after', 'auto'), *((m, m) for m in forced)):
                 if label == 'before' and size > args.dense_max_size:
                     continue
 
@@ -80,20 +87,27 @@ def _speed(args: argparse.Namespace, device: torch.device) -> None:
         median = common.medians(common.round_robin(steps, args.repeats, warmup=1, device=device))
         ms = {name: 1e3 * seconds for name, seconds in median.items()}
         for sigma in args.sigmas:
-            method = 'conv' if kernels.uses_conv_smoothing(sigma, gd.eps, (size, size)) else 'dense'
+            method = kernels.chosen_smoothing_method(sigma, gd.eps, (size, size))
             before = ms.get(f'before@{sigma:g}')
-            rows.append((size, sigma, method, ms['conv3x3'], ms['conv1x1'], before, ms[f'after@{sigma:g}']))
+            after = ms[f'after@{sigma:g}']
+            # GD / 3x3 with each compared method forced (the 'after' timing where it is the chosen one).
+            forced = {m: (after if m == method else ms.get(f'{"before" if m == "dense" else m}@{sigma:g}'))
+                      for m in args.compare}
+            rows.append((size, sigma, method, ms['conv3x3'], ms['conv1x1'], before, after, forced))
         print(f'  side {size} done', flush=True)
     print()
     header = (f'{"side":>5} {"sigma":>5} {"method":>6} | {"conv3x3":>8} {"conv1x1":>8} | {"before":>8} {"after":>8} | '
-              f'{"before/3x3":>10} {"after/3x3":>9} {"after/1x1":>9} | {"ns/px after":>11}')
+              f'{"before/3x3":>10} {"after/3x3":>9} {"after/1x1":>9} | {"ns/px after":>11}'
+              + (' | ' + ' '.join(f'{m + "/3x3":>10}' for m in args.compare) if args.compare else ''))
     print(header)
     print('-' * len(header))
-    for size, sigma, method, c3, c1, before, after in rows:
+    for size, sigma, method, c3, c1, before, after, forced in rows:
         b = f'{before:8.1f}' if before is not None else f'{"-":>8}'
         br = f'{before / c3:10.2f}' if before is not None else f'{"-":>10}'
         print(f'{size:5d} {sigma:5g} {method:>6} | {c3:8.1f} {c1:8.1f} | {b} {after:8.1f} | {br} {after / c3:9.2f} '
-              f'{after / c1:9.2f} | {1e6 * after / size ** 2:11.1f}')
+              f'{after / c1:9.2f} | {1e6 * after / size ** 2:11.1f}'
+              + (' | ' + ' '.join(f'{v / c3:10.2f}' if v is not None else f'{"-":>10}' for v in forced.values())
+                 if forced else ''))
 
 
 def _memory_child(args: argparse.Namespace) -> None:

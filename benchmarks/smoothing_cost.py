@@ -1,11 +1,11 @@
-"""Measures the cost model that picks the Gaussian smoothing method: 'dense' against 'conv'.
+"""Measures the cost model that picks the Gaussian smoothing method: 'dense', 'banded' and 'conv'.
 
 Smoothing (``gaussder_hf.kernels.gaussian_smooth`` with ``pad``, the call a GD layer makes: mirror
 extension by the radius of the difference stencils included) is timed forward + backward with each
 method forced (:func:`gaussder_hf.kernels.smoothing_method`) on a grid of image sides and
-sigmas, the two methods interleaved, median of ``--repeats``. The table gives conv / dense
-(< 1: conv is faster) and, per sigma, the smallest side from which conv wins at every larger
-measured side, against the rule the package uses now (``uses_conv_smoothing``).
+sigmas, the methods interleaved, median of ``--repeats``. The tables give each method's time
+over the first one's (< 1: faster), the fastest method per case against the one the rule the
+package uses now picks (``kernels.chosen_smoothing_method``), and the times per pixel and channel.
 
 Run: ``python benchmarks/smoothing_cost.py`` (see ``--help``; ``--device cuda`` on a GPU).
 """
@@ -21,13 +21,16 @@ from gaussder_hf import kernels
 
 def _parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--sizes', type=int, nargs='+', default=[32, 48, 64, 96, 128, 192, 256, 384, 512])
+    parser.add_argument('--sizes', type=int, nargs='+', default=[32, 64, 96, 128, 192, 256, 384, 512, 1024])
     parser.add_argument('--sigmas', type=float, nargs='+', default=[0.7, 1.0, 2.0, 4.0, 6.0, 10.0, 16.0])
     parser.add_argument('--channels', type=int, default=24)
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--pad', type=int, default=1, help='mirror extension after smoothing (1 for a 2-jet)')
     parser.add_argument('--eps', type=float, default=0.01)
     parser.add_argument('--forward-only', action='store_true')
+    parser.add_argument('--methods', nargs='+', default=['dense', 'banded', 'conv'],
+                        choices=['dense', 'banded', 'conv'],
+                        help='methods timed, interleaved; ratios are to the first')
     common.add_arguments(parser, repeats=5)
     return parser.parse_args(argv)
 
@@ -44,45 +47,48 @@ def main(argv=None) -> None:
     args = _parse_args(argv)
     device = common.setup(args)
     backward = not args.forward_only
+    methods = args.methods
     print(f'# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; batch {args.batch}, '
           f'{args.channels} channels, pad {args.pad}, eps {args.eps}; '
           f'{"forward" if args.forward_only else "forward + backward"}, median of {args.repeats}, '
-          f'dense and conv interleaved')
-    ratios: dict[tuple[int, float], float] = {}
-    times: dict[tuple[int, float], tuple[float, float]] = {}
+          f'{", ".join(methods)} interleaved')
+    times: dict[tuple[int, float, str], float] = {}
     for size in args.sizes:
         x = torch.randn(args.batch, args.channels, size, size, device=device, requires_grad=backward)
         for sigma in args.sigmas:
             # One warm-up call per method builds the cached operators.
-            cases = {m: (lambda m=m: _smooth(x, sigma, args.eps, args.pad, m, backward)) for m in ('dense', 'conv')}
+            cases = {m: (lambda m=m: _smooth(x, sigma, args.eps, args.pad, m, backward)) for m in methods}
             median = common.medians(common.round_robin(cases, args.repeats, warmup=1, device=device))
-            dense, conv = median['dense'], median['conv']
-            ratios[size, sigma] = conv / dense
-            times[size, sigma] = (dense, conv)
+            for method in methods:
+                times[size, sigma, method] = median[method]
         print(f'  side {size:5d} done', flush=True)
-    print()
-    print('conv / dense time (< 1: conv faster)')
     sizes = ' '.join(f'{s:>7d}' for s in args.sizes)
-    print(f'{"sigma":>6} {"taps":>5} | {sizes} | conv wins from | rule picks conv from')
+    for method in methods[1:]:
+        print()
+        print(f'{method} / {methods[0]} time (< 1: {method} faster)')
+        print(f'{"sigma":>6} {"taps":>5} | {sizes}')
+        for sigma in args.sigmas:
+            taps = 2 * kernels.truncation_radius(sigma, args.eps) + 1
+            row = ' '.join(f'{times[s, sigma, method] / times[s, sigma, methods[0]]:7.2f}' for s in args.sizes)
+            print(f'{sigma:6g} {taps:5d} | {row}')
+    print()
+    print('fastest method measured / method the rule picks (kernels.chosen_smoothing_method)')
+    print(f'{"sigma":>6} {"taps":>5} | ' + ' '.join(f'{s:>15d}' for s in args.sizes))
     for sigma in args.sigmas:
         taps = 2 * kernels.truncation_radius(sigma, args.eps) + 1
-        row = ' '.join(f'{ratios[s, sigma]:7.2f}' for s in args.sizes)
-        wins = None
-        for s in reversed(args.sizes):
-            if ratios[s, sigma] >= 1.0:
-                break
-            wins = s
-        rule = next((s for s in args.sizes if kernels.uses_conv_smoothing(sigma, args.eps, (s, s))), None)
-        print(f'{sigma:6g} {taps:5d} | {row} | {str(wins or "-"):>14} | {str(rule or "-"):>20}')
+        cells = []
+        for s in args.sizes:
+            fastest = min(methods, key=lambda m: times[s, sigma, m])
+            cells.append(f'{fastest + "/" + kernels.chosen_smoothing_method(sigma, args.eps, (s, s)):>15}')
+        print(f'{sigma:6g} {taps:5d} | ' + ' '.join(cells))
     print()
-    print('per pixel and channel, ns: dense / conv')
+    print('per pixel and channel, ns: ' + ' / '.join(methods))
     for sigma in args.sigmas:
         cells = []
         for s in args.sizes:
-            dense, conv = times[s, sigma]
             scale = 1e9 / (args.batch * args.channels * s * s)
-            cells.append(f'{dense * scale:5.1f}/{conv * scale:5.1f}')
-        print(f'{sigma:6g} | ' + ' '.join(cells))
+            cells.append('/'.join(f'{times[s, sigma, m] * scale:.1f}' for m in methods))
+        print(f'{sigma:6g} | ' + ' '.join(f'{c:>17}' for c in cells))
 
 
 if __name__ == '__main__':

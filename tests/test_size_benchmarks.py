@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 
-def test_smoothing_cost_times_both_methods(load_benchmark, capsys):
+def test_smoothing_cost_times_every_method(load_benchmark, capsys):
     load_benchmark('smoothing_cost').main(['--sizes', '8', '24', '--sigmas', '0.7', '3', '--channels', '2',
                                            '--repeats', '1', '--threads', '1'])
     out = capsys.readouterr().out
-    assert 'conv / dense time' in out
+    assert 'conv / dense time' in out and 'banded / dense time' in out
     rows = [line for line in out.splitlines() if line.strip().startswith(('0.7 ', '3 '))]
-    assert len(rows) == 4  # ratio table and per-pixel table, one row per sigma each
+    # two ratio tables, the fastest-vs-rule table and the per-pixel table, one row per sigma each
+    assert len(rows) == 8
+    # on sides this small every method measured is slower than the rule's choice, the dense product
+    assert all('/dense' in cell for line in rows if 'dense/' in line for cell in line.split('|')[1].split())
 
 
 def test_size_scaling_reports_before_and_after_per_side(load_benchmark, capsys):

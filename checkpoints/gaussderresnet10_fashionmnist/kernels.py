@@ -3,19 +3,24 @@ and the scale-normalised N-jet (Perzanowski & Lindeberg, arXiv:2603.02843, §3.9
 
 This module is the bottom of the import graph: it depends on torch, numpy and scipy only.
 
-Smoothing has two exact implementations, chosen per call by a cost model measured on a CPU
+Smoothing has three exact implementations, chosen per call by a cost model measured on a CPU
 (``benchmarks/smoothing_cost.py``, ``benchmarks/size_scaling.py``, ``benchmarks/README.md``):
 
+* ``'banded'``: the mirror-extended axis is cut into tiles of ``T >= 2 N`` samples and every
+  output tile is two ``T x T`` band-matrix products of the input tiles it overlaps, all tiles in
+  one GEMM: about ``2 T`` multiply-adds per sample at matrix-product speed, whatever the side.
 * ``'conv'``: the input is mirror-extended (:func:`reflect_index`, repeated reflection for
   kernels wider than the image) and convolved depthwise with the truncated 1-D kernel along
-  each axis. Its cost per pixel grows with the kernel's support, not with the image side.
+  each axis. Its cost per pixel grows with the kernel's support, not with the image side; in
+  a GD layer the layout passes around it make it slower than ``'banded'``, so it is used only
+  when forced.
 * ``'dense'``: one ``(size + 2 pad) x size`` matrix product per axis with the mirror extension
   folded into the matrix. Its cost per pixel grows with the image side, not with sigma, and it
   is the faster one on small and mid-sized images, where one GEMM beats the stencils and the
   layout passes around them.
 
-Both give the same numbers up to rounding (the same taps, summed in another order).
-:func:`smoothing_method` forces either one, e.g. for tests and benchmarks.
+All give the same numbers up to rounding (the same taps, summed in another order).
+:func:`smoothing_method` forces any one, e.g. for tests and benchmarks.
 
 The fixed operators (dense matrices, kernel taps, reflection indices, difference stencils)
 are built on first use and kept in one least-recently-used cache bounded by bytes
@@ -66,6 +71,7 @@ __all__ = [
     'mirror_pad',
     'smoothing_matrix',
     'smoothing_method',
+    'chosen_smoothing_method',
     'uses_conv_smoothing',
     'clear_caches',
     'OperatorCacheInfo',
@@ -608,16 +614,220 @@ def _smooth_conv(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, p
     return y.reshape(*lead, *y.shape[2:])
 
 
-# Cost model of the two smoothing methods, measured on a 2-core x86 CPU (benchmarks/README.md,
+# The 'banded' method: block-Toeplitz GEMMs. Along one axis the signal mirror-extended by
+# e = radius + pad is cut into tiles of T >= 2 radius samples (zeros after its end, up to a whole
+# number of output tiles plus one). Output tile t needs input tiles t and t + 1 only, so
+# y_t = X_t @ A + X_{t+1} @ B with the two T x T band matrices [A | B] of the 1-D kernel: 2 T
+# multiply-adds per sample at GEMM speed, whatever the image side (dense: side per sample;
+# conv: taps per sample at depthwise-convolution speed).
+_BAND_MIN_TILE = 16  # tiles narrower than this leave the GEMMs too small to run at BLAS speed
+
+
+def _band_tile(radius: int) -> int:
+    """Returns the tile length T: at least 2 radius and ``_BAND_MIN_TILE``, a multiple of 8 (SIMD width)."""
+    return -(-max(2 * radius, _BAND_MIN_TILE) // 8) * 8
+
+
+def _band_matrix_np(sigma: float, eps: float, tile: int) -> np.ndarray:
+    kernel = _kernel_np(sigma, eps)
+    # window[q, j] = kernel[q - j]: output j of a tile from the 2 T samples of tiles t and t + 1.
+    window = np.zeros((2 * tile, tile))
+    for j in range(tile):
+        window[j:j + len(kernel), j] = kernel
+    return np.concatenate([window[:tile], window[tile:]], axis=1)  # [A | B], (T, 2 T)
+
+
+def _traced_band_matrix(sigma: float, eps: float, tile: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`_band_matrix_np` in torch operations, for traced code."""
+    taps = torch.tensor(_kernel_taps(sigma, eps), device=device, dtype=torch.float64)
+    offset = torch.arange(2 * tile, device=device)[:, None] - torch.arange(tile, device=device)[None, :]
+    inside = (offset >= 0) & (offset < taps.shape[0])
+    window = torch.where(inside, taps[offset.clamp(0, taps.shape[0] - 1)], torch.zeros((), dtype=torch.float64,
+                                                                                      device=device))
+    return torch.cat([window[:tile], window[tile:]], dim=1).to(dtype)
+
+
+def _band_matrix(sigma: float, eps: float, tile: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Returns ``[A | B]``, the ``(T, 2 T)`` band matrices of the ``'banded'`` method."""
+    if torch.compiler.is_compiling():
+        return _traced_band_matrix(sigma, eps, tile, device, dtype)
+    return _CACHE.get(('band', sigma, eps, tile, device, dtype),
+                      lambda: _constant(_band_matrix_np(sigma, eps, tile), device, dtype))
+
+
+def _band_geometry(size: int, tile: int, pad: int) -> tuple[int, int]:
+    """Returns (output tiles, extended length): ``size + 2 pad`` outputs in whole tiles, plus one input tile."""
+    tiles = -(-(size + 2 * pad) // tile)
+    return tiles, (tiles + 1) * tile
+
+
+def _band_products(extended: torch.Tensor, band: torch.Tensor, dim: int, adjoint: bool) -> torch.Tensor:
+    """The tile products of an extended axis (contiguous, a whole number of tiles) into a new tensor.
+
+    Forward: ``y_t = X_t @ A + X_{t+1} @ B`` (the last tile of every line is left as garbage).
+    Adjoint: ``g_t = G_t @ A^T + G_{t-1} @ B^T`` (G's last tile of every line must be zero).
+    The tiles of all lines are rows of one matrix, so each half is a single GEMM (last axis) or
+    a broadcast batched GEMM over ``(T, after)`` blocks (other axes), with no transposes.
+    """
+    tile = band.shape[0]
+    first, second = band[:, :tile], band[:, tile:]
+    out = torch.empty_like(extended)
+    if dim == extended.ndim - 1:
+        rows, result = extended.view(-1, tile), out.view(-1, tile)
+        if adjoint:
+            torch.mm(rows, first.mT, out=result)
+            result[1:].addmm_(rows[:-1], second.mT)
+        else:
+            torch.mm(rows[1:], second, out=result[:-1])
+            result[:-1].addmm_(rows[:-1], first)
+        return out
+    blocks = extended.view(-1, tile, math.prod(extended.shape[dim + 1:]))
+    result = out.view(blocks.shape)
+    # (baddbmm_ with the band matrix expanded over the batch stays on the batched BLAS path and
+    # saves a temporary and a pass over it.)
+    if adjoint:
+        torch.matmul(first, blocks, out=result)
+        result[1:].baddbmm_(second.expand(blocks.shape[0] - 1, tile, tile), blocks[:-1])
+    else:
+        torch.matmul(second.mT, blocks[1:], out=result[:-1])
+        result[:-1].baddbmm_(first.mT.expand(blocks.shape[0] - 1, tile, tile), blocks[:-1])
+    return out
+
+
+def _banded_forward(x: torch.Tensor, band: torch.Tensor, dim: int, extension: int, pad: int) -> torch.Tensor:
+    """Smoothing along ``dim`` of ``x`` (any strides) then mirror extension by ``pad``; no autograd."""
+    size, tile = x.shape[dim], band.shape[0]
+    tiles, length = _band_geometry(size, tile, pad)
+    shape = list(x.shape)
+    shape[dim] = length
+    extended = x.new_empty(shape)
+    if extension < size:
+        extended.narrow(dim, extension, size).copy_(x)
+        extended.narrow(dim, 0, extension).copy_(x.narrow(dim, 1, extension).flip(dim))
+        right = x.narrow(dim, size - 1 - extension, extension).flip(dim)
+        extended.narrow(dim, extension + size, extension).copy_(right)
+    else:  # a kernel wider than the signal reflects more than once
+        index = _reflect_index_tensor(size, extension, x.device)
+        extended.narrow(dim, 0, size + 2 * extension).copy_(x.index_select(dim, index))
+    extended.narrow(dim, size + 2 * extension, length - size - 2 * extension).zero_()
+    y = _band_products(extended, band, dim, adjoint=False)
+    # Drop the last tile of every line and the samples past size + 2 pad: views, no copies.
+    lines = y.view(*shape[:dim], tiles + 1, tile * math.prod(shape[dim + 1:])).narrow(dim, 0, tiles)
+    return lines.reshape(*shape[:dim], tiles * tile, *shape[dim + 1:]).narrow(dim, 0, size + 2 * pad)
+
+
+def _banded_adjoint(grad: torch.Tensor, band: torch.Tensor, dim: int, extension: int, pad: int) -> torch.Tensor:
+    """The adjoint of :func:`_banded_forward`: ``grad`` of its output -> gradient of its input; no autograd."""
+    size, tile = grad.shape[dim] - 2 * pad, band.shape[0]
+    tiles, length = _band_geometry(size, tile, pad)
+    shape = list(grad.shape)
+    shape[dim] = length
+    padded = grad.new_empty(shape)
+    padded.narrow(dim, 0, size + 2 * pad).copy_(grad)
+    padded.narrow(dim, size + 2 * pad, length - size - 2 * pad).zero_()
+    extended = _band_products(padded, band, dim, adjoint=True)
+    # Fold the mirror extension back onto the samples it copied.
+    if extension < size:
+        folded = extended.narrow(dim, extension, size)
+        folded.narrow(dim, 1, extension).add_(extended.narrow(dim, 0, extension).flip(dim))
+        folded.narrow(dim, size - 1 - extension, extension).add_(
+            extended.narrow(dim, extension + size, extension).flip(dim))
+        return folded
+    shape[dim] = size
+    return grad.new_zeros(shape).index_add_(
+        dim, _reflect_index_tensor(size, extension, grad.device), extended.narrow(dim, 0, size + 2 * extension))
+
+
+class _BandedSmoothing(torch.autograd.Function):
+    """One axis of the ``'banded'`` method with a hand-written backward (its adjoint, in the same
+    GEMMs): autograd through the slices would zero-fill and add several full-size buffers."""
+
+    @staticmethod
+    def forward(ctx, x, band, dim, extension, pad):
+        ctx.save_for_backward(band)
+        ctx.geometry = (dim, extension, pad)
+        with torch.autocast(x.device.type, enabled=False):
+            return _banded_forward(x, band, dim, extension, pad)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (band,) = ctx.saved_tensors
+        return _BandedAdjoint.apply(grad, band, *ctx.geometry), None, None, None, None
+
+
+class _BandedAdjoint(torch.autograd.Function):
+    """The adjoint of :class:`_BandedSmoothing`, so that its backward is differentiable too."""
+
+    @staticmethod
+    def forward(ctx, grad, band, dim, extension, pad):
+        ctx.save_for_backward(band)
+        ctx.geometry = (dim, extension, pad)
+        with torch.autocast(grad.device.type, enabled=False):
+            return _banded_adjoint(grad, band, dim, extension, pad)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (band,) = ctx.saved_tensors
+        return _BandedSmoothing.apply(grad, band, *ctx.geometry), None, None, None, None
+
+
+def _traced_band_index(size: int, extension: int, length: int, device: torch.device) -> torch.Tensor:
+    """Source indices of positions ``-extension .. length - extension - 1`` (repeated reflection)."""
+    positions = torch.arange(-extension, length - extension, device=device)
+    if size == 1:
+        return torch.zeros_like(positions)
+    period = 2 * (size - 1)
+    positions = torch.remainder(positions, period)
+    return torch.where(positions < size, positions, period - positions)
+
+
+def _traced_banded_along(x: torch.Tensor, band: torch.Tensor, dim: int, extension: int, pad: int) -> torch.Tensor:
+    """:func:`_banded_forward` in differentiable, traceable operations (torch.compile, torch.export).
+
+    The reflection simply continues past the extension instead of zeros: those samples only
+    reach outputs beyond ``size + 2 pad``, which are cut off.
+    """
+    size, tile = x.shape[dim], band.shape[0]
+    tiles, length = _band_geometry(size, tile, pad)
+    extended = x.index_select(dim, _traced_band_index(size, extension, length, x.device))
+    before, after = x.shape[:dim], x.shape[dim + 1:]
+    if dim == x.ndim - 1:
+        z = extended.reshape(-1, tiles + 1, tile) @ band
+    else:
+        z = torch.matmul(band.mT, extended.reshape(-1, tile, math.prod(after))).view(
+            -1, tiles + 1, 2 * tile, math.prod(after))
+    y = z[:, :-1, :tile] + z[:, 1:, tile:]
+    return y.reshape(*before, tiles * tile, *after).narrow(dim, 0, size + 2 * pad)
+
+
+def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
+    """The ``'banded'`` smoothing method: block-Toeplitz GEMMs along each axis (see above)."""
+    radius = (len(_kernel_taps(sigma, eps)) - 1) // 2
+    band = _band_matrix(sigma, eps, _band_tile(radius), x.device, x.dtype)
+    compiling = torch.compiler.is_compiling()
+    for dim in range(x.ndim - spatial_dims, x.ndim):
+        if compiling:
+            x = _traced_banded_along(x, band, dim, radius + pad, pad)
+        else:
+            x = _BandedSmoothing.apply(x, band, dim, radius + pad, pad)
+    return x
+
+
+# Cost model of the smoothing methods, measured on a 2-core x86 CPU, one thread (benchmarks/README.md,
 # "Smoothing method"). Smoothing alone (benchmarks/smoothing_cost.py; per pixel and channel,
-# forward + backward): dense about 5 + 0.23 * side ns, conv about 55 + 1.2 * taps ns, equal
-# near side = 220 + 5 * taps. Inside a GD layer (benchmarks/size_scaling.py) conv also pays
-# the layout passes around the mixing convolution and was no faster at side 256 and 512, won
-# at 1024 for 5 and 11 taps, lost for 33 and 83, and won at 2048 (dense extrapolated). The
-# rule follows the layer: conv from side 512 + 16 * taps on the shortest side.
-_CONV_BASE_SIDE = 512
-_CONV_SIDE_PER_TAP = 16
-_METHODS = ('auto', 'dense', 'conv')
+# forward + backward): dense grows with the side (about 0.09 ns per sample of side here, 0.23 in
+# an earlier run), banded with the tile (about 10 + 0.25 T ns up to 512 px; at 1024 px all methods
+# are memory-bound near 35-50 ns), conv with the taps at depthwise speed. Alone, banded beat
+# dense from side 192 for T = 16 (sigma <= 2), 256 for T = 32 (sigma 6) and 512 for T = 88
+# (sigma 16). Inside a GD layer (benchmarks/size_scaling.py, 24 and 64 channels) banded won at
+# 256 for T = 16 but lost at 256 for T = 32 and at 512 for T = 88 (its output is a strided view
+# the mixing convolution copies): the rule is banded from shortest side >= 128 + 5 T (T = 16:
+# 208, 32: 288, 88: 568), dense below. Conv alone was as fast as banded for narrow kernels, but
+# in the layer it pays the layout passes around the mixing convolution and lost to banded at
+# every side 256..2048, so the cost model no longer picks it (smoothing_method('conv') does).
+_BANDED_BASE_SIDE = 128
+_BANDED_SIDE_PER_TILE = 5
+_METHODS = ('auto', 'dense', 'banded', 'conv')
 _forced_method = 'auto'
 
 
@@ -626,7 +836,8 @@ def smoothing_method(method: str) -> Iterator[None]:
     """Forces the smoothing implementation inside a ``with`` block (tests, benchmarks).
 
     Args:
-        method: ``'dense'`` (matrix product per axis), ``'conv'`` (depthwise convolution of the
+        method: ``'dense'`` (matrix product per axis), ``'banded'`` (block-Toeplitz GEMMs on
+            tiles of the mirror-extended signal), ``'conv'`` (depthwise convolution of the
             mirror-extended signal) or ``'auto'`` (the cost model, the default).
     """
     global _forced_method
@@ -639,23 +850,35 @@ def smoothing_method(method: str) -> Iterator[None]:
         _forced_method = previous
 
 
+def _method_for(sigma: float, eps: float, spatial_shape: Sequence[int]) -> str:
+    """Returns the smoothing method for signals of ``spatial_shape``: the forced one or the cost model's."""
+    if _forced_method != 'auto':
+        return _forced_method
+    radius = (len(_kernel_taps(sigma, eps)) - 1) // 2  # (traceable: a constant under torch.compile)
+    smallest = min(spatial_shape)
+    if smallest >= _BANDED_BASE_SIDE + _BANDED_SIDE_PER_TILE * _band_tile(radius):
+        return 'banded'
+    return 'dense'
+
+
+def chosen_smoothing_method(sigma: float, eps: float, spatial_shape: Sequence[int]) -> str:
+    """Returns the method smoothing at ``sigma`` of signals of ``spatial_shape`` takes now: ``'dense'``,
+    ``'banded'`` or ``'conv'`` (the cost model, or the method a :func:`smoothing_method` block forces)."""
+    return _method_for(check_sigma(sigma), check_eps(eps), spatial_shape)
+
+
 def uses_conv_smoothing(sigma: float, eps: float, spatial_shape: Sequence[int]) -> bool:
     """Returns whether smoothing at ``sigma`` of signals of ``spatial_shape`` takes the ``'conv'`` method."""
-    return _uses_conv(check_sigma(sigma), check_eps(eps), spatial_shape)
-
-
-def _uses_conv(sigma: float, eps: float, spatial_shape: Sequence[int]) -> bool:
-    if _forced_method != 'auto':
-        return _forced_method == 'conv'
-    taps = len(_kernel_taps(sigma, eps))  # (traceable: a constant under torch.compile)
-    smallest = min(spatial_shape)
-    return smallest >= _CONV_BASE_SIDE + _CONV_SIDE_PER_TAP * taps
+    return chosen_smoothing_method(sigma, eps, spatial_shape) == 'conv'
 
 
 def _smooth_padded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
     """Returns ``x`` smoothed along its trailing ``spatial_dims`` dims and mirror-extended by ``pad``."""
-    if x.numel() > 0 and _uses_conv(sigma, eps, x.shape[x.ndim - spatial_dims:]):
+    method = _method_for(sigma, eps, x.shape[x.ndim - spatial_dims:]) if x.numel() > 0 else 'dense'
+    if method == 'conv':
         return _smooth_conv(x, sigma, eps, spatial_dims, pad)
+    if method == 'banded':
+        return _smooth_banded(x, sigma, eps, spatial_dims, pad)
     return _smooth_dense(x, sigma, eps, spatial_dims, pad)
 
 
