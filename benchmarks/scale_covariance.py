@@ -34,7 +34,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 import gaussder_hf
-from gaussder_hf.dataset_sources import FASHION_MNIST_DEBIAN_DIR, read_fashion_mnist
+from gaussder_hf.data.sources import FASHION_MNIST_DEBIAN_DIR, read_fashion_mnist
 from gaussder_hf.model import spatial_select
 
 FASHION_MNIST_DIR = os.environ.get('FASHION_MNIST_DIR', FASHION_MNIST_DEBIAN_DIR)
