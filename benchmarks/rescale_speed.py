@@ -12,7 +12,7 @@ use the s = 1 rate). It also reports the max and mean absolute pixel difference 
 outputs on the subset: they are not identical (float vs 8-bit intermediate, different rounding).
 
 The data come from Debian's ``dataset-fashion-mnist`` package (``--root``, IDX files, gzip), read
-by the package's IDX reader (``gaussder_hf.dataset_sources.read_idx``). Train = the first
+by the package's IDX reader (``gaussder_hf.data.sources.read_idx``). Train = the first
 50,000 images of the training file, validation = the last 10,000 (just for timing; the dataset
 builder defines the real split).
 
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gaussder_hf.dataset_sources import read_idx
+from gaussder_hf.data.sources import read_idx
 from gaussder_hf.rescaling import SIZE_FACTORS, rescale_batch, rescaled_size, size_factor_name
 
 CANVAS = 72
