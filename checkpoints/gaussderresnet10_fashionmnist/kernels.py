@@ -17,7 +17,9 @@ Smoothing has three exact implementations, chosen per call by a cost model measu
 * ``'dense'``: one ``(size + 2 pad) x size`` matrix product per axis with the mirror extension
   folded into the matrix. Its cost per pixel grows with the image side, not with sigma, and it
   is the faster one on small and mid-sized images, where one GEMM beats the stencils and the
-  layout passes around them.
+  layout passes around them. With more than one intra-op thread ``'banded'`` takes over later
+  (its element-wise passes scale worse than the GEMMs): the crossover depends on
+  ``torch.get_num_threads()``.
 
 All give the same numbers up to rounding (the same taps, summed in another order).
 :func:`smoothing_method` forces any one, e.g. for tests and benchmarks.
