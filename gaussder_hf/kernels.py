@@ -17,7 +17,9 @@ Smoothing has three exact implementations, chosen per call by a cost model measu
 * ``'dense'``: one ``(size + 2 pad) x size`` matrix product per axis with the mirror extension
   folded into the matrix. Its cost per pixel grows with the image side, not with sigma, and it
   is the faster one on small and mid-sized images, where one GEMM beats the stencils and the
-  layout passes around them.
+  layout passes around them. With more than one intra-op thread ``'banded'`` takes over later
+  (its element-wise passes scale worse than the GEMMs): the crossover depends on
+  ``torch.get_num_threads()``.
 
 All give the same numbers up to rounding (the same taps, summed in another order).
 :func:`smoothing_method` forces any one, e.g. for tests and benchmarks.
@@ -615,11 +617,12 @@ def _smooth_conv(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, p
 
 
 # The 'banded' method: block-Toeplitz GEMMs. Along one axis the signal mirror-extended by
-# e = radius + pad is cut into tiles of T >= 2 radius samples (zeros after its end, up to a whole
-# number of output tiles plus one). Output tile t needs input tiles t and t + 1 only, so
+# e = radius + pad is cut into tiles of T >= 2 radius samples (continued by reflection after its
+# end, up to a whole number of output tiles plus one). Output tile t needs input tiles t and t + 1 only, so
 # y_t = X_t @ A + X_{t+1} @ B with the two T x T band matrices [A | B] of the 1-D kernel: 2 T
 # multiply-adds per sample at GEMM speed, whatever the image side (dense: side per sample;
-# conv: taps per sample at depthwise-convolution speed).
+# conv: taps per sample at depthwise-convolution speed). All axes are extended in one pass first
+# and each axis's products then run over the extended length of the others.
 _BAND_MIN_TILE = 16  # tiles narrower than this leave the GEMMs too small to run at BLAS speed
 
 
@@ -694,60 +697,85 @@ def _band_products(extended: torch.Tensor, band: torch.Tensor, dim: int, adjoint
     return out
 
 
-def _banded_forward(x: torch.Tensor, band: torch.Tensor, dim: int, extension: int, pad: int) -> torch.Tensor:
-    """Smoothing along ``dim`` of ``x`` (any strides) then mirror extension by ``pad``; no autograd."""
-    size, tile = x.shape[dim], band.shape[0]
-    tiles, length = _band_geometry(size, tile, pad)
-    shape = list(x.shape)
-    shape[dim] = length
-    extended = x.new_empty(shape)
-    if extension < size:
-        extended.narrow(dim, extension, size).copy_(x)
-        extended.narrow(dim, 0, extension).copy_(x.narrow(dim, 1, extension).flip(dim))
-        right = x.narrow(dim, size - 1 - extension, extension).flip(dim)
-        extended.narrow(dim, extension + size, extension).copy_(right)
-    else:  # a kernel wider than the signal reflects more than once
-        index = _reflect_index_tensor(size, extension, x.device)
-        extended.narrow(dim, 0, size + 2 * extension).copy_(x.index_select(dim, index))
-    extended.narrow(dim, size + 2 * extension, length - size - 2 * extension).zero_()
-    y = _band_products(extended, band, dim, adjoint=False)
+def _banded_extend(x: torch.Tensor, spatial_dims: int, extension: int, pad: int, tile: int) -> torch.Tensor:
+    """Returns ``x`` mirror-extended by ``extension`` before every trailing spatial axis and continued
+    by reflection up to the whole-tile length of :func:`_band_geometry` after it: one contiguous tensor.
+
+    The samples past ``size + 2 extension`` only reach outputs beyond ``size + 2 pad``, which are
+    cut off, so they may be anything finite; continuing the reflection lets a single
+    ``F.pad(mode='reflect')`` extend all axes at once. (Per-axis edge copies, flips and tail fills
+    were about as many passes again, and each small one pays a parallel region that scales badly.)
+    """
+    spatial = x.shape[x.ndim - spatial_dims:]
+    lengths = [_band_geometry(size, tile, pad)[1] for size in spatial]
+    after = [length - size - extension for size, length in zip(spatial, lengths)]
+    if all(extension < size and tail < size for size, tail in zip(spatial, after)):
+        # F.pad's 'reflect' is numpy's, i.e. :func:`reflect_index` (one reflection per side).
+        widths = [w for size, tail in zip(reversed(spatial), reversed(after)) for w in (extension, tail)]
+        flat = x.reshape(-1, *spatial)
+        return F.pad(flat, widths, mode='reflect').view(*x.shape[:x.ndim - spatial_dims], *lengths)
+    # A kernel wider than the signal reflects more than once: gather with the general rule.
+    for dim, (size, length) in enumerate(zip(spatial, lengths), start=x.ndim - spatial_dims):
+        x = x.index_select(dim, _band_index(size, extension, length, x.device))
+    return x
+
+
+def _banded_forward(x: torch.Tensor, band: torch.Tensor, spatial_dims: int, extension: int, pad: int) -> torch.Tensor:
+    """Smoothing along the trailing ``spatial_dims`` axes of ``x`` then mirror extension by ``pad``; no autograd.
+
+    All axes are extended at once (:func:`_banded_extend`); the products along one axis run over the
+    whole extended length of the others (smoothing an axis commutes with extending another), so
+    every product works on one contiguous buffer and nothing is copied between the axes.
+    """
+    tile = band.shape[0]
+    spatial = x.shape[x.ndim - spatial_dims:]
+    y = _banded_extend(x, spatial_dims, extension, pad, tile)
+    for dim in range(x.ndim - spatial_dims, x.ndim):
+        y = _band_products(y, band, dim, adjoint=False)
     # Drop the last tile of every line and the samples past size + 2 pad: views, no copies.
-    lines = y.view(*shape[:dim], tiles + 1, tile * math.prod(shape[dim + 1:])).narrow(dim, 0, tiles)
-    return lines.reshape(*shape[:dim], tiles * tile, *shape[dim + 1:]).narrow(dim, 0, size + 2 * pad)
+    for dim, size in enumerate(spatial, start=x.ndim - spatial_dims):
+        y = y.narrow(dim, 0, size + 2 * pad)
+    return y
 
 
-def _banded_adjoint(grad: torch.Tensor, band: torch.Tensor, dim: int, extension: int, pad: int) -> torch.Tensor:
+def _banded_adjoint(grad: torch.Tensor, band: torch.Tensor, spatial_dims: int, extension: int,
+                    pad: int) -> torch.Tensor:
     """The adjoint of :func:`_banded_forward`: ``grad`` of its output -> gradient of its input; no autograd."""
-    size, tile = grad.shape[dim] - 2 * pad, band.shape[0]
-    tiles, length = _band_geometry(size, tile, pad)
-    shape = list(grad.shape)
-    shape[dim] = length
-    padded = grad.new_empty(shape)
-    padded.narrow(dim, 0, size + 2 * pad).copy_(grad)
-    padded.narrow(dim, size + 2 * pad, length - size - 2 * pad).zero_()
-    extended = _band_products(padded, band, dim, adjoint=True)
-    # Fold the mirror extension back onto the samples it copied.
-    if extension < size:
-        folded = extended.narrow(dim, extension, size)
-        folded.narrow(dim, 1, extension).add_(extended.narrow(dim, 0, extension).flip(dim))
-        folded.narrow(dim, size - 1 - extension, extension).add_(
-            extended.narrow(dim, extension + size, extension).flip(dim))
-        return folded
-    shape[dim] = size
-    return grad.new_zeros(shape).index_add_(
-        dim, _reflect_index_tensor(size, extension, grad.device), extended.narrow(dim, 0, size + 2 * extension))
+    tile = band.shape[0]
+    spatial = [n - 2 * pad for n in grad.shape[grad.ndim - spatial_dims:]]
+    # Zeros up to the whole-tile length: the adjoint products need the last tile of every line zero.
+    widths = [w for size, n in zip(reversed(spatial), reversed(grad.shape))
+              for w in (0, _band_geometry(size, tile, pad)[1] - n)]
+    extended = F.pad(grad, widths)
+    for dim in reversed(range(grad.ndim - spatial_dims, grad.ndim)):
+        extended = _band_products(extended, band, dim, adjoint=True)
+    # Fold the mirror extension back onto the samples it copied (the gradient past
+    # size + 2 extension is zero: no output within size + 2 pad reads those samples).
+    for dim, size in enumerate(spatial, start=grad.ndim - spatial_dims):
+        if extension < size:
+            folded = extended.narrow(dim, extension, size)
+            folded.narrow(dim, 1, extension).add_(extended.narrow(dim, 0, extension).flip(dim))
+            folded.narrow(dim, size - 1 - extension, extension).add_(
+                extended.narrow(dim, extension + size, extension).flip(dim))
+        else:
+            shape = list(extended.shape)
+            shape[dim] = size
+            folded = extended.new_zeros(shape).index_add_(
+                dim, _reflect_index_tensor(size, extension, grad.device), extended.narrow(dim, 0, size + 2 * extension))
+        extended = folded
+    return extended
 
 
 class _BandedSmoothing(torch.autograd.Function):
-    """One axis of the ``'banded'`` method with a hand-written backward (its adjoint, in the same
-    GEMMs): autograd through the slices would zero-fill and add several full-size buffers."""
+    """The ``'banded'`` method along the trailing ``spatial_dims`` axes with a hand-written backward (its
+    adjoint, in the same GEMMs): autograd through the slices would zero-fill and add several full-size buffers."""
 
     @staticmethod
-    def forward(ctx, x, band, dim, extension, pad):
+    def forward(ctx, x, band, spatial_dims, extension, pad):
         ctx.save_for_backward(band)
-        ctx.geometry = (dim, extension, pad)
+        ctx.geometry = (spatial_dims, extension, pad)
         with torch.autocast(x.device.type, enabled=False):
-            return _banded_forward(x, band, dim, extension, pad)
+            return _banded_forward(x, band, spatial_dims, extension, pad)
 
     @staticmethod
     def backward(ctx, grad):
@@ -759,16 +787,29 @@ class _BandedAdjoint(torch.autograd.Function):
     """The adjoint of :class:`_BandedSmoothing`, so that its backward is differentiable too."""
 
     @staticmethod
-    def forward(ctx, grad, band, dim, extension, pad):
+    def forward(ctx, grad, band, spatial_dims, extension, pad):
         ctx.save_for_backward(band)
-        ctx.geometry = (dim, extension, pad)
+        ctx.geometry = (spatial_dims, extension, pad)
         with torch.autocast(grad.device.type, enabled=False):
-            return _banded_adjoint(grad, band, dim, extension, pad)
+            return _banded_adjoint(grad, band, spatial_dims, extension, pad)
 
     @staticmethod
     def backward(ctx, grad):
         (band,) = ctx.saved_tensors
         return _BandedSmoothing.apply(grad, band, *ctx.geometry), None, None, None, None
+
+
+def _band_index(size: int, extension: int, length: int, device: torch.device) -> torch.Tensor:
+    """Source indices of positions ``-extension .. length - extension - 1`` (repeated reflection), cached."""
+    if torch.compiler.is_compiling():
+        return _traced_band_index(size, extension, length, device)
+    def build():
+        positions = np.arange(-extension, length - extension)
+        if size == 1:
+            return _constant(np.zeros_like(positions), device)
+        positions = np.remainder(positions, 2 * (size - 1))
+        return _constant(np.where(positions < size, positions, 2 * (size - 1) - positions), device)
+    return _CACHE.get(('band index', size, extension, length, device), build)
 
 
 def _traced_band_index(size: int, extension: int, length: int, device: torch.device) -> torch.Tensor:
@@ -805,11 +846,10 @@ def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
     radius = (len(_kernel_taps(sigma, eps)) - 1) // 2
     band = _band_matrix(sigma, eps, _band_tile(radius), x.device, x.dtype)
     compiling = torch.compiler.is_compiling()
+    if not compiling:
+        return _BandedSmoothing.apply(x, band, spatial_dims, radius + pad, pad)
     for dim in range(x.ndim - spatial_dims, x.ndim):
-        if compiling:
-            x = _traced_banded_along(x, band, dim, radius + pad, pad)
-        else:
-            x = _BandedSmoothing.apply(x, band, dim, radius + pad, pad)
+        x = _traced_banded_along(x, band, dim, radius + pad, pad)
     return x
 
 
@@ -825,8 +865,30 @@ def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
 # 208, 32: 288, 88: 568), dense below. Conv alone was as fast as banded for narrow kernels, but
 # in the layer it pays the layout passes around the mixing convolution and lost to banded at
 # every side 256..2048, so the cost model no longer picks it (smoothing_method('conv') does).
-_BANDED_BASE_SIDE = 128
-_BANDED_SIDE_PER_TILE = 5
+# With more than one thread the crossover moves up (see _banded_threshold): the GEMMs of both
+# methods scale with the threads, but banded's element-wise passes (the mirror extension, the
+# zero tail of the gradient, the folds of the adjoint) each pay a parallel region, and on a loaded
+# machine the second thread of a region is often descheduled. Measured in the layer with two
+# threads (24 channels): dense won at 384 px for every sigma, the two tied at 512 px for T <= 32
+# and dense won there for T = 88; banded won at 1024 px for every T up to 88. Rule with two or
+# more threads: banded from 448 + 4 T (T = 16: 512, 32: 576, 88: 800).
+_BANDED_BASE_SIDE = {1: 128, 2: 448}
+_BANDED_SIDE_PER_TILE = {1: 5, 2: 4}
+
+
+@_assume_constant_result
+def _intra_op_threads() -> int:
+    """``torch.get_num_threads()``, a constant under ``torch.compile`` (the rule in force when traced)."""
+    return torch.get_num_threads()
+
+
+def _banded_threshold(tile: int) -> int:
+    """Returns the shortest image side from which the cost model takes ``'banded'`` over ``'dense'``:
+    ``128 + 5 T`` with one intra-op thread, ``448 + 4 T`` with more (measured with two)."""
+    threads = min(_intra_op_threads(), 2)
+    return _BANDED_BASE_SIDE[threads] + _BANDED_SIDE_PER_TILE[threads] * tile
+
+
 _METHODS = ('auto', 'dense', 'banded', 'conv')
 _forced_method = 'auto'
 
@@ -856,7 +918,7 @@ def _method_for(sigma: float, eps: float, spatial_shape: Sequence[int]) -> str:
         return _forced_method
     radius = (len(_kernel_taps(sigma, eps)) - 1) // 2  # (traceable: a constant under torch.compile)
     smallest = min(spatial_shape)
-    if smallest >= _BANDED_BASE_SIDE + _BANDED_SIDE_PER_TILE * _band_tile(radius):
+    if smallest >= _banded_threshold(_band_tile(radius)):
         return 'banded'
     return 'dense'
 

@@ -115,6 +115,23 @@ def test_the_cost_model_takes_dense_on_small_images_and_banded_on_large_ones():
         pass
 
 
+def test_the_cost_model_waits_for_larger_images_with_more_threads():
+    # Measured in the layer (benchmarks/README.md): with two threads dense won at 384 px for every
+    # sigma and at 512 px for sigma 16, the methods tied at 512 px for sigma <= 6, and banded won
+    # at 1024 px for every sigma up to 16.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert kernels.chosen_smoothing_method(0.7, 0.01, (384, 384)) == 'banded'
+        torch.set_num_threads(2)
+        assert kernels.chosen_smoothing_method(0.7, 0.01, (384, 384)) == 'dense'
+        assert kernels.chosen_smoothing_method(16.0, 0.01, (512, 512)) == 'dense'
+        assert kernels.chosen_smoothing_method(0.7, 0.01, (512, 512)) == 'banded'
+        assert kernels.chosen_smoothing_method(16.0, 0.01, (1024, 1024)) == 'banded'
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize('layer_cls', [GaussDerConv, DSGaussDerConv])
 @pytest.mark.parametrize('spatial_dims, shape', [(1, (2, 3, 19)), (2, (2, 3, 11, 9)), (3, (1, 3, 7, 6, 5))])
 @pytest.mark.parametrize('sigma', [0.6, 2.0, 9.0])
