@@ -48,6 +48,7 @@ def test_model_compiles_in_one_graph_and_matches_eager(separable_from_block):
         torch.testing.assert_close(compiled_grads[n], p.grad, rtol=1e-4, atol=1e-5, msg=n)
 
 
+@pytest.mark.slow  # the model's one-graph compile is tested above in the default run
 def test_gradient_checkpointing_compiles_in_one_graph():
     model = _small('gaussderresnet10_fashionmnist')
     model.set_grad_checkpointing(True)
