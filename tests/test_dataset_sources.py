@@ -18,6 +18,7 @@ import pickletools
 import struct
 import sys
 import tarfile
+import warnings
 
 import numpy as np
 import pytest
@@ -59,9 +60,11 @@ def test_sources_and_class_names():
 
 def test_the_old_module_path_still_imports_with_a_deprecation_warning(monkeypatch):
     import gaussder_hf
-    # The attribute first: looking it up (hasattr) imports the lazy submodule, which the next line
-    # then forgets, so that the import below runs the module and warns.
-    monkeypatch.delattr(gaussder_hf, 'dataset_sources', raising=False)
+    # The attribute first: looking it up (hasattr) imports the lazy submodule (and warns), which
+    # the next line then forgets, so that the import below runs the module and warns again.
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        monkeypatch.delattr(gaussder_hf, 'dataset_sources', raising=False)
     monkeypatch.delitem(sys.modules, 'gaussder_hf.dataset_sources', raising=False)
     with pytest.warns(DeprecationWarning, match='gaussder_hf.data.sources'):
         old = importlib.import_module('gaussder_hf.dataset_sources')
