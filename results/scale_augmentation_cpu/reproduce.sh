@@ -36,14 +36,14 @@ evaluate() {  # label, model folder, evaluation folder
 for spread in wide narrow; do
   if [ ! -f $OUT/evaluations/resnet18_aug_$spread/evaluation.json ]; then
     train $CONFIGS/rescaled_fashion_mnist_resnet18_aug_${spread}_cpu.yaml $RUNS/resnet18_aug_$spread
-    label="resnet18, augmentation [1/2, 2]"; [ $spread = narrow ] && label="resnet18, augmentation [1/sqrt2, sqrt2]"
+    label="resnet18, augmentation [0.5, 2]"; [ $spread = narrow ] && label="resnet18, augmentation [0.71, 1.41]"
     evaluate "$label" $RUNS/resnet18_aug_$spread/model $OUT/evaluations/resnet18_aug_$spread
   fi
 done
 if [ ! -f $OUT/evaluations/gaussderresnet10_aug_narrow/evaluation.json ]; then
   train $CONFIGS/rescaled_fashion_mnist_cpu_aug_narrow.yaml $RUNS/gaussderresnet10_aug_narrow_single
   train $CONFIGS/rescaled_fashion_mnist_cpu_aug_narrow_stage2.yaml $RUNS/gaussderresnet10_aug_narrow_stage2
-  evaluate "GaussDerResNet-10, augmentation [1/sqrt2, sqrt2]" $RUNS/gaussderresnet10_aug_narrow_stage2/model \
+  evaluate "GaussDerResNet-10, augmentation [0.71, 1.41]" $RUNS/gaussderresnet10_aug_narrow_stage2/model \
     $OUT/evaluations/gaussderresnet10_aug_narrow
 fi
 
