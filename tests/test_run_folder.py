@@ -369,6 +369,7 @@ def _kill_and_resume(tmp_path, kills: int, seed: int) -> int:
     return killed
 
 
+@pytest.mark.slow  # the truncated-and-corrupt resume test covers the same path in the default run
 @needs_fashion
 def test_ten_kills_at_random_moments_resume_to_the_same_weights(tmp_path):
     _kill_and_resume(tmp_path, kills=10, seed=0)

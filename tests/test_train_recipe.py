@@ -139,6 +139,7 @@ def restore_accelerate_state():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow  # compiling a training step takes ~10 s; the model's one-graph compile runs by default
 @needs_fashion
 def test_compiled_training_matches_eager_resumes_and_saves_plain_weights(tmp_path, restore_accelerate_state,
                                                                           crashed_copy):

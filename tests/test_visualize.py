@@ -71,6 +71,7 @@ def test_figures_have_their_panels(model, tmp_path):
         activation_maps(model, image, class_index=3)
 
 
+@pytest.mark.slow  # the three figures' functions are tested one by one above
 def test_visualize_recipe_writes_the_three_figures(tmp_path, small_checkpoint):
     import subprocess
     import sys
