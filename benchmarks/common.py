@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-__all__ = ['add_arguments', 'setup', 'synchronize', 'time_call', 'round_robin', 'medians']
+__all__ = ['add_arguments', 'setup', 'synchronize', 'time_call', 'round_robin', 'medians', 'status_kb']
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, threads: int | None = os.cpu_count(),
@@ -103,3 +103,13 @@ def round_robin(cases: Mapping[str, Callable[[], object]], repeats: int, warmup:
 def medians(samples: Mapping[str, list[float]]) -> dict[str, float]:
     """Returns the median of every case's samples (seconds)."""
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def status_kb(field: str) -> int:
+    """Returns a memory figure of this process from ``/proc/self/status`` in KiB (``'VmRSS'``: resident now,
+    ``'VmHWM'``: its peak). Linux only; raises KeyError for a field the kernel does not report."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise KeyError(field)

@@ -32,14 +32,6 @@ def _parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _status_kb(field: str) -> int:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 @torch.no_grad()
 def _infer(model, x) -> None:
     model(x)
@@ -55,13 +47,13 @@ def _peak_memory_mb(model, x, device) -> float:
     else:
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')
-        base = _status_kb('VmRSS') * 1024
+        base = common.status_kb('VmRSS') * 1024
     _infer(model, x)
     if cuda:
         common.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
     else:
-        peak = _status_kb('VmHWM') * 1024
+        peak = common.status_kb('VmHWM') * 1024
     return (peak - base) / 2 ** 20
 
 

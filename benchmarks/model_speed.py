@@ -117,14 +117,6 @@ class _Case:
         self.optimizer.step()
 
 
-def _status_kb(field: str) -> int:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 _base_maxrss = 0
 
 
@@ -138,7 +130,7 @@ def _reset_peak() -> int | None:
     try:
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')
-        return _status_kb('VmRSS')
+        return common.status_kb('VmRSS')
     except OSError:
         _base_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return None
@@ -160,7 +152,7 @@ def _memory_child(preset: str, scales: int, ckpt: bool, batch: int) -> None:
         optimizer.step()
 
     seconds = common.time_call(step)
-    peak = _status_kb('VmHWM') if base is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = common.status_kb('VmHWM') if base is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if base is None:
         base = _base_maxrss
     print(json.dumps(dict(base_kb=base, peak_kb=peak, seconds=seconds)))
