@@ -1,8 +1,11 @@
 """Whole networks at growing input sides: GaussDerResNets (one scale channel) against timm's resnet18.
 
-Inference (eval, ``torch.no_grad``, batch 1) time per image of each network at each side, and
-the ratio ours / resnet18 at the same side, cases interleaved, median of ``--repeats`` after one
-warm-up. Our networks keep the full resolution in every layer (no subsampling), resnet18
+Inference (eval, ``torch.no_grad``) time per image of each network at each side, and the ratio
+ours / resnet18 at the same side, cases interleaved, median of ``--repeats`` after one warm-up.
+Batch 1 by default; with ``--pixels N`` every call holds about N pixels (batch
+``round(N / side**2)``, at least 1), so that small sides are timed at a batch that keeps the
+hardware as busy as one large image does, as in training, instead of at the per-call overhead of
+a single small image. Our networks keep the full resolution in every layer (no subsampling), resnet18
 downsamples 32x, so the ratio is large at every side; what is measured is how it changes with
 the side. Peak memory: growth of the peak RSS (``VmHWM`` after ``/proc/self/clear_refs``) over
 one forward on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU.
@@ -28,6 +31,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--max-size', nargs='*', default=['gaussderresnet18_stl10=192'],
                         help='MODEL=SIDE: largest side to run a model at (a full-resolution network at 1024 px '
                              'takes minutes per forward on a CPU)')
+    parser.add_argument('--pixels', type=int, default=None,
+                        help='pixels per call: batch round(N / side**2), at least 1 (default: batch 1)')
     common.add_arguments(parser, repeats=3)
     return parser.parse_args(argv)
 
@@ -59,10 +64,13 @@ def _peak_memory_mb(model, x, device) -> float:
 
 def main(argv=None) -> None:
     args = _parse_args(argv)
+    if args.pixels is not None and args.pixels < 1:
+        raise SystemExit(f'--pixels must be a positive number of pixels, got {args.pixels}')
     device = common.setup(args)
     limits = {k: int(v) for k, v in (item.split('=') for item in args.max_size)}
+    batching = 'batch 1' if args.pixels is None else f'about {args.pixels} pixels per call'
     print(f'# torch {torch.__version__}, timm {timm.__version__}, {device}, {torch.get_num_threads()} threads; '
-          f'inference batch 1, one scale channel, median of {args.repeats} after 1 warm-up, cases interleaved')
+          f'inference, {batching}, one scale channel, median of {args.repeats} after 1 warm-up, cases interleaved')
     rows = []
     for name in args.models:
         preset = get_preset(name)
@@ -70,29 +78,31 @@ def main(argv=None) -> None:
         ref = timm.create_model('resnet18', in_chans=preset['in_chans'], num_classes=10).eval().to(device)
         for size in args.sizes:
             if size > limits.get(name, size):
-                rows.append((name, size, None, None, None, None))
+                rows.append((name, size, None, None, None, None, None))
                 continue
-            x = torch.rand(1, preset['in_chans'], size, size, device=device)
+            batch = 1 if args.pixels is None else max(1, round(args.pixels / size ** 2))
+            x = torch.rand(batch, preset['in_chans'], size, size, device=device)
             cases = {'ours': ours, 'resnet18': ref}
             memory = {key: _peak_memory_mb(model, x, device) for key, model in cases.items()}  # also the warm-up
             calls = {key: (lambda model=model: _infer(model, x)) for key, model in cases.items()}
             t = common.medians(common.round_robin(calls, args.repeats, warmup=0, device=device))
-            rows.append((name, size, t['ours'], t['resnet18'], memory['ours'], memory['resnet18']))
+            rows.append((name, size, batch, t['ours'] / batch, t['resnet18'] / batch,
+                         memory['ours'], memory['resnet18']))
             print(f'  {name} {size} done', flush=True)
     print()
-    header = (f'{"network":30s} {"side":>5s} | {"ours ms":>9s} {"resnet18 ms":>11s} {"ratio":>7s} '
-              f'{"ratio / at first side":>21s} | {"peak MB ours":>12s} {"resnet18":>8s}')
+    header = (f'{"network":30s} {"side":>5s} {"batch":>5s} | {"ours ms/img":>11s} {"resnet18 ms/img":>15s} '
+              f'{"ratio":>7s} {"ratio / at first side":>21s} | {"peak MB ours":>12s} {"resnet18":>8s}')
     print(header)
     print('-' * len(header))
     first = {}
-    for name, size, ours, ref, mem_o, mem_r in rows:
+    for name, size, batch, ours, ref, mem_o, mem_r in rows:
         if ours is None:
-            print(f'{name:30s} {size:5d} | skipped (--max-size)')
+            print(f'{name:30s} {size:5d} {"":5s} | skipped (--max-size)')
             continue
         ratio = ours / ref
         first.setdefault(name, ratio)
-        print(f'{name:30s} {size:5d} | {1e3 * ours:9.1f} {1e3 * ref:11.1f} {ratio:7.1f} {ratio / first[name]:21.2f} | '
-              f'{mem_o:12.0f} {mem_r:8.0f}')
+        print(f'{name:30s} {size:5d} {batch:5d} | {1e3 * ours:11.1f} {1e3 * ref:15.1f} {ratio:7.1f} '
+              f'{ratio / first[name]:21.2f} | {mem_o:12.0f} {mem_r:8.0f}')
 
 
 if __name__ == '__main__':

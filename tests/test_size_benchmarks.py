@@ -1,6 +1,8 @@
 """The smoothing-method benchmarks run end to end on tiny inputs and report what they claim to."""
 from __future__ import annotations
 
+import pytest
+
 
 def test_smoothing_cost_times_every_method(load_benchmark, capsys):
     load_benchmark('smoothing_cost').main(['--sizes', '8', '24', '--sigmas', '0.7', '3', '--channels', '2',
@@ -28,5 +30,18 @@ def test_model_size_scaling_compares_with_resnet18(load_benchmark, capsys):
                                                '--sizes', '16', '24', '--max-size', 'gaussderresnet18_stl10=16',
                                                '--repeats', '1', '--threads', '1'])
     out = capsys.readouterr().out
-    assert 'gaussderresnet10_fashionmnist     24 |' in out
-    assert 'gaussderresnet18_stl10            24 | skipped' in out
+    assert 'gaussderresnet10_fashionmnist     24     1 |' in out
+    assert 'gaussderresnet18_stl10            24       | skipped' in out
+
+
+def test_model_size_scaling_holds_the_pixels_per_call(load_benchmark, capsys):
+    load_benchmark('model_size_scaling').main(['--models', 'gaussderresnet10_fashionmnist', '--sizes', '8', '16',
+                                               '--pixels', '256', '--repeats', '1', '--threads', '1'])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith('gaussderresnet10_fashionmnist')]
+    assert [(row[1], row[2]) for row in rows] == [('8', '4'), ('16', '1')]  # 256 pixels: 4 of 8x8, 1 of 16x16
+
+
+def test_model_size_scaling_refuses_a_pixel_count_below_one(load_benchmark):
+    with pytest.raises(SystemExit, match='--pixels must be a positive number of pixels, got 0'):
+        load_benchmark('model_size_scaling').main(['--pixels', '0'])
