@@ -251,8 +251,21 @@ def test_every_config_loads_in_the_training_recipe_and_cpu_configs_keep_validati
             gaussder_hf.get_preset(cfg.model)  # a registered preset
             unknown = set(cfg.model_args) - set(gaussder_hf.get_preset(cfg.model)) - {'num_classes'}
             assert not unknown, (path.name, unknown)
-        if path.name.endswith('_cpu.yaml') or path.name.endswith('_cpu_stage2.yaml') or path.name == 'smoke.yaml':
+        if path.name.endswith(('_cpu.yaml', '_cpu_stage2.yaml')) or '_cpu_stage2_dropout_' in path.name \
+                or path.name == 'smoke.yaml':
             assert cfg.train_on_validation is False, path.name  # validation selects, as in the CPU experiment
+
+
+def test_the_dropout_comparison_configs_differ_in_the_mode_alone():
+    # The two runs that choose the default scale-channel dropout (design.md §3.10): same start,
+    # grid and schedule, each its own run folder, only scale_dropout_mode differs.
+    score, channel = (_config(f'rescaled_fashion_mnist_cpu_stage2_dropout_{m}') for m in ('score', 'channel'))
+    assert (score['model_args'].pop('scale_dropout_mode'), channel['model_args'].pop('scale_dropout_mode')) == (
+        'score', 'channel')
+    assert score.pop('output_dir') != channel.pop('output_dir')
+    assert score == channel
+    assert tuple(score['model_args']['initial_scales']) == pytest.approx(PAPER_INITIAL_SCALES, rel=1e-15)
+    assert score['init_from'] == _config('rescaled_fashion_mnist_cpu')['output_dir'] + '/model'
 
 
 def test_every_preset_states_a_valid_architecture_in_canonical_form():
