@@ -12,11 +12,12 @@
 #      its evaluation there is reused: the same model on the same images)
 #   4. the same GaussDerResNet-10 recipe (two stages) with the augmentation of 2
 #                                               recipes/configs/rescaled_fashion_mnist_cpu_aug_narrow*.yaml
-# Each model's evaluation lands in evaluations/<name>/evaluation.json; a model whose evaluation is
+# Each model's evaluation lands in evaluations/<name>/evaluation.json, with its training log; a model whose evaluation is
 # there already is neither trained nor evaluated again (training resumes after an interruption:
 # rerun this script). The last step merges them into evaluation.json, scale_generalisation.png and
 # the printed table. Selection: none on the test splits; every setting is fixed in the configs.
-# Time on 2 CPU cores: about 30 minutes per resnet18, 100 for the GaussDerResNet's two stages.
+# Time on 2 CPU cores: about 40 minutes per resnet18, 95 for the GaussDerResNet's two stages (37 + 58), and
+# 2-15 minutes per evaluation.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=runs/scale_augmentation_cpu
@@ -32,12 +33,16 @@ evaluate() {  # label, model folder, evaluation folder
   python recipes/evaluate.py --dataset rescaled_fashion_mnist --data_dir $DATA --max_examples 1000 \
     --save_predictions --output_dir "$3" --model "$1=$2"
 }
+keep_log() {  # run folder, evaluation folder, file name: the training log (losses, validation accuracy)
+  cp "$1/log.jsonl" "$2/$3"
+}
 
 for spread in wide narrow; do
   if [ ! -f $OUT/evaluations/resnet18_aug_$spread/evaluation.json ]; then
     train $CONFIGS/rescaled_fashion_mnist_resnet18_aug_${spread}_cpu.yaml $RUNS/resnet18_aug_$spread
     label="resnet18, augmentation [0.5, 2]"; [ $spread = narrow ] && label="resnet18, augmentation [0.71, 1.41]"
     evaluate "$label" $RUNS/resnet18_aug_$spread/model $OUT/evaluations/resnet18_aug_$spread
+    keep_log $RUNS/resnet18_aug_$spread $OUT/evaluations/resnet18_aug_$spread training_log.jsonl
   fi
 done
 if [ ! -f $OUT/evaluations/gaussderresnet10_aug_narrow/evaluation.json ]; then
@@ -45,6 +50,8 @@ if [ ! -f $OUT/evaluations/gaussderresnet10_aug_narrow/evaluation.json ]; then
   train $CONFIGS/rescaled_fashion_mnist_cpu_aug_narrow_stage2.yaml $RUNS/gaussderresnet10_aug_narrow_stage2
   evaluate "GaussDerResNet-10, augmentation [0.71, 1.41]" $RUNS/gaussderresnet10_aug_narrow_stage2/model \
     $OUT/evaluations/gaussderresnet10_aug_narrow
+  keep_log $RUNS/gaussderresnet10_aug_narrow_single $OUT/evaluations/gaussderresnet10_aug_narrow training_log_stage1.jsonl
+  keep_log $RUNS/gaussderresnet10_aug_narrow_stage2 $OUT/evaluations/gaussderresnet10_aug_narrow training_log_stage2.jsonl
 fi
 
 python - <<'PY'
