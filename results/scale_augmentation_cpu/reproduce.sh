@@ -15,7 +15,8 @@
 # Each model's evaluation lands in evaluations/<name>/evaluation.json, with its training log; a
 # model whose evaluation is there already is neither trained nor evaluated again (training resumes
 # after an interruption: rerun this script). The last step merges them into evaluation.json,
-# scale_generalisation.png and the printed table. Selection: none on the test splits; every setting is fixed in the configs.
+# scale_generalisation.png and the printed table. Selection: none on the test splits; every
+# setting is fixed in the configs.
 # Time on 2 CPU cores: about 40 minutes per resnet18, 95 for the GaussDerResNet's two stages
 # (37 + 58), and 2-15 minutes per evaluation.
 set -euo pipefail
