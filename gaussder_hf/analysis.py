@@ -123,20 +123,23 @@ def _require_finite(scores: torch.Tensor, accelerator, name: str, index: int, sp
             'an accuracy from them would mean nothing; check the inputs (NaN/inf pixels) and the weights')
 
 
-def rescaled_test_splits(dataset: Mapping, name: str) -> dict:
+def rescaled_test_splits(dataset: Mapping, name: str, split: str = 'test') -> dict:
     """Returns ``{size factor: test split}`` of a rescaled ``datasets.DatasetDict``, images left undecoded.
 
     Raises ValueError naming the missing splits if ``dataset`` lacks one of ``test_s0p500`` ... ``test_s2p000``.
+    ``split='validation'`` returns the rescaled validation splits ``validation_s0p500`` ... instead
+    (built with the builders' ``rescaled_validation=True``).
     Undecoded: the input pipeline opens each image and refuses one above the pixel limit
     (``PIL.Image.MAX_IMAGE_PIXELS``) before decoding it, where datasets' decoding would only warn.
     """
     import datasets
 
-    names = {s: size_factor_name(s) for s in SIZE_FACTORS}
+    names = {s: size_factor_name(s, split) for s in SIZE_FACTORS}
     missing = [n for n in names.values() if n not in dataset]
     if missing:
-        raise ValueError(
-            f'dataset {name!r} has no split(s) {missing}: not a rescaled dataset (splits: {list(dataset)})')
+        hint = ' (build it with rescaled_validation=True)' if split == 'validation' else ''
+        raise ValueError(f'dataset {name!r} has no split(s) {missing}: not a rescaled dataset{hint} '
+                         f'(splits: {list(dataset)})')
     return {s: dataset[split].cast_column('image', datasets.Image(decode=False)) for s, split in names.items()}
 
 

@@ -22,15 +22,18 @@ with the package (test splits only; the run says which it used); ``--download`` 
 official files instead. Other datasets are downloaded unless ``--data_dir`` is given.
 
 Every model is tested on the nine splits ``test_s0p500`` ... ``test_s2p000`` (size factors
-``2**(k/4)``, k = -4..4). Images are never resized: the networks see the rescaled test images as
-they are, scaled to [0, 1] and normalised with the model's ``pretrained_cfg`` mean and std.
+``2**(k/4)``, k = -4..4). ``--split validation`` uses the validation images rescaled the same way
+(``validation_s0p500`` ..., built with the builders' ``rescaled_validation=True``), so that settings
+are chosen on scale generalisation without the test images. Images are never resized: the
+networks see the rescaled images as they are, scaled to [0, 1] and normalised with the model's
+``pretrained_cfg`` mean and std.
 Writes to ``--output_dir`` (main process only; ``--out_dir`` is its deprecated spelling):
 
 - ``evaluation.json``: per model label, ``{'model', 'dataset', 'size_factors', 'num_examples',
   'accuracy', 'winners', 'initial_scales'}``; size factors are keys written with full precision
   (``str(2 ** -0.75) == '0.5946035575013605'``); ``winners`` (how often each scale channel wins
   the scale pooling of the predicted class) and ``initial_scales`` are ``null`` for models that
-  are not GaussDerResNets; with ``--save_predictions`` also ``predictions``, the predicted class
+  are not GaussDerResNets; ``'split': 'validation'`` in entries of a ``--split validation`` run; with ``--save_predictions`` also ``predictions``, the predicted class
   of every test image per size factor (in split order), so that a later run can be checked
   image by image;
 - ``scale_generalisation.png``: accuracy vs size factor, all models (paper Fig. 7, 8, 10);
@@ -68,6 +71,7 @@ from gaussder_hf.data.sample import (
 )
 from gaussder_hf.data.sources import FASHION_MNIST_DEBIAN_DIR
 from gaussder_hf.input_pipeline import image_channels
+from gaussder_hf.rescaling import RESCALED_SPLITS
 
 __all__ = ['ModelSpec', 'parse_model_spec', 'evaluate_models', 'write_evaluation', 'main']
 
@@ -141,8 +145,16 @@ def _create_model(spec: ModelSpec, in_chans: int, num_classes: int, pretrained: 
 # ---- data --------------------------------------------------------------------------------------
 
 def _load_test_splits(dataset: str, data_dir, max_examples, cache_dir, test_only: bool = False,
-                      dataset_args: dict | None = None) -> dict[float, datasets.Dataset]:
+                      dataset_args: dict | None = None, split: str = 'test') -> dict[float, datasets.Dataset]:
+    if split not in RESCALED_SPLITS:
+        raise ValueError(f'split must be one of {RESCALED_SPLITS}, got {split!r}')
     kwargs = dict(dataset_args or {}, cache_dir=cache_dir)
+    if split == 'validation':
+        if test_only:
+            raise ValueError('the validation images are not available: the data holds the test images alone '
+                             '(give --data_dir with the full dataset)')
+        if not os.path.isdir(dataset):  # an exported folder has the splits it was built with
+            kwargs['rescaled_validation'] = True
     if data_dir is not None:
         kwargs['data_dir'] = data_dir
     if max_examples is not None:
@@ -156,7 +168,7 @@ def _load_test_splits(dataset: str, data_dir, max_examples, cache_dir, test_only
             f'could not load dataset {dataset!r} ({error}); the rescaled datasets are '
             f'{", ".join(gaussder_hf.data.BUILDERS)}, or give a folder written by `gaussder-hf datasets export`'
         ) from error
-    return rescaled_test_splits(ds, dataset)
+    return rescaled_test_splits(ds, dataset, split)
 
 
 def _dataset_arg(text: str) -> tuple[str, object]:
@@ -192,6 +204,7 @@ def evaluate_models(
         test_only: bool = False,
         dataset_args: dict | None = None,
         out_dir: str | None = None,
+        split: str = 'test',
 ) -> dict:
     """Evaluates every model on the nine rescaled test splits of ``dataset``; returns the evaluation.json dict.
 
@@ -213,6 +226,7 @@ def evaluate_models(
         dataset_args: further options of the dataset's builder, e.g. ``rescaled_images``'s
             ``{'base': folder, 'canvas_size': 72}``.
         out_dir: deprecated spelling of ``output_dir``.
+        split: ``'test'``, or ``'validation'`` for the rescaled validation images (choosing settings).
     """
     output_dir = _deprecated_out_dir(out_dir, output_dir, default='evaluation')
     if not models:
@@ -225,7 +239,7 @@ def evaluate_models(
 
     accelerator = Accelerator()
     with accelerator.main_process_first():  # one process builds the dataset cache, the others read it
-        splits = _load_test_splits(dataset, data_dir, max_examples, cache_dir, test_only, dataset_args)
+        splits = _load_test_splits(dataset, data_dir, max_examples, cache_dir, test_only, dataset_args, split)
     in_chans, num_classes = _dataset_shape(splits[1.0])
 
     results = {}
@@ -235,12 +249,14 @@ def evaluate_models(
         entry = evaluate_size_factors(model, splits, batch_size, num_workers, accelerator, label=spec.label)
         predictions = entry.pop('predictions')
         results[spec.label] = {'model': spec.spec, 'dataset': dataset, **entry}
+        if split != 'test':
+            results[spec.label]['split'] = split  # an entry without 'split' is on the test images
         if save_predictions:
             results[spec.label]['predictions'] = predictions
         del model
 
     if accelerator.is_main_process:
-        write_evaluation(results, output_dir, dataset)
+        write_evaluation(results, output_dir, dataset if split == 'test' else f'{dataset}, {split} images')
     accelerator.wait_for_everyone()
     return results
 
@@ -280,6 +296,8 @@ def main(argv=None) -> None:
     parser.add_argument('--pretrained', action='store_true', help='load the weights of registered timm names')
     parser.add_argument('--num_workers', '--num-workers', type=int, default=0, help='DataLoader workers')
     parser.add_argument('--seed', type=int, default=0, help='seed of randomly initialised models')
+    parser.add_argument('--split', choices=RESCALED_SPLITS, default='test',
+                        help='rescaled images to evaluate on: test (default) or validation (for choosing settings)')
     parser.add_argument('--save_predictions', '--save-predictions', action='store_true',
                         help='store the predicted class of every test image in evaluation.json')
     args = parser.parse_args(argv)
@@ -299,7 +317,7 @@ def main(argv=None) -> None:
                     batch_size=args.batch_size, output_dir=output_dir, cache_dir=args.cache_dir,
                     pretrained=args.pretrained, num_workers=args.num_workers, seed=args.seed,
                     save_predictions=args.save_predictions, test_only=source.test_only,
-                    dataset_args=dict(args.dataset_arg))
+                    dataset_args=dict(args.dataset_arg), split=args.split)
     if source.is_sample and PartialState().is_main_process:
         print(f'These are the first {args.max_examples or FASHION_MNIST_SAMPLE_SIZE} of the '
               f'{FASHION_MNIST_SAMPLE_SIZE} embedded test images. {FULL_DATA_HINT}')

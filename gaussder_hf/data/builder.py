@@ -2,7 +2,9 @@
 
 Training and validation data at size factor 1; the test set once per size factor
 ``s = 2**(k/4)``, ``k = -4..4``, in splits named ``test_s0p500`` ... ``test_s2p000``, plus ``test``
-(s = 1). Each dataset module defines one subclass that fills in the class attributes.
+(s = 1); with ``rescaled_validation=True`` the validation set likewise (``validation_s0p500`` ...),
+for choosing settings on scale generalisation without the test images. Each dataset module
+defines one subclass that fills in the class attributes.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from ..presets import DATASET_INFO
 from ..rescaling import SIZE_FACTORS, rescale_batch, size_factor_name
 from .sources import CLASS_NAMES, SOURCES, check_files, verify_files, verify_md5
 
-__all__ = ['RescaledConfig', 'RescaledImageBuilder', 'canvas_side', 'split_names']
+__all__ = ['RescaledConfig', 'RescaledImageBuilder', 'canvas_side', 'check_rescaled_validation', 'split_names']
 
 _CITATION = """\
 @article{perzanowski2026gaussderresnets,
@@ -48,6 +50,15 @@ def split_names() -> list[str]:
     return ['train', 'validation', 'test'] + [size_factor_name(s) for s in SIZE_FACTORS]
 
 
+def check_rescaled_validation(rescaled_validation, test_only: bool) -> None:
+    """Raises ValueError for a ``rescaled_validation`` that is not a bool or needs what ``test_only`` leaves out."""
+    if not isinstance(rescaled_validation, bool):
+        raise ValueError(f'rescaled_validation must be True or False, got {rescaled_validation!r}')
+    if rescaled_validation and test_only:
+        raise ValueError('rescaled_validation=True needs the validation images, but test_only=True builds '
+                         'the test splits alone')
+
+
 @dataclass
 class RescaledConfig(datasets.BuilderConfig):
     """Configuration of a rescaled dataset.
@@ -60,11 +71,15 @@ class RescaledConfig(datasets.BuilderConfig):
         test_only: build only the test splits (``test`` and ``test_s*``) from the official test
             files alone, e.g. from the package's embedded Fashion-MNIST sample
             (:mod:`gaussder_hf.data.sample`), which has no training images.
+        rescaled_validation: also build ``validation_s0p500`` ... ``validation_s2p000``: the
+            validation originals at every size factor on the test canvas, so that settings can be
+            chosen by scale generalisation without looking at the test images.
     """
 
     max_examples: int | None = None
     kept_ids: tuple[int, ...] | None = None
     test_only: bool = False
+    rescaled_validation: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -79,6 +94,7 @@ class RescaledConfig(datasets.BuilderConfig):
             self.kept_ids = tuple(int(i) for i in self.kept_ids)
         if not isinstance(self.test_only, bool):
             raise ValueError(f'test_only must be True or False, got {self.test_only!r}')
+        check_rescaled_validation(self.rescaled_validation, self.test_only)
 
 
 class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
@@ -180,10 +196,11 @@ class RescaledImageBuilder(datasets.GeneratorBasedBuilder):
         ]
         generators.append(datasets.SplitGenerator(name='test', gen_kwargs=dict(
             data_dir=data_dir, split='test', size_factor=1.0, canvas=self.TEST_CANVAS)))
+        rescaled = ('test', 'validation') if self.config.rescaled_validation else ('test',)
         generators += [
-            datasets.SplitGenerator(name=size_factor_name(s), gen_kwargs=dict(
-                data_dir=data_dir, split='test', size_factor=s, canvas=self.TEST_CANVAS))
-            for s in SIZE_FACTORS
+            datasets.SplitGenerator(name=size_factor_name(s, split), gen_kwargs=dict(
+                data_dir=data_dir, split=split, size_factor=s, canvas=self.TEST_CANVAS))
+            for split in rescaled for s in SIZE_FACTORS
         ]
         return generators
 

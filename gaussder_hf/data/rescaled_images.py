@@ -6,7 +6,8 @@ e.g. ``root/train/<class>/*.png`` and ``root/test/<class>/*.png``), a folder of 
 Hub id - and builds the splits of the dedicated rescaled builders: ``train`` and ``validation`` at
 size factor 1 on a canvas, ``test`` (size factor 1) and one ``test_sXpYYY`` per size factor
 (default ``2**(k/4)``, ``k = -4..4``), with the features ``image``, ``label`` (a ClassLabel with
-the real class names) and ``size_factor`` (float32).
+the real class names) and ``size_factor`` (float32). ``rescaled_validation=True`` adds one
+``validation_sXpYYY`` per size factor: the validation images rescaled like the test images.
 
 Every image goes through the pipeline of the dedicated builders: decoded by the one rule of
 :mod:`gaussder_hf.input_pipeline` (:func:`~gaussder_hf.input_pipeline.open_image` with its pixel
@@ -59,7 +60,7 @@ import numpy as np
 
 from ..input_pipeline import decode_image, image_channels, open_image, to_model_channels
 from ..rescaling import SIZE_FACTORS, check_background, check_canvas, rescale_batch, size_factor_name
-from .builder import _CITATION
+from .builder import _CITATION, check_rescaled_validation
 
 __all__ = ['RescaledImages', 'RescaledImagesConfig']
 
@@ -119,6 +120,8 @@ class RescaledImagesConfig(datasets.BuilderConfig):
         size_factors: the size factors of the ``test_s*`` splits.
         max_examples: use only the first ``max_examples`` images of every split.
         test_only: build only ``test`` and ``test_s*`` (a base with a test split alone).
+        rescaled_validation: also build ``validation_s*``, the validation images at every size
+            factor on the test canvas (choosing settings without the test images).
     """
 
     base: str | None = None
@@ -137,6 +140,7 @@ class RescaledImagesConfig(datasets.BuilderConfig):
     size_factors: tuple[float, ...] = SIZE_FACTORS
     max_examples: int | None = None
     test_only: bool = False
+    rescaled_validation: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -193,6 +197,7 @@ class RescaledImagesConfig(datasets.BuilderConfig):
             raise ValueError(f'max_examples must be a positive integer or None, got {self.max_examples!r}')
         if not isinstance(self.test_only, bool):
             raise ValueError(f'test_only must be True or False, got {self.test_only!r}')
+        check_rescaled_validation(self.rescaled_validation, self.test_only)
 
 
 def _one_of(features: datasets.Features, kind: type, option: str, hint: str) -> str:
@@ -385,8 +390,10 @@ class RescaledImages(datasets.GeneratorBasedBuilder):
             if name in originals]
         generators.append(datasets.SplitGenerator(name='test', gen_kwargs=dict(
             examples=originals['test'], size_factor=1.0, canvas=test_canvas, **common)))
-        generators += [datasets.SplitGenerator(name=size_factor_name(s), gen_kwargs=dict(
-            examples=originals['test'], size_factor=s, canvas=test_canvas, **common)) for s in config.size_factors]
+        rescaled = ('test', 'validation') if config.rescaled_validation else ('test',)
+        generators += [datasets.SplitGenerator(name=size_factor_name(s, split), gen_kwargs=dict(
+            examples=originals[split], size_factor=s, canvas=test_canvas, **common))
+            for split in rescaled for s in config.size_factors]
         return generators
 
     def _decoded(self, encoded: dict, channels: int) -> np.ndarray:
