@@ -268,6 +268,16 @@ def test_the_dropout_comparison_configs_differ_in_the_mode_alone():
     assert score['init_from'] == _config('rescaled_fashion_mnist_cpu')['output_dir'] + '/model'
 
 
+def test_the_final_cpu_run_is_the_selected_one_on_train_plus_validation():
+    # The final run changes the data alone (paper §5.2): what was chosen on held-out validation
+    # data is retrained on train + validation, which it can no longer be evaluated on.
+    selected, final = _config('rescaled_fashion_mnist_cpu'), _config('rescaled_fashion_mnist_cpu_final_stage1')
+    assert final.pop('train_on_validation') is True and 'train_on_validation' not in selected
+    assert final.pop('evaluate_every_epoch') is False and 'evaluate_every_epoch' not in selected
+    assert final.pop('output_dir') != selected.pop('output_dir')
+    assert final == selected
+
+
 def test_every_preset_states_a_valid_architecture_in_canonical_form():
     # The presets and the table of hyperparameters name the same arguments; each preset passes
     # the one validation unchanged (tuples, floats), and states every hyperparameter of the table.
