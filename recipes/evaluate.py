@@ -33,9 +33,9 @@ Writes to ``--output_dir`` (main process only; ``--out_dir`` is its deprecated s
   'accuracy', 'winners', 'initial_scales'}``; size factors are keys written with full precision
   (``str(2 ** -0.75) == '0.5946035575013605'``); ``winners`` (how often each scale channel wins
   the scale pooling of the predicted class) and ``initial_scales`` are ``null`` for models that
-  are not GaussDerResNets; ``'split': 'validation'`` in entries of a ``--split validation`` run; with ``--save_predictions`` also ``predictions``, the predicted class
-  of every test image per size factor (in split order), so that a later run can be checked
-  image by image;
+  are not GaussDerResNets; ``'split': 'validation'`` in entries of a ``--split validation`` run;
+  with ``--save_predictions`` also ``predictions``, the predicted class of every image per size
+  factor (in split order), so that a later run can be checked image by image;
 - ``scale_generalisation.png``: accuracy vs size factor, all models (paper Fig. 7, 8, 10);
 - ``scale_selection_<label>.png``: share of wins per scale channel and size factor, one per
   GaussDerResNet (paper Fig. 9, 11).

@@ -144,8 +144,9 @@ CHANNELS_V0 = MappingProxyType({
 })
 
 # Architecture per dataset (Table 1). The DS variants differ only in `separable_from_block`.
-# `scale_dropout_mode='score'` drops single class scores, as earlier versions did; 'channel' drops
-# whole scale channels (design.md §3.10, §7.4). `bn_eps=None`: PyTorch's 1e-5 (not in the text).
+# `scale_dropout_mode='score'` drops single class scores; 'channel' drops whole scale channels. The
+# default is the mode that generalised better across size factors on validation data (design.md
+# §7.4). `bn_eps=None`: PyTorch's 1e-5 (not in the text).
 _ARCHITECTURES = {
     'fashionmnist': dict(
         in_chans=1, num_classes=10, channels=_CHANNELS['fashionmnist'],

@@ -50,8 +50,8 @@ from torchvision.transforms.v2 import functional as TF
 from .kernels import centred_reflect_index
 
 __all__ = [
-    'SIZE_FACTORS', 'BACKGROUNDS', 'size_factor_name', 'rescaled_size', 'check_canvas', 'check_background',
-    'place_on_canvas', 'rescale_batch',
+    'SIZE_FACTORS', 'BACKGROUNDS', 'RESCALED_SPLITS', 'size_factor_name', 'rescaled_size', 'check_canvas',
+    'check_background', 'place_on_canvas', 'rescale_batch',
 ]
 
 #: The nine size factors ``2**(k/4)``, ``k = -4..4`` (0.5 ... 2.0).
@@ -75,15 +75,23 @@ def _check_size_factor(s) -> float:
     return value
 
 
-def size_factor_name(s: float) -> str:
-    """Returns the name of the test split at size factor ``s``, e.g. ``'test_s0p595'``.
+#: The original splits that are rescaled to every size factor: ``test`` always, ``validation``
+#: on request (the builders' ``rescaled_validation`` option).
+RESCALED_SPLITS = ('test', 'validation')
 
-    The name is ``'test_s'`` followed by ``f'{s:.3f}'`` with the decimal point replaced by ``'p'``:
-    ``test_s0p500, test_s0p595, test_s0p707, test_s0p841, test_s1p000, test_s1p189, test_s1p414,
-    test_s1p682, test_s2p000`` for :data:`SIZE_FACTORS`.
+
+def size_factor_name(s: float, split: str = 'test') -> str:
+    """Returns the name of ``split`` rescaled by size factor ``s``, e.g. ``'test_s0p595'``.
+
+    The name is ``split + '_s'`` followed by ``f'{s:.3f}'`` with the decimal point replaced by
+    ``'p'``: ``test_s0p500, test_s0p595, test_s0p707, test_s0p841, test_s1p000, test_s1p189,
+    test_s1p414, test_s1p682, test_s2p000`` for :data:`SIZE_FACTORS`; ``validation_s0p500`` ...
+    for the rescaled validation splits.
     """
+    if split not in RESCALED_SPLITS:
+        raise ValueError(f'split must be one of {RESCALED_SPLITS}, got {split!r}')
     value = _check_size_factor(s)
-    return 'test_s' + f'{value:.3f}'.replace('.', 'p')
+    return f'{split}_s' + f'{value:.3f}'.replace('.', 'p')
 
 
 def rescaled_size(size: int, s: float) -> int:
