@@ -278,6 +278,19 @@ def test_the_final_cpu_run_is_the_selected_one_on_train_plus_validation():
     assert final == selected
 
 
+def test_the_final_cpu_stage2_is_the_compared_one_on_train_plus_validation():
+    # Stage 2 of the final run is the dropout comparison's winning arm (results/dropout_mode_cpu/),
+    # run for a whole epoch from the final stage 1 on train + validation.
+    winner, final = _config('rescaled_fashion_mnist_cpu_stage2_dropout_score'), _config(
+        'rescaled_fashion_mnist_cpu_final_stage2')
+    assert final.pop('init_from') == _config('rescaled_fashion_mnist_cpu_final_stage1')['output_dir'] + '/model'
+    assert winner.pop('init_from') == _config('rescaled_fashion_mnist_cpu')['output_dir'] + '/model'
+    assert final.pop('train_on_validation') is True and final.pop('evaluate_every_epoch') is False
+    assert winner.pop('max_steps') == 390 and 'max_steps' not in final  # the comparison ran half an epoch
+    assert final.pop('output_dir') != winner.pop('output_dir')
+    assert final == winner
+
+
 def test_every_preset_states_a_valid_architecture_in_canonical_form():
     # The presets and the table of hyperparameters name the same arguments; each preset passes
     # the one validation unchanged (tuples, floats), and states every hyperparameter of the table.
