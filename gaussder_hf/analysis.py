@@ -140,7 +140,7 @@ def rescaled_test_splits(dataset: Mapping, name: str, split: str = 'test') -> di
         hint = ' (build it with rescaled_validation=True)' if split == 'validation' else ''
         raise ValueError(f'dataset {name!r} has no split(s) {missing}: not a rescaled dataset{hint} '
                          f'(splits: {list(dataset)})')
-    return {s: dataset[split].cast_column('image', datasets.Image(decode=False)) for s, split in names.items()}
+    return {s: dataset[name_s].cast_column('image', datasets.Image(decode=False)) for s, name_s in names.items()}
 
 
 def evaluation_transform(pipeline: InputPipeline):
