@@ -28,9 +28,14 @@ recipe = load_recipe('evaluate')
 
 
 @pytest.fixture(scope='module')
-def with_validation(tmp_path_factory):
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp('cache')
+
+
+@pytest.fixture(scope='module')
+def with_validation(cache):
     return load_dataset('rescaled_fashion_mnist', data_dir=FASHION_DIR, max_examples=LIMIT, rescaled_validation=True,
-                        cache_dir=str(tmp_path_factory.mktemp('cache')))
+                        cache_dir=str(cache))
 
 
 def test_split_names():
@@ -126,10 +131,10 @@ def test_the_generic_builder_rescales_its_carved_validation(tmp_path):
 
 
 @needs_fashion
-def test_evaluate_split_validation_scores_the_validation_images(with_validation, tmp_path, small_checkpoint):
+def test_evaluate_split_validation_scores_the_validation_images(with_validation, cache, tmp_path, small_checkpoint):
     _, checkpoint = small_checkpoint(tmp_path / 'tiny', 'gaussderresnet10_fashionmnist', initial_scales=(1.0, 2.0))
     recipe.main(['--model', f'tiny={checkpoint}', '--data_dir', FASHION_DIR, '--max_examples', str(LIMIT),
-                 '--split', 'validation', '--output_dir', str(tmp_path / 'out'), '--cache_dir', str(tmp_path / 'c')])
+                 '--split', 'validation', '--output_dir', str(tmp_path / 'out'), '--cache_dir', str(cache)])
     written = json.loads((tmp_path / 'out' / 'evaluation.json').read_text())['tiny']
     assert written['split'] == 'validation'
     model = timm.create_model(f'local-dir:{checkpoint}', pretrained=True).eval()
