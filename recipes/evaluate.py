@@ -119,7 +119,7 @@ def parse_model_spec(text: str) -> ModelSpec:
         raise ValueError(
             f'model spec {text!r}: ' + (f'no such folder {spec!r}' if looks_like_path else
                                         f'unknown model {spec!r} (not a registered timm model)')
-            + ("; a label cannot contain '=' or a path separator" if sep else '') + f'; expected {SPEC_HELP}')
+            + ("; a label cannot contain '=', ':' or a path separator" if sep else '') + f'; expected {SPEC_HELP}')
 
     if label is None:
         if spec.startswith('hf-hub:'):

@@ -121,6 +121,7 @@ def test_saved_predictions_are_the_per_image_classes_behind_the_accuracy(run, tm
     ('./no/such/checkpoint', 'no such folder'),
     ('=resnet18', 'empty label'),
     ('single (sigma0 = 1)=resnet18', "a label cannot contain '='"),
+    ('final: six channels=resnet18', "a label cannot contain '=', ':'"),
 ])
 def test_a_bad_model_spec_fails_before_any_data_is_built(spec, message, tmp_path):
     with pytest.raises(ValueError, match=message):
