@@ -11,7 +11,7 @@
 #      factors (recipes/evaluate.py --split validation), the test images left unseen;
 #   4. compare.py: accuracy per size factor, and the paired difference image by image with an
 #      exact McNemar test (comparison.json);
-#   5. for reference, the committed checkpoint on the first 500 of those validation images.
+#   5. for reference, the earlier two-stage network on the first 500 of those validation images.
 # Steps whose output exists are skipped; training resumes after an interruption (rerun this script).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -41,9 +41,9 @@ for mode in score channel; do
   cp $RUNS/gaussderresnet10_stage2_dropout_$mode/log.jsonl $OUT/training_log_stage2_$mode.jsonl
 done
 python $OUT/compare.py
-# For reference: the committed checkpoint (grid 1/2 ... 2 sqrt2, a whole epoch of stage 2) on the
-# first 500 of the same validation images.
-[ -f $OUT/reference_committed_checkpoint/evaluation.json ] || \
+# For reference: the earlier experiment's two-stage network (grid 1/2 ... 2 sqrt2, a whole epoch of
+# stage 2; ../rescaled_fashion_mnist_cpu/two_stage_model) on the first 500 of the same validation images.
+[ -f $OUT/reference_earlier_two_stage/evaluation.json ] || \
   python recipes/evaluate.py --dataset rescaled_fashion_mnist --data_dir /usr/share/datasets/fashion-mnist \
-    --split validation --max_examples 500 --output_dir $OUT/reference_committed_checkpoint \
-    --model "committed checkpoint=checkpoints/gaussderresnet10_fashionmnist"
+    --split validation --max_examples 500 --output_dir $OUT/reference_earlier_two_stage \
+    --model "earlier two-stage network=results/rescaled_fashion_mnist_cpu/two_stage_model"

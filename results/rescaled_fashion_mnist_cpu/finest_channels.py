@@ -1,4 +1,4 @@
-"""Why the finest scale channels rarely win at size factor 1/2: measurements on the committed checkpoint.
+"""Why the finest scale channels rarely win at size factor 1/2: measurements on a trained GaussDerResNet.
 
 At s = 1/2 a network trained at s = 1 with sigma0 = 1 should, by the scale covariance of the
 continuous model (docs/design.md §3), see the test image in the scale channel sigma0 = 1/2 as it saw
@@ -21,8 +21,10 @@ images (originals from the IDX files):
 Each scale channel is also evaluated alone (its own class scores, no pooling), which shows how
 good the channel that the continuous theory names is, whichever channel wins the max pooling.
 
-Usage: python results/rescaled_fashion_mnist_cpu/finest_channels.py [--num_images 1000]
-Writes finest_channels.json next to this script and prints a table.
+Usage: python results/rescaled_fashion_mnist_cpu/finest_channels.py [--num_images 1000] [--model FOLDER]
+[--output FILE]. ``--model`` is a folder written by ``gaussder_hf.save_for_hub`` (default: this experiment's
+two-stage network, ``two_stage_model/``); writes ``--output`` (default: finest_channels.json next to this
+script) and prints a table.
 """
 from __future__ import annotations
 
@@ -41,9 +43,9 @@ from torchvision.transforms.v2 import functional as TF
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-CHECKPOINT = ROOT / 'checkpoints' / 'gaussderresnet10_fashionmnist'
+MODEL = HERE / 'two_stage_model'
 CANVAS = 72
-# the six training channels of the checkpoint plus two finer ones below the grid
+# both grids of six training channels (1/2 ... 2 sqrt2 and 2**-1.5 ... 2) and 2**-1.25 between the finest two
 SCALES = (2 ** -1.5, 2 ** -1.25, 0.5, 2 ** -0.5, 1.0, 2 ** 0.5, 2.0, 2 * 2 ** 0.5)
 
 
@@ -118,6 +120,8 @@ def main() -> None:
     parser.add_argument('--num_images', type=int, default=1000)
     parser.add_argument('--data_dir', default='/usr/share/datasets/fashion-mnist')
     parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--model', type=Path, default=MODEL, help='a folder written by save_for_hub')
+    parser.add_argument('--output', type=Path, default=HERE / 'finest_channels.json')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,7 +135,7 @@ def main() -> None:
     originals = torch.from_numpy(read_idx(data / 't10k-images-idx3-ubyte.gz', args.num_images).copy())[:, None]
     labels = torch.from_numpy(read_idx(data / 't10k-labels-idx1-ubyte.gz', args.num_images).astype(np.int64))
 
-    model = timm.create_model(f'local-dir:{CHECKPOINT}', pretrained=True).eval()
+    model = timm.create_model(f'local-dir:{args.model}', pretrained=True).eval()
     trained = tuple(model.initial_scales)
     mean, std = model.pretrained_cfg['mean'][0], model.pretrained_cfg['std'][0]
     wide = model.with_initial_scales(SCALES).eval()
@@ -152,7 +156,7 @@ def main() -> None:
     control = upsample_twice(conditions['s=1/2, antialiased (the test split)'])
     conditions['s=1/2 antialiased, upsampled x2 (control)'] = control
 
-    results = {'checkpoint': str(CHECKPOINT.relative_to(ROOT)), 'num_images': len(labels),
+    results = {'checkpoint': os.path.relpath(args.model.resolve(), ROOT), 'num_images': len(labels),
                'trained_initial_scales': list(trained), 'evaluated_initial_scales': list(SCALES), 'conditions': {}}
     for name, images in conditions.items():
         scores = channel_scores(wide, images, mean, std)
@@ -160,7 +164,7 @@ def main() -> None:
             trained_grid=summarise(scores, labels, SCALES, trained),
             with_finer_channels=summarise(scores, labels, SCALES, SCALES))
 
-    out = HERE / 'finest_channels.json'
+    out = args.output
     out.write_text(json.dumps(results, indent=2) + '\n')
     head = ''.join(f'{s:>7.3g}' for s in SCALES)
     print(f'{"condition":46s} pooled | accuracy of each scale channel alone, sigma0 = {head}')
@@ -168,7 +172,7 @@ def main() -> None:
         alone = ''.join(f'{a:7.3f}' for a in r['trained_grid']['accuracy_alone'].values())
         print(f'{name:46s} {r["trained_grid"]["pooled_accuracy"]:6.3f} | {alone}')
         print(f'{"":46s} winners (trained grid): {r["trained_grid"]["winners"]}')
-        print(f'{"":46s} winners (+ finer):      {r["with_finer_channels"]["winners"]}  '
+        print(f'{"":46s} winners (all eight):    {r["with_finer_channels"]["winners"]}  '
               f'pooled {r["with_finer_channels"]["pooled_accuracy"]:.3f}')
     print(f'wrote {os.path.relpath(out)}')
 

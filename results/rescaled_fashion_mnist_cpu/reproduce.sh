@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# Reproduces everything in this folder and checkpoints/gaussderresnet10_fashionmnist on a CPU
-# (about 3.5 hours on 2 cores): train at size factor 1 only, test at every size factor.
+# Reproduces everything in this folder on a CPU (about 3.5 hours on 2 cores): the first CPU
+# experiment, trained on the training split only with the grid of earlier versions
+# (presets.INITIAL_SCALES_V0 = 1/2 ... 2 sqrt2); train at size factor 1 only, test at every size
+# factor. ../rescaled_fashion_mnist_cpu_final/ redoes it as the paper trains its final networks.
 #   1. GaussDerResNet-10, single scale channel sigma0 = 1 (3 epochs, 48x48 crops): stage 1 of
 #      the two-stage schedule (App. A.4, Table 5)
-#   2. stage 2: the same network with all six default scale channels trained jointly from 1's
-#      weights (one epoch, 781 steps, lr 0.005): the committed checkpoint
+#   2. stage 2: the same network with the six scale channels 1/2 ... 2 sqrt2 trained jointly from
+#      1's weights (one epoch, 781 steps, lr 0.005): two_stage_model/ (the committed checkpoint of
+#      earlier versions)
 #   3. timm resnet18 on the 72x72 canvas (same optimiser and schedule as 1)
-#   4. 1's weights transferred without retraining to the six default scale channels (App. A.4)
+#   4. 1's weights transferred without retraining to the same six scale channels (App. A.4)
 #      and to the denser grid of App. A.5 (ratio 2**(1/4) plus a boundary channel sigma0 = 4);
 #      2's weights transferred to the same denser grid
 #   5. evaluate all six on the first 1000 images of each of the nine test splits
-#   6. the committed checkpoint's scale channels at s = 1/2: antialiasing against discretisation
+#   6. 2's scale channels at s = 1/2: antialiasing against discretisation
 # Training steps resume after an interruption (rerun this script).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=runs/rescaled_fashion_mnist_cpu
 OUT=results/rescaled_fashion_mnist_cpu
-CKPT=checkpoints/gaussderresnet10_fashionmnist
+V0=0.5,0.7071067811865476,1,1.4142135623730951,2,2.8284271247461903
 SUMMARY="GaussDerResNet-10 (not the paper's preset), two-stage schedule (App. A.4): stage 1 trained single-scale-channel at sigma0 = 1 on rescaled Fashion-MNIST at size factor 1 only, recipes/configs/rescaled_fashion_mnist_cpu.yaml (3 epochs, batch 64, AdamW lr 0.01 cosine, weight decay 0.025, label smoothing 0.1, 48x48 centre crops, horizontal flips) on a 2-core CPU."
 
 resume() { [ -d "$1" ] && ls "$1" | grep -q '^checkpoint-' && echo --resume || true; }
@@ -27,7 +30,8 @@ resume() { [ -d "$1" ] && ls "$1" | grep -q '^checkpoint-' && echo --resume || t
 [ -f $RUNS/resnet18/model/model.safetensors ] || \
   python recipes/train.py --config recipes/configs/rescaled_fashion_mnist_resnet18_cpu.yaml $(resume $RUNS/resnet18)
 
-python recipes/transfer.py $RUNS/gaussderresnet10_single/model $RUNS/transferred --overwrite --summary "$SUMMARY"
+python recipes/transfer.py $RUNS/gaussderresnet10_single/model $RUNS/transferred --overwrite --summary "$SUMMARY" \
+  --initial_scales $V0
 python recipes/transfer.py $RUNS/gaussderresnet10_single/model $RUNS/dense --overwrite --summary "$SUMMARY" \
   --grid 0.5 1.189207115002721 11 --boundary 4
 python recipes/transfer.py $RUNS/gaussderresnet10_stage2/model $RUNS/dense_stage2 --overwrite --summary "$SUMMARY" \
@@ -42,23 +46,10 @@ python recipes/evaluate.py --dataset rescaled_fashion_mnist --data_dir /usr/shar
   --model "denser grid (12 channels, A.5, from two-stage)=$RUNS/dense_stage2" \
   --model "resnet18=$RUNS/resnet18/model"
 
-# why the finest channels rarely win at s = 1/2 (docs/design.md §6.1): finest_channels.json
-python $OUT/finest_channels.py --num_images 1000
+# the two-stage network's weights beside its results (safetensors and config, loadable with
+# timm.create_model('local-dir:results/rescaled_fashion_mnist_cpu/two_stage_model', pretrained=True))
+mkdir -p $OUT/two_stage_model
+cp $RUNS/gaussderresnet10_stage2/model/{model.safetensors,config.json,preprocessor_config.json} $OUT/two_stage_model/
 
-# the committed checkpoint: stage 2's weights, with the measured accuracies in its card
-SUMMARY="$SUMMARY" python - <<'PY'
-import json, os, timm, gaussder_hf
-ckpt, out = 'checkpoints/gaussderresnet10_fashionmnist', 'results/rescaled_fashion_mnist_cpu'
-result = json.load(open(f'{out}/evaluation.json'))['multi-scale (6 channels, two-stage)']
-model = timm.create_model('local-dir:runs/rescaled_fashion_mnist_cpu/gaussderresnet10_stage2/model', pretrained=True)
-# canvas_size: the image processor puts a raw 28x28 Fashion-MNIST image on the 72x72 canvas of the
-# rescaled datasets, so that pipeline('image-classification') sees what the evaluation saw.
-gaussder_hf.save_for_hub(model, ckpt, canvas_size={'height': 72, 'width': 72}, summary=os.environ['SUMMARY'] + (
-    ' Stage 2 (recipes/configs/rescaled_fashion_mnist_cpu_stage2.yaml): training continued from those weights with '
-    'all six scale channels below jointly for one epoch (781 steps, 50,000 images; Table 5 runs 16 epochs), '
-    'batch 64, AdamW lr 0.005 cosine, scale-channel dropout 0.2.'), evaluation={
-    'dataset': 'rescaled_fashion_mnist', 'accuracy': result['accuracy'],
-    'notes': 'Measured by `recipes/evaluate.py` on the first 1000 test images of each size factor '
-             '(`results/rescaled_fashion_mnist_cpu/evaluation.json`), after training at size factor 1 only. '
-             'Produced by `results/rescaled_fashion_mnist_cpu/reproduce.sh`.'})
-PY
+# why the finest channels rarely win at s = 1/2 (docs/design.md §6.1): finest_channels.json
+python $OUT/finest_channels.py --num_images 1000 --model $OUT/two_stage_model

@@ -7,9 +7,9 @@
 #      of interpolation)                        recipes/configs/rescaled_fashion_mnist_resnet18_aug_wide_cpu.yaml
 #   2. timm resnet18, scale augmentation over [1/sqrt2, sqrt2]: 1/2 and 2 lie outside what it saw
 #                                               recipes/configs/rescaled_fashion_mnist_resnet18_aug_narrow_cpu.yaml
-#   3. the GaussDerResNet-10 trained at size factor 1 only: the committed checkpoint
-#      (checkpoints/gaussderresnet10_fashionmnist, made by ../rescaled_fashion_mnist_cpu/reproduce.sh;
-#      its evaluation there is reused: the same model on the same images)
+#   3. the GaussDerResNet-10 trained at size factor 1 only, with the same two-stage recipe on the
+#      training split (../rescaled_fashion_mnist_cpu/two_stage_model, made by that folder's
+#      reproduce.sh; its evaluation there is reused: the same model on the same images)
 #   4. the same GaussDerResNet-10 recipe (two stages) with the augmentation of 2
 #                                               recipes/configs/rescaled_fashion_mnist_cpu_aug_narrow*.yaml
 # Each model's evaluation lands in evaluations/<name>/evaluation.json, with its training log; a
@@ -63,7 +63,7 @@ from gaussder_hf.analysis import write_evaluation
 
 out = Path('results/scale_augmentation_cpu')
 committed = json.loads(Path('results/rescaled_fashion_mnist_cpu/evaluation.json').read_text())
-results = {'GaussDerResNet-10, size factor 1 only (committed checkpoint)':
+results = {'GaussDerResNet-10, size factor 1 only (two-stage, training split)':
            committed['multi-scale (6 channels, two-stage)']}
 for name in ('resnet18_aug_wide', 'resnet18_aug_narrow', 'gaussderresnet10_aug_narrow'):
     path = out / 'evaluations' / name / 'evaluation.json'
