@@ -1,7 +1,6 @@
 """Move a trained GaussDerResNet to another grid of scale channels, without retraining (App. A.4, A.5).
 
-    # single-scale-channel training -> the six channels of the source's preset (2**-1.5 ... 2 for
-    # the paper's presets, 1/2 ... 2 sqrt2 for gaussderresnet10_fashionmnist)
+    # single-scale-channel training -> the six channels of the source's preset (2**-1.5 ... 2)
     python recipes/transfer.py runs/single/model checkpoints/multi
     # the denser grid of App. A.5: ratio 2**(1/4) over the same range, plus the large boundary channel
     python recipes/transfer.py runs/model runs/dense --grid 0.3535533905932738 1.189207115002721 11 \

@@ -1,10 +1,11 @@
 """The committed checkpoint loads both ways and reproduces its committed results on real data.
 
-``checkpoints/gaussderresnet10_fashionmnist`` and ``results/rescaled_fashion_mnist_cpu`` are
-written by ``results/rescaled_fashion_mnist_cpu/reproduce.sh``. Here the weights are run again
-on the first images of the s = 1 and s = 2 test splits of rescaled Fashion-MNIST (built from
-Debian's files) and compared with the per-image predictions and accuracies that the evaluation
-committed beside them.
+``checkpoints/gaussderresnet10_fashionmnist`` and ``results/rescaled_fashion_mnist_cpu_final`` are
+written by ``results/rescaled_fashion_mnist_cpu_final/reproduce.sh``; the earlier experiment's
+two-stage network, ``results/rescaled_fashion_mnist_cpu/two_stage_model``, by that folder's
+``reproduce.sh``. Here the weights are run again on the first images of the s = 1 and s = 2 test
+splits of rescaled Fashion-MNIST (built from Debian's files) and compared with the per-image
+predictions and accuracies that the evaluations committed beside them.
 """
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ from gaussder_hf.rescaling import size_factor_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / 'checkpoints' / 'gaussderresnet10_fashionmnist'
-EVALUATION = ROOT / 'results' / 'rescaled_fashion_mnist_cpu' / 'evaluation.json'
-LABEL = 'multi-scale (6 channels, two-stage)'
+EVALUATION = ROOT / 'results' / 'rescaled_fashion_mnist_cpu_final' / 'evaluation.json'
+LABEL = 'final, 6 channels (training grid)'
+# the earlier experiment's network (training split only, grid 1/2 ... 2 sqrt2) and its evaluation
+EARLIER = (ROOT / 'results' / 'rescaled_fashion_mnist_cpu' / 'two_stage_model',
+           ROOT / 'results' / 'rescaled_fashion_mnist_cpu' / 'evaluation.json', 'multi-scale (6 channels, two-stage)')
 SUBSET = 200
 
 
@@ -38,6 +42,15 @@ def committed():
 @pytest.fixture(scope='module')
 def model():
     return timm.create_model(f'local-dir:{CHECKPOINT}', pretrained=True).eval()
+
+
+def test_the_checkpoint_is_the_evaluated_network():
+    evaluated = json.loads(EVALUATION.read_text())
+    config = json.loads((CHECKPOINT / 'config.json').read_text())
+    assert config['initial_scales'] == pytest.approx(evaluated[LABEL]['initial_scales'], rel=1e-15)
+    # the evaluation grid adds the large boundary channel 2 sqrt2 to the same weights (App. A.4, A.5)
+    wider = evaluated['final, 7 channels (evaluation grid)']['initial_scales']
+    assert wider == pytest.approx(config['initial_scales'] + [2 * math.sqrt(2)], rel=1e-15)
 
 
 def test_the_checkpoint_folder_is_what_save_for_hub_writes():
@@ -61,12 +74,28 @@ def test_the_model_card_carries_the_committed_accuracies(committed):
         assert f'{100 * committed["accuracy"][s]:.2f}%' in card, s
 
 
+@pytest.fixture(scope='module')
+def test_images(tmp_path_factory):
+    return load_dataset('rescaled_fashion_mnist', data_dir=FASHION_DIR, max_examples=SUBSET,
+                        cache_dir=str(tmp_path_factory.mktemp('cache')))
+
+
 @needs_fashion
 # s = 2 repeats the check on another split (15 s): kept for `pytest -m slow`.
 @pytest.mark.parametrize('size_factor', [1.0, pytest.param(2.0, marks=pytest.mark.slow)])
-def test_committed_weights_reproduce_committed_predictions(size_factor, model, committed, tmp_path_factory):
-    data = load_dataset('rescaled_fashion_mnist', data_dir=FASHION_DIR, max_examples=SUBSET,
-                        cache_dir=str(tmp_path_factory.mktemp('cache')))
+def test_committed_weights_reproduce_committed_predictions(size_factor, model, committed, test_images):
+    _check_predictions(model, committed, test_images, size_factor)
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_the_earlier_two_stage_network_reproduces_its_committed_predictions(test_images):
+    folder, evaluation, label = EARLIER
+    model = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    _check_predictions(model, json.loads(evaluation.read_text())[label], test_images, 1.0)
+
+
+def _check_predictions(model, committed, data, size_factor):
     split = data[size_factor_name(size_factor)]
     mean, std = model.pretrained_cfg['mean'][0], model.pretrained_cfg['std'][0]
     x = torch.from_numpy(np.stack([np.asarray(image, dtype=np.float32) / 255 for image in split['image']]))

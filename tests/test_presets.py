@@ -123,12 +123,18 @@ def test_every_paper_preset_trains_on_the_paper_grid_and_is_evaluated_with_the_b
         evaluation_scales('resnet18')
 
 
-def test_the_10_layer_preset_keeps_the_grid_of_its_committed_weights():
+def test_the_10_layer_preset_has_the_grid_of_its_committed_weights_and_the_paper_s():
     name = 'gaussderresnet10_fashionmnist'
     committed = json.loads((ROOT / 'checkpoints' / name / 'config.json').read_text())['initial_scales']
+    # pretrained=True builds the preset: it must be the network the committed weights were trained as
     assert gaussder_hf.PRESETS[name]['initial_scales'] == pytest.approx(committed, rel=1e-15)
+    assert committed == pytest.approx([2 ** -1.5, 0.5, 2 ** -0.5, 1.0, 2 ** 0.5, 2.0], rel=1e-15)
+    assert evaluation_scales(name) == PAPER_EVALUATION_SCALES
+    # the grid of earlier versions stays reachable for the runs trained on it
     assert INITIAL_SCALES_V0 == pytest.approx((0.5, 1 / math.sqrt(2), 1.0, math.sqrt(2), 2.0, 2 * math.sqrt(2)))
-    assert evaluation_scales(name) == INITIAL_SCALES_V0  # it already ends at 2 sqrt2
+    earlier = json.loads((ROOT / 'results' / 'rescaled_fashion_mnist_cpu' / 'two_stage_model' / 'config.json')
+                         .read_text())['initial_scales']
+    assert earlier == pytest.approx(INITIAL_SCALES_V0, rel=1e-15)
 
 
 # Registered presets that are not in the paper (small variants for CPU work).

@@ -26,8 +26,9 @@ def test_transfer_to_the_default_grid_keeps_every_weight_and_the_matching_channe
     before = (folder / 'model.safetensors').read_bytes()
     recipe.main([str(folder), str(tmp_path / 'multi')])
     multi = timm.create_model(f'local-dir:{tmp_path / "multi"}', pretrained=True).eval()
-    # Without --initial_scales: the grid of the source's preset (1/2 ... 2 sqrt2 for the 10-layer one).
+    # Without --initial_scales: the grid of the source's preset (the paper's 2**-1.5 ... 2).
     preset_grid = gaussder_hf.PRESETS['gaussderresnet10_fashionmnist']['initial_scales']
+    assert multi.initial_scales == pytest.approx([2 ** (k / 2) for k in range(-3, 3)], rel=1e-15)
     assert multi.initial_scales == pytest.approx(preset_grid)
     assert (folder / 'model.safetensors').read_bytes() == before  # the source is untouched
     source, target = load_file(folder / 'model.safetensors'), load_file(tmp_path / 'multi' / 'model.safetensors')
@@ -36,7 +37,7 @@ def test_transfer_to_the_default_grid_keeps_every_weight_and_the_matching_channe
     with torch.no_grad():
         channels = multi.forward_scale_channels(x)
         assert channels.shape == (2, 6, 10)
-        torch.testing.assert_close(channels[:, 2], model.forward_scale_channels(x)[:, 0])  # sigma0 = 1
+        torch.testing.assert_close(channels[:, 3], model.forward_scale_channels(x)[:, 0])  # sigma0 = 1
     assert 'transferred without retraining' in (tmp_path / 'multi' / 'README.md').read_text()
     # the image processor keeps the source's 72x72 canvas: a raw 28x28 image is padded as before
     processor = transformers.AutoImageProcessor.from_pretrained(tmp_path / 'multi')

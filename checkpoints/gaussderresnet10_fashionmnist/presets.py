@@ -16,8 +16,7 @@ Initial scales: the paper's presets train on :data:`PAPER_INITIAL_SCALES` (``2**
 channels with ratio ``sqrt2``, the extra boundary channel below 1/2, §5.1) and are evaluated on
 :data:`PAPER_EVALUATION_SCALES`, the same plus the large boundary channel ``2 sqrt2`` (App. A.4,
 A.5); see :func:`evaluation_scales` and design.md §3.11. The grid of earlier versions,
-``1/2 ... 2 sqrt2``, is :data:`INITIAL_SCALES_V0`; the 10-layer preset keeps it, since its
-committed weights were trained and evaluated on it.
+``1/2 ... 2 sqrt2``, is :data:`INITIAL_SCALES_V0`, kept for the runs that were trained on it.
 """
 from __future__ import annotations
 
@@ -102,7 +101,7 @@ _SQRT2 = math.sqrt(2.0)
 # Written as powers of 2 so that the grid values print exactly (0.5, 1.0, 2.0) in configs.
 PAPER_INITIAL_SCALES = tuple(2.0 ** (k / 2) for k in range(-3, 3))  # 0.354, 1/2, 1/sqrt2, 1, sqrt2, 2
 PAPER_EVALUATION_SCALES = PAPER_INITIAL_SCALES + (2.0 * _SQRT2,)  # ... plus the large boundary channel
-# The grid of earlier versions (and of the committed 10-layer checkpoint): 1/2 ... 2 sqrt2.
+# The grid of earlier versions (and of results/rescaled_fashion_mnist_cpu/): 1/2 ... 2 sqrt2.
 INITIAL_SCALES_V0 = geometric_scales(0.5, _SQRT2, 6)
 # The training grid of the paper's presets.
 DEFAULT_INITIAL_SCALES = PAPER_INITIAL_SCALES
@@ -175,22 +174,20 @@ def _build_presets() -> dict[str, MappingProxyType]:
         presets[f'dsgaussderresnet18_{dataset}'] = MappingProxyType(dict(common, separable_from_block=_DS_FROM_BLOCK))
     # Not in the paper: a 10-layer variant (first layer, 4 residual blocks of 24 channels, last
     # layer) with Table 1's Fashion-MNIST settings, small enough to train on a laptop CPU. It is
-    # the model of the CPU experiment in results/ and of the fast tests and demos. It keeps the
-    # grid 1/2 ... 2 sqrt2: its committed weights (checkpoints/) were trained and evaluated on it,
-    # and `pretrained=True` must build the network those weights belong to.
+    # the model of the CPU experiment in results/ and of the fast tests and demos. Its grid is the
+    # paper's, the grid its committed weights (checkpoints/) were trained on: `pretrained=True`
+    # builds the network those weights belong to.
     presets['gaussderresnet10_fashionmnist'] = MappingProxyType(dict(
-        _ARCHITECTURES['fashionmnist'], channels=(24,) * 5, initial_scales=INITIAL_SCALES_V0,
+        _ARCHITECTURES['fashionmnist'], channels=(24,) * 5, initial_scales=PAPER_INITIAL_SCALES,
         separable_from_block=None))
     return presets
 
 
 PRESETS = MappingProxyType(_build_presets())
 
-# The grid each preset is evaluated on. The paper's presets add the large boundary channel
-# 2 sqrt2 to their training grid (App. A.4, A.5); the 10-layer preset's grid already ends there.
-EVALUATION_SCALES = MappingProxyType({
-    name: (INITIAL_SCALES_V0 if preset['initial_scales'] == INITIAL_SCALES_V0 else PAPER_EVALUATION_SCALES)
-    for name, preset in PRESETS.items()})
+# The grid each preset is evaluated on: its training grid plus the large boundary channel 2 sqrt2
+# (App. A.4, A.5).
+EVALUATION_SCALES = MappingProxyType({name: PAPER_EVALUATION_SCALES for name in PRESETS})
 
 
 def evaluation_scales(name: str) -> tuple[float, ...]:
