@@ -1,9 +1,11 @@
 """CUDA results against CPU results: GD layers and every preset, forward and backward.
 
 The same weights and inputs (built on the CPU with one seed, then copied) are run on the CPU and
-on ``--device`` in three precisions:
+on ``--device`` in these precisions:
 
 * ``fp32``: float32 with TF32 switched off (``torch.backends.{cuda.matmul,cudnn}.allow_tf32``);
+* ``default``: float32 with PyTorch's own defaults, TF32 off for matrix products and on for cuDNN
+  convolutions: what a user gets who sets nothing; the CPU reference is CPU float32;
 * ``tf32``: float32 with TF32 allowed for matrix products and convolutions (what a user gets
   with ``torch.set_float32_matmul_precision('high')``; cuDNN convolutions use TF32 by default);
   the CPU has no TF32, so its reference is CPU float32;
@@ -58,9 +60,10 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--scales', type=int, default=2, help='first N scale channels of each preset')
     parser.add_argument('--size', type=int, default=None, help='preset input size (default: its training size)')
     parser.add_argument('--batch', type=int, default=2)
-    parser.add_argument('--precisions', nargs='+', default=['fp32', 'tf32', 'bf16'], choices=['fp32', 'tf32', 'bf16'])
+    parser.add_argument('--precisions', nargs='+', default=['fp32', 'default', 'tf32', 'bf16'],
+                        choices=['fp32', 'default', 'tf32', 'bf16'])
     parser.add_argument('--tol-fp32', type=float, default=1e-4)
-    parser.add_argument('--tol-tf32', type=float, default=2e-2)
+    parser.add_argument('--tol-tf32', type=float, default=2e-2, help='tolerance of the tf32 and default rows')
     parser.add_argument('--tol-bf16', type=float, default=5e-2)
     parser.add_argument('--reference', choices=['same', 'float64'], default='same',
                         help='compare with the CPU in the same precision (default) or with CPU float64')
@@ -72,9 +75,11 @@ def _parse_args(argv=None) -> argparse.Namespace:
 
 @contextlib.contextmanager
 def _precision(device: torch.device, precision: str):
-    """float32 with TF32 off or on, or bfloat16 autocast, restoring the global flags after."""
+    """float32 with TF32 off, on, or on for convolutions alone (PyTorch's defaults), or bfloat16
+    autocast, restoring the global flags after."""
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == 'tf32'
+    torch.backends.cuda.matmul.allow_tf32 = precision == 'tf32'
+    torch.backends.cudnn.allow_tf32 = precision in ('tf32', 'default')
     try:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16'):
             yield
@@ -186,7 +191,7 @@ def _preset_cases(args):
 def main(argv=None) -> int:
     args = _parse_args(argv)
     device = common.setup(args, cuda_hint=' (use --device cpu for a dry run of the comparisons on the CPU)')
-    tolerance = {'fp32': args.tol_fp32, 'tf32': args.tol_tf32, 'bf16': args.tol_bf16}
+    tolerance = {'fp32': args.tol_fp32, 'default': args.tol_tf32, 'tf32': args.tol_tf32, 'bf16': args.tol_bf16}
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
     print(f'torch {torch.__version__}, timm {timm.__version__}; {args.device} ({name}) against the CPU; '
           f'worst relative L2 error over the output and all gradients (bf16: output only)')
@@ -196,7 +201,7 @@ def main(argv=None) -> int:
     if not args.no_presets:
         cases += list(_preset_cases(args))
     print(f'reference: {"CPU in the same precision" if args.reference == "same" else "CPU float64"}; '
-          'pass: fp32/tf32 error <= max(tol, 10 cond), bf16 error <= tol; tol: '
+          'pass: fp32/default/tf32 error <= max(tol, 10 cond), bf16 error <= tol; tol: '
           + ', '.join(f'{p} {tolerance[p]:g}' for p in args.precisions))
     print(f'{"case":40s} {"cond":>8s}   ' + '   '.join(f'{p:>4s} {"error":>8s}     ' for p in args.precisions)
           + 'worst tensor')

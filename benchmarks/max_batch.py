@@ -121,6 +121,30 @@ class _Trainer:
         return fitted
 
 
+def time_surviving_batch(trainer, batch: int, repeats: int, device):
+    """Times ``repeats`` steps at ``batch``, or at the largest smaller batch (in steps of 1/16) whose
+    repeated steps fit: one that fit a single step can still run out of memory when repeated (the
+    allocator's blocks fragment). Returns the batch timed, its step times and the memory allocated
+    before them (the peak statistics are reset there)."""
+    while True:
+        try:
+            trainer.step(batch)  # warm-up at the final batch
+            if device.type == 'cuda':
+                torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device) if device.type == 'cuda' else 0
+            return batch, [trainer.step(batch) for _ in range(repeats)], before
+        except torch.cuda.OutOfMemoryError:
+            trainer.optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+            smaller = batch * 15 // 16
+            print(f'    batch {batch:5d}: out of memory in repeated steps; timing {smaller} instead', flush=True)
+            if smaller < 1:
+                raise
+            batch = smaller
+
+
 def main(argv=None) -> None:
     args = _parse_args(argv)
     if torch.device(args.device).type != 'cuda':
@@ -143,21 +167,21 @@ def main(argv=None) -> None:
         trainer = _Trainer(args, checkpointing)
         batch = largest_fitting(trainer.fits, args.start, args.limit)
         if batch == 0:
-            results.append((checkpointing, 0, float('nan'), float('nan')))
+            results.append((checkpointing, 0, 0, float('nan'), float('nan')))
             continue
-        trainer.step(batch)  # warm-up at the final batch
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        times = [trainer.step(batch) for _ in range(args.repeats)]
+        largest = batch
+        batch, times, before = time_surviving_batch(trainer, batch, args.repeats, device)
         peak_gb = (torch.cuda.max_memory_allocated(device) - before) / 1e9
-        results.append((checkpointing, batch, batch / statistics.median(times), peak_gb / batch))
+        results.append((checkpointing, largest, batch, batch / statistics.median(times), peak_gb / batch))
         del trainer
         gc.collect()
         torch.cuda.empty_cache()
     print()
-    print(f'{"checkpointing":>13s} | {"largest batch":>13s} | {"train img/s":>11s} | {"peak GB/sample":>14s}')
-    for checkpointing, batch, rate, per_sample in results:
-        print(f'{"on" if checkpointing else "off":>13s} | {batch:13d} | {rate:11.1f} | {per_sample:14.3f}')
+    print(f'{"checkpointing":>13s} | {"largest batch":>13s} | {"timed batch":>11s} | {"train img/s":>11s} | '
+          f'{"peak GB/sample":>14s}')
+    for checkpointing, largest, batch, rate, per_sample in results:
+        print(f'{"on" if checkpointing else "off":>13s} | {largest:13d} | {batch:11d} | {rate:11.1f} | '
+              f'{per_sample:14.3f}')
 
 
 if __name__ == '__main__':

@@ -168,3 +168,23 @@ def test_compile_speed_quick_mode(load_benchmark, capsys):
     load_benchmark('compile_speed').main(['--scales', '1', '--size', '16', '--batch', '1', '--repeats', '1',
                                           '--warmup', '1', '--no-train', '--threads', '1'])
     assert 'compiled fp32' in capsys.readouterr().out
+
+
+def test_max_batch_times_a_smaller_batch_when_repeated_steps_run_out_of_memory(max_batch):
+    class Trainer:
+        """Fits one step at any batch up to 86, but repeated steps only up to 80."""
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+        def __init__(self):
+            self.calls = []
+
+        def step(self, batch):
+            self.calls.append(batch)
+            if batch > 80 and self.calls.count(batch) > 1:
+                raise torch.cuda.OutOfMemoryError('CUDA out of memory')
+            return 0.5
+
+    trainer = Trainer()
+    batch, times, _ = max_batch.time_surviving_batch(trainer, 86, 3, torch.device('cpu'))
+    assert (batch, times) == (80, [0.5] * 3)  # 86 * 15 // 16 = 80
+    assert trainer.calls == [86, 86, 80, 80, 80, 80]
