@@ -45,3 +45,19 @@ def test_readme_accuracy_tables_equal_the_committed_evaluations():
             by_size = {f'{float(s):.3f}': value for s, value in accuracy.items()}
             for row in rows:
                 assert row[column] == f'{100 * by_size[row[0]]:.1f}%', (label, row[0])
+
+
+def test_whole_test_split_figures_agree_with_the_first_1000_and_the_readme():
+    final = ROOT / 'results' / 'rescaled_fashion_mnist_cpu_final'
+    whole = json.loads((final / 'full_test.json').read_text())['size_factors']
+    first = json.loads((final / 'evaluation.json').read_text())['final, 6 channels (training grid)']
+    readme = (ROOT / 'README.md').read_text()
+    for s, entry in whole.items():
+        assert entry['count'] == 10000
+        # recipes/evaluate.py's accuracy on the first 1000 images is full_test.py's on the same images
+        assert entry['accuracy_first_1000'] == first['accuracy'][s]
+        # the whole split is the first 1000 and the other 9000, weighted
+        assert abs(entry['accuracy'] - (entry['accuracy_first_1000'] + 9 * entry['accuracy_other_9000']) / 10) < 1e-12
+    half, one = whole['0.5']['accuracy'], whole['1.0']['accuracy']
+    assert (f'{100 * half:.1f}% at s = 1/2 against {100 * one:.1f}% at s = 1,\n  {100 * (one - half):.1f} points'
+            in readme)
