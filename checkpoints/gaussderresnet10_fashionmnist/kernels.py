@@ -669,8 +669,9 @@ def _band_products(extended: torch.Tensor, band: torch.Tensor, dim: int, adjoint
 
     Forward: ``y_t = X_t @ A + X_{t+1} @ B`` (the last tile of every line is left as garbage).
     Adjoint: ``g_t = G_t @ A^T + G_{t-1} @ B^T`` (G's last tile of every line must be zero).
-    The tiles of all lines are rows of one matrix, so each half is a single GEMM (last axis) or
-    a broadcast batched GEMM over ``(T, after)`` blocks (other axes), with no transposes.
+    The tiles of all lines are rows of one matrix, so along the last axis each half is a single
+    GEMM; along the others, one batched GEMM over pairs of adjacent ``(T, after)`` blocks does
+    both halves at once. No transposes, no copies of the input.
     """
     tile = band.shape[0]
     first, second = band[:, :tile], band[:, tile:]
@@ -684,16 +685,22 @@ def _band_products(extended: torch.Tensor, band: torch.Tensor, dim: int, adjoint
             torch.mm(rows[1:], second, out=result[:-1])
             result[:-1].addmm_(rows[:-1], first)
         return out
-    blocks = extended.view(-1, tile, math.prod(extended.shape[dim + 1:]))
-    result = out.view(blocks.shape)
-    # (baddbmm_ with the band matrix expanded over the batch stays on the batched BLAS path and
-    # saves a temporary and a pass over it.)
+    # Other axes: tiles t and t + 1 of a line are one contiguous (2 T, after) matrix, so each output
+    # tile is a single product with K = 2 T, [A^T | B^T] @ [X_t; X_{t+1}] (adjoint: [B | A] @
+    # [G_{t-1}; G_t]), read through an overlapping strided view: one batched GEMM writes every
+    # tile once, where a product and an accumulating product pass over the output twice. The
+    # pairs run across line ends too: forward, that only writes the garbage last tile of a line;
+    # adjoint, a line's first tile pairs with the previous line's last, which is zero.
+    after = math.prod(extended.shape[dim + 1:])
+    count = extended.numel() // (tile * after)
+    result = out.view(count, tile, after)
+    pairs = extended.as_strided((count - 1, 2 * tile, after), (tile * after, after, 1), extended.storage_offset())
     if adjoint:
-        torch.matmul(first, blocks, out=result)
-        result[1:].baddbmm_(second.expand(blocks.shape[0] - 1, tile, tile), blocks[:-1])
+        torch.mm(first, extended.view(count, tile, after)[0], out=result[0])
+        weights, written = torch.cat([second, first], dim=1), result[1:]
     else:
-        torch.matmul(second.mT, blocks[1:], out=result[:-1])
-        result[:-1].baddbmm_(first.mT.expand(blocks.shape[0] - 1, tile, tile), blocks[:-1])
+        weights, written = torch.cat([first.mT, second.mT], dim=1), result[:-1]
+    torch.bmm(weights.expand(count - 1, tile, 2 * tile), pairs, out=written)
     return out
 
 
@@ -732,10 +739,13 @@ def _banded_forward(x: torch.Tensor, band: torch.Tensor, spatial_dims: int, exte
     y = _banded_extend(x, spatial_dims, extension, pad, tile)
     for dim in range(x.ndim - spatial_dims, x.ndim):
         y = _band_products(y, band, dim, adjoint=False)
-    # Drop the last tile of every line and the samples past size + 2 pad: views, no copies.
+    # Drop the last tile of every line and the samples past size + 2 pad, into one contiguous
+    # tensor: the convolution that consumes it would copy a strided view in its forward and
+    # again in its backward (the view is what autograd saves for the weight gradient), and the
+    # extended buffer is freed at once instead of living until the backward.
     for dim, size in enumerate(spatial, start=x.ndim - spatial_dims):
         y = y.narrow(dim, 0, size + 2 * pad)
-    return y
+    return y.contiguous()
 
 
 def _banded_adjoint(grad: torch.Tensor, band: torch.Tensor, spatial_dims: int, extension: int,
@@ -743,10 +753,15 @@ def _banded_adjoint(grad: torch.Tensor, band: torch.Tensor, spatial_dims: int, e
     """The adjoint of :func:`_banded_forward`: ``grad`` of its output -> gradient of its input; no autograd."""
     tile = band.shape[0]
     spatial = [n - 2 * pad for n in grad.shape[grad.ndim - spatial_dims:]]
-    # Zeros up to the whole-tile length: the adjoint products need the last tile of every line zero.
-    widths = [w for size, n in zip(reversed(spatial), reversed(grad.shape))
-              for w in (0, _band_geometry(size, tile, pad)[1] - n)]
-    extended = F.pad(grad, widths)
+    # Zeros up to the whole-tile length: the adjoint products need the last tile of every line
+    # zero. Only the tails are zeroed (F.pad would fill the whole buffer, then copy over it).
+    lengths = [_band_geometry(size, tile, pad)[1] for size in spatial]
+    extended = grad.new_empty(*grad.shape[:grad.ndim - spatial_dims], *lengths)
+    region = extended
+    for dim, n in enumerate(grad.shape[grad.ndim - spatial_dims:], start=grad.ndim - spatial_dims):
+        region.narrow(dim, n, region.shape[dim] - n).zero_()
+        region = region.narrow(dim, 0, n)
+    region.copy_(grad)
     for dim in reversed(range(grad.ndim - spatial_dims, grad.ndim)):
         extended = _band_products(extended, band, dim, adjoint=True)
     # Fold the mirror extension back onto the samples it copied (the gradient past
