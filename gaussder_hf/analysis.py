@@ -23,7 +23,7 @@ import torch
 from .input_pipeline import InputPipeline, model_normalisation
 from .model import GaussDerResNet, pool_scales
 from .plotting import pyplot
-from .rescaling import SIZE_FACTORS, size_factor_name
+from .rescaling import SIZE_FACTORS, benchmark_size_factor, size_factor_name
 
 __all__ = [
     'ScaleSelection', 'scale_selection', 'evaluate', 'rescaled_test_splits', 'evaluation_transform',
@@ -165,8 +165,9 @@ def evaluate_size_factors(
         accelerator=None,
         label: str = 'model',
         progress: bool = True,
+        size_factors: Sequence[float] | None = None,
 ) -> dict:
-    """Evaluates ``model`` on every rescaled test split; returns its ``evaluation.json`` entry (keys ``str(s)``).
+    """Evaluates ``model`` on the rescaled test splits; returns its ``evaluation.json`` entry (keys ``str(s)``).
 
     The entry: ``{'size_factors', 'num_examples', 'accuracy', 'winners', 'initial_scales',
     'predictions'}``, size factors as keys written with full precision (``str(2 ** -0.75)``);
@@ -185,8 +186,18 @@ def evaluate_size_factors(
             numbers are those of one process); ``None`` evaluates in this process alone.
         label: the model's name in the progress bar and in error messages.
         progress: show a progress bar (on the local main process).
+        size_factors: the size factors to evaluate, each one of :data:`SIZE_FACTORS` (up to
+            rounding, :func:`~gaussder_hf.rescaling.benchmark_size_factor`); ``None``: all nine.
     """
     from tqdm.auto import tqdm
+
+    factors = list(SIZE_FACTORS) if size_factors is None else sorted(
+        {benchmark_size_factor(s) for s in size_factors})
+    if not factors:
+        raise ValueError('size_factors is empty: give at least one size factor, or None for all nine')
+    missing = [s for s in factors if s not in splits]
+    if missing:
+        raise ValueError(f'no test split for size factor(s) {missing} among {sorted(splits)}')
 
     in_chans = getattr(model, 'in_chans', None) or model.pretrained_cfg['input_size'][0]
     transform = evaluation_transform(InputPipeline(in_chans, *model_normalisation(model, in_chans)))
@@ -200,10 +211,10 @@ def evaluate_size_factors(
     # any other model runs as the accelerator prepared it (e.g. under its mixed-precision autocast).
     evaluated = net if is_gaussder else prepared
     show = progress and (accelerator is None or accelerator.is_local_main_process)
-    entry = {'size_factors': list(SIZE_FACTORS), 'num_examples': {}, 'accuracy': {},
+    entry = {'size_factors': factors, 'num_examples': {}, 'accuracy': {},
              'winners': {} if is_gaussder else None,
              'initial_scales': list(model.initial_scales) if is_gaussder else None, 'predictions': {}}
-    for s in tqdm(SIZE_FACTORS, desc=label, unit='split', disable=not show):
+    for s in tqdm(factors, desc=label, unit='split', disable=not show):
         loader = torch.utils.data.DataLoader(splits[s].with_transform(transform), batch_size=batch_size,
                                              shuffle=False, num_workers=num_workers)
         if accelerator is not None:
@@ -298,8 +309,10 @@ def format_table(results: Mapping[str, Mapping]) -> str:
     widths = [max(len(label), 7) for label in labels]
     lines = ['size factor | ' + ' | '.join(label.rjust(w) for label, w in zip(labels, widths)),
              '-' * 11 + '-+-' + '-+-'.join('-' * w for w in widths)]
-    for s in SIZE_FACTORS:
-        cells = [f'{100 * results[label]["accuracy"][str(s)]:6.2f}%'.rjust(w) for label, w in zip(labels, widths)]
+    factors = sorted({float(s) for r in results.values() for s in r['accuracy']})
+    for s in factors:
+        cells = [(f'{100 * results[label]["accuracy"][str(s)]:6.2f}%' if str(s) in results[label]['accuracy']
+                  else '-').rjust(w) for label, w in zip(labels, widths)]
         lines.append(f'{s:11.3f} | ' + ' | '.join(cells))
     return '\n'.join(lines)
 

@@ -24,7 +24,8 @@ official files instead. Other datasets are downloaded unless ``--data_dir`` is g
 Every model is tested on the nine splits ``test_s0p500`` ... ``test_s2p000`` (size factors
 ``2**(k/4)``, k = -4..4). ``--split validation`` uses the validation images rescaled the same way
 (``validation_s0p500`` ..., built with the builders' ``rescaled_validation=True``), so that settings
-are chosen on scale generalisation without the test images. Images are never resized: the
+are chosen on scale generalisation without the test images; ``--size_factors 0.5 1`` evaluates
+those splits only. Images are never resized: the
 networks see the rescaled images as they are, scaled to [0, 1] and normalised with the model's
 ``pretrained_cfg`` mean and std.
 Writes to ``--output_dir`` (main process only; ``--out_dir`` is its deprecated spelling):
@@ -71,7 +72,7 @@ from gaussder_hf.data.sample import (
 )
 from gaussder_hf.data.sources import FASHION_MNIST_DEBIAN_DIR
 from gaussder_hf.input_pipeline import image_channels
-from gaussder_hf.rescaling import RESCALED_SPLITS
+from gaussder_hf.rescaling import RESCALED_SPLITS, benchmark_size_factor
 
 __all__ = ['ModelSpec', 'parse_model_spec', 'evaluate_models', 'write_evaluation', 'main']
 
@@ -205,6 +206,7 @@ def evaluate_models(
         dataset_args: dict | None = None,
         out_dir: str | None = None,
         split: str = 'test',
+        size_factors: list[float] | None = None,
 ) -> dict:
     """Evaluates every model on the nine rescaled test splits of ``dataset``; returns the evaluation.json dict.
 
@@ -227,10 +229,13 @@ def evaluate_models(
             ``{'base': folder, 'canvas_size': 72}``.
         out_dir: deprecated spelling of ``output_dir``.
         split: ``'test'``, or ``'validation'`` for the rescaled validation images (choosing settings).
+        size_factors: evaluate at these size factors only (each one of the nine); ``None``: all.
     """
     output_dir = _deprecated_out_dir(out_dir, output_dir, default='evaluation')
     if not models:
         raise ValueError('no model given')
+    if size_factors is not None:  # fail on a bad size factor before building any data
+        size_factors = [benchmark_size_factor(s) for s in size_factors]
     specs = [parse_model_spec(m) for m in models]  # fail on a bad spec before building any data
     labels = [spec.label for spec in specs]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
@@ -246,7 +251,8 @@ def evaluate_models(
     for spec in specs:
         set_seed(seed)
         model = _create_model(spec, in_chans, num_classes, pretrained)
-        entry = evaluate_size_factors(model, splits, batch_size, num_workers, accelerator, label=spec.label)
+        entry = evaluate_size_factors(model, splits, batch_size, num_workers, accelerator, label=spec.label,
+                                      size_factors=size_factors)
         predictions = entry.pop('predictions')
         results[spec.label] = {'model': spec.spec, 'dataset': dataset, **entry}
         if split != 'test':
@@ -300,6 +306,8 @@ def main(argv=None) -> None:
                         help='rescaled images to evaluate on: test (default) or validation (for choosing settings)')
     parser.add_argument('--save_predictions', '--save-predictions', action='store_true',
                         help='store the predicted class of every test image in evaluation.json')
+    parser.add_argument('--size_factors', '--size-factors', nargs='+', type=float, metavar='S',
+                        help='evaluate at these size factors only, e.g. 0.5 1 (default: all nine)')
     args = parser.parse_args(argv)
     if args.out_dir is not None and args.output_dir not in (None, args.out_dir):
         parser.error(f'--output_dir {args.output_dir!r} and its deprecated spelling --out_dir {args.out_dir!r} '
@@ -317,7 +325,7 @@ def main(argv=None) -> None:
                     batch_size=args.batch_size, output_dir=output_dir, cache_dir=args.cache_dir,
                     pretrained=args.pretrained, num_workers=args.num_workers, seed=args.seed,
                     save_predictions=args.save_predictions, test_only=source.test_only,
-                    dataset_args=dict(args.dataset_arg), split=args.split)
+                    dataset_args=dict(args.dataset_arg), split=args.split, size_factors=args.size_factors)
     if source.is_sample and PartialState().is_main_process:
         print(f'These are the first {args.max_examples or FASHION_MNIST_SAMPLE_SIZE} of the '
               f'{FASHION_MNIST_SAMPLE_SIZE} embedded test images. {FULL_DATA_HINT}')

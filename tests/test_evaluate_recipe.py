@@ -115,6 +115,36 @@ def test_saved_predictions_are_the_per_image_classes_behind_the_accuracy(run, tm
         assert Fraction(written['accuracy'][str(s)]) == Fraction(int((direct == y).sum()), LIMIT)
 
 
+@needs_fashion
+def test_size_factors_evaluate_those_splits_only(run, tmp_path, capsys):
+    # The same network on two of the nine splits, given as a user types them (0.707 for 2**-0.5):
+    # the same accuracies and winners as in the run over all nine, and only those two anywhere.
+    recipe.main(['--model', f'tiny={run["checkpoint"]}', '--dataset', 'rescaled_fashion_mnist', '--data_dir',
+                 FASHION_DIR, '--max_examples', str(LIMIT), '--output_dir', str(tmp_path), '--cache_dir',
+                 str(run['cache']), '--batch_size', str(BATCH_SIZE), '--size_factors', '2', '0.707'])
+    written = json.loads((tmp_path / 'evaluation.json').read_text())['tiny']
+    keys = [str(2 ** -0.5), str(2.0)]
+    assert written['size_factors'] == [2 ** -0.5, 2.0]
+    assert list(written['accuracy']) == keys and list(written['winners']) == keys
+    for key in keys:
+        assert written['accuracy'][key] == run['results']['tiny']['accuracy'][key]
+        assert written['winners'][key] == run['results']['tiny']['winners'][key]
+    rows = [line.split('|')[0].strip() for line in capsys.readouterr().out.splitlines() if '%' in line]
+    assert rows == ['0.707', '2.000']
+
+
+@pytest.mark.parametrize('size_factors, message', [
+    (['0.6'], "size factor 0.6 is not one of"),
+    (['3'], "size factor 3.0 is not one of"),
+    (['-1'], 'positive finite number, got -1.0'),
+])
+def test_a_size_factor_without_a_split_is_refused_before_any_data(tmp_path, size_factors, message):
+    with pytest.raises(ValueError, match=message):
+        recipe.evaluate_models(['resnet18'], 'rescaled_fashion_mnist', cache_dir=str(tmp_path / 'cache'),
+                               size_factors=[float(s) for s in size_factors])
+    assert not (tmp_path / 'cache').exists()
+
+
 @pytest.mark.parametrize('spec, message', [
     ('no_such_model_xyz', 'unknown model'),
     ('local-dir:/no/such/folder', 'no such folder'),

@@ -15,7 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gaussder_hf.rescaling import SIZE_FACTORS, check_canvas, rescale_batch, rescaled_size, size_factor_name
+from gaussder_hf.rescaling import (
+    SIZE_FACTORS,
+    benchmark_size_factor,
+    check_canvas,
+    rescale_batch,
+    rescaled_size,
+    size_factor_name,
+)
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fashion_mnist import fashion_mnist_available, load_fashion_mnist  # noqa: E402
@@ -265,3 +272,15 @@ def test_bad_arguments_of_helpers():
     assert check_canvas(72) == (72, 72) and check_canvas([64, 48]) == (64, 48)
     with pytest.raises(ValueError, match=re.escape("'72'")):
         check_canvas('72')
+
+
+def test_benchmark_size_factor_reads_back_what_a_user_types():
+    # 2**(k/4) written with the three decimals of the split names (0.595, 1.189, ...) is itself.
+    for k in range(-4, 5):
+        exact = 2.0 ** (k / 4)
+        assert benchmark_size_factor(float(f'{exact:.3f}')) == exact
+        assert benchmark_size_factor(exact) == exact
+    for bad, message in ((0.55, 'size factor 0.55 is not one of'), (4, 'size factor 4 is not one of'),
+                         (0, 'positive finite number, got 0'), ('1', "positive finite number, got '1'")):
+        with pytest.raises(ValueError, match=message):
+            benchmark_size_factor(bad)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import datasets
@@ -25,19 +24,17 @@ import timm
 import torch
 
 import gaussder_hf  # noqa: F401  (registers the models with timm and the datasets with datasets)
-from gaussder_hf.analysis import evaluate, evaluation_transform, rescaled_test_splits
-from gaussder_hf.input_pipeline import InputPipeline, model_normalisation
-from gaussder_hf.rescaling import SIZE_FACTORS
+from gaussder_hf.analysis import evaluate_size_factors, rescaled_test_splits
+from gaussder_hf.rescaling import benchmark_size_factor
 
 HERE = Path(__file__).resolve().parent
 
 
 def _size_factor(text: str) -> float:
-    value = float(text)
-    for s in SIZE_FACTORS:
-        if math.isclose(s, value, rel_tol=1e-6):
-            return s
-    raise argparse.ArgumentTypeError(f'{text!r} is not one of the size factors {[round(s, 4) for s in SIZE_FACTORS]}')
+    try:
+        return benchmark_size_factor(float(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv=None) -> None:
@@ -53,7 +50,6 @@ def main(argv=None) -> None:
 
     saved = json.loads((HERE / 'evaluation.json').read_text())[args.label]
     model = timm.create_model(f'local-dir:{args.model}', pretrained=True).eval()
-    pipeline = InputPipeline(1, *model_normalisation(model, 1))
     splits = rescaled_test_splits(
         datasets.load_dataset('rescaled_fashion_mnist', data_dir=args.data_dir), 'rescaled_fashion_mnist')
     output = Path(args.output)
@@ -64,27 +60,25 @@ def main(argv=None) -> None:
             raise SystemExit(f'{output} holds results of {earlier.get("model")!r}, not {args.model!r}: '
                              'give another --output')
         results['size_factors'] = earlier['size_factors']
-    for s in args.size_factors:
-        loader = torch.utils.data.DataLoader(splits[s].with_transform(evaluation_transform(pipeline)),
-                                             batch_size=args.batch_size, shuffle=False)
-        with torch.inference_mode():
-            result = evaluate(model, ((b['pixel_values'], b['labels']) for b in loader), split=str(s))
+    entry = evaluate_size_factors(model, splits, args.batch_size, label=args.model, size_factors=args.size_factors)
+    for s in entry['size_factors']:
+        key = str(s)
         labels = torch.as_tensor(splits[s]['label'])
-        predictions = torch.as_tensor(result['predictions'])
-        first = saved['predictions'][str(s)]
+        predictions = torch.as_tensor(entry['predictions'][key])
+        first = saved['predictions'][key]
         if predictions[:len(first)].tolist() != first:
             mismatched = int((predictions[:len(first)] != torch.as_tensor(first)).sum())
             raise SystemExit(f'size factor {s}: {mismatched} of the first {len(first)} predictions differ from '
                              f'evaluation.json ({args.label!r}): not the network that was evaluated there')
         correct = predictions == labels
-        n = len(first)
-        results['size_factors'][str(s)] = {
-            'count': result['count'], 'accuracy': result['accuracy'],
+        n, count = len(first), entry['num_examples'][key]
+        results['size_factors'][key] = {
+            'count': count, 'accuracy': entry['accuracy'][key],
             f'accuracy_first_{n}': correct[:n].double().mean().item(),
-            f'accuracy_other_{result["count"] - n}': correct[n:].double().mean().item(),
-            'winners': result['winners'],
+            f'accuracy_other_{count - n}': correct[n:].double().mean().item(),
+            'winners': entry['winners'][key],
         }
-        print(f's = {s:.3f}: {100 * result["accuracy"]:.2f}% of {result["count"]} '
+        print(f's = {s:.3f}: {100 * entry["accuracy"][key]:.2f}% of {count} '
               f'(first {n}: {100 * correct[:n].float().mean():.1f}%, others: {100 * correct[n:].float().mean():.2f}%)',
               flush=True)
     results['initial_scales'] = list(model.initial_scales)
