@@ -112,6 +112,8 @@ def _speed(args: argparse.Namespace, device: torch.device) -> None:
 
 def _memory_child(args: argparse.Namespace) -> None:
     from gaussder_hf.presets import get_preset
+    if args.threads:  # the smoothing rule depends on the thread count: the parent's
+        torch.set_num_threads(args.threads)
     preset = get_preset(args.preset)
     scales = list(preset['initial_scales'] if isinstance(preset, dict) else preset.initial_scales)[:6]
     in_chans = preset['in_chans'] if isinstance(preset, dict) else preset.in_chans
@@ -133,7 +135,8 @@ def _memory_child(args: argparse.Namespace) -> None:
             del x
         end = rss_mb()
     print(json.dumps({'sizes': sizes, 'scales': scales, 'in_chans': in_chans, 'width': width, 'start_mb': start,
-                      'end_mb': end, 'cache_mb': kernels.operator_cache_bytes() / 2 ** 20}))
+                      'end_mb': end, 'cache_mb': kernels.operator_cache_bytes() / 2 ** 20,
+                      'threads': torch.get_num_threads()}))
 
 
 def _memory(args: argparse.Namespace) -> None:
@@ -143,14 +146,15 @@ def _memory(args: argparse.Namespace) -> None:
                 'import size_scaling as b; '
                 f'ctx = kernels.smoothing_method({method!r}); ctx.__enter__(); '
                 'b._memory_child(b._parse_args('
-                f'["--memory-sizes", "{args.memory_sizes}", "--preset", "{args.preset}"]))')
+                f'["--memory-sizes", "{args.memory_sizes}", "--preset", "{args.preset}", '
+                f'"--threads", "{torch.get_num_threads()}"]))')
         out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         results[method] = json.loads(out.stdout.strip().splitlines()[-1])
     r = results['auto']
     print(f'\nRSS over {len(r["sizes"])} distinct sides {r["sizes"][0]}..{r["sizes"][-1]} x {len(r["scales"])} scales '
           f'{[round(s, 2) for s in r["scales"]]} ({args.preset} first layer, {r["in_chans"]}->{r["width"]}, '
-          f'no_grad), fresh process each:')
+          f'no_grad, {r["threads"]} threads), fresh process each:')
     for method, r in results.items():
         label = 'before (dense forced)' if method == 'dense' else 'after (cost model)  '
         print(f'  {label}: RSS {r["start_mb"]:7.0f} -> {r["end_mb"]:7.0f} MB (+{r["end_mb"] - r["start_mb"]:.0f} MB), '
