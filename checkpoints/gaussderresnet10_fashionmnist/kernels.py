@@ -875,8 +875,9 @@ def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
 # are memory-bound near 35-50 ns), conv with the taps at depthwise speed. Alone, banded beat
 # dense from side 192 for T = 16 (sigma <= 2), 256 for T = 32 (sigma 6) and 512 for T = 88
 # (sigma 16). Inside a GD layer (benchmarks/size_scaling.py, 24 and 64 channels) banded won at
-# 256 for T = 16 but lost at 256 for T = 32 and at 512 for T = 88 (its output is a strided view
-# the mixing convolution copies): the rule is banded from shortest side >= 128 + 5 T (T = 16:
+# 256 for T = 16 but lost at 256 for T = 32 and at 512 for T = 88 (its output was then a strided
+# view the mixing convolution copied; since it is contiguous, banded ties or wins at 256 for
+# T = 32, not re-fitted): the rule is banded from shortest side >= 128 + 5 T (T = 16:
 # 208, 32: 288, 88: 568), dense below. Conv alone was as fast as banded for narrow kernels, but
 # in the layer it pays the layout passes around the mixing convolution and lost to banded at
 # every side 256..2048, so the cost model no longer picks it (smoothing_method('conv') does).

@@ -50,7 +50,8 @@ from torchvision.transforms.v2 import functional as TF
 from .kernels import centred_reflect_index
 
 __all__ = [
-    'SIZE_FACTORS', 'BACKGROUNDS', 'RESCALED_SPLITS', 'size_factor_name', 'rescaled_size', 'check_canvas',
+    'SIZE_FACTORS', 'BACKGROUNDS', 'RESCALED_SPLITS', 'size_factor_name', 'benchmark_size_factor', 'rescaled_size',
+    'check_canvas',
     'check_background', 'place_on_canvas', 'rescale_batch',
 ]
 
@@ -73,6 +74,22 @@ def _check_size_factor(s) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f'size_factor must be a positive finite number, got {s!r}')
     return value
+
+
+def benchmark_size_factor(s) -> float:
+    """Returns the member of :data:`SIZE_FACTORS` equal to ``s`` up to rounding (``0.707`` -> ``2**-0.5``).
+
+    The tolerance, 0.2%, accepts the three decimals of the split names and is far below the 19%
+    between neighbouring size factors.
+
+    Raises ValueError naming ``s`` if it is none of them: the rescaled datasets hold those nine only.
+    """
+    value = _check_size_factor(s)
+    for member in SIZE_FACTORS:
+        if math.isclose(member, value, rel_tol=2e-3):
+            return member
+    raise ValueError(f'size factor {s!r} is not one of the rescaled splits\' size factors '
+                     f'{[round(member, 4) for member in SIZE_FACTORS]}')
 
 
 #: The original splits that are rescaled to every size factor: ``test`` always, ``validation``
