@@ -61,3 +61,9 @@ def test_whole_test_split_figures_agree_with_the_first_1000_and_the_readme():
     half, one = whole['0.5']['accuracy'], whole['1.0']['accuracy']
     assert (f'{100 * half:.1f}% at s = 1/2 against {100 * one:.1f}% at s = 1,\n  {100 * (one - half):.1f} points'
             in readme)
+    # the ends of [1/sqrt2, 2] on whole splits, and the largest gap the README states for them
+    low, high = whole[str(2 ** -0.5)]['accuracy'], whole['2.0']['accuracy']
+    gap = max(one - low, one - high)
+    assert (f'{100 * low:.1f}% at s = 1/sqrt2 and {100 * high:.1f}% at s = 2 against {100 * one:.1f}% at s = 1,\n'
+            f'  within {100 * gap:.1f} points' in readme)
+    assert gap < 0.03  # the paper's shape: within 3 points of s = 1 over [1/sqrt2, 2]

@@ -17,7 +17,8 @@
 #   5. the committed checkpoint: 2's weights, with the measured accuracies in its card
 #   6. its scale channels at s = 1/2 (../rescaled_fashion_mnist_cpu/finest_channels.py), and the
 #      figures of what it sees
-#   7. the committed checkpoint on all 10,000 test images at s = 1/2 and 1 (full_test.py, ~30 minutes)
+#   7. the committed checkpoint on all 10,000 test images at s = 1/2, 1/sqrt2, 1 and 2 (full_test.py,
+#      about 8 minutes per size factor)
 # Training steps resume after an interruption (rerun this script).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -84,4 +85,4 @@ python recipes/visualize.py --model local-dir:$CKPT --image $OUT/figures/input_t
   --output_dir $OUT/figures
 
 # the s = 1/2 gap on whole test splits, not only their first 1000 images
-python $OUT/full_test.py --model $CKPT --output $OUT/full_test.json
+python $OUT/full_test.py --model $CKPT --output $OUT/full_test.json --size_factors 0.5 0.707 1 2
