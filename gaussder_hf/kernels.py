@@ -875,10 +875,11 @@ def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
 # are memory-bound near 35-50 ns), conv with the taps at depthwise speed. Alone, banded beat
 # dense from side 192 for T = 16 (sigma <= 2), 256 for T = 32 (sigma 6) and 512 for T = 88
 # (sigma 16). Inside a GD layer (benchmarks/size_scaling.py, 24 and 64 channels) banded won at
-# 256 for T = 16 but lost at 256 for T = 32 and at 512 for T = 88 (its output was then a strided
-# view the mixing convolution copied; since it is contiguous, banded ties or wins at 256 for
-# T = 32, not re-fitted): the rule is banded from shortest side >= 128 + 5 T (T = 16:
-# 208, 32: 288, 88: 568), dense below. Conv alone was as fast as banded for narrow kernels, but
+# 256 for T = 16 but lost at 256 for T = 32 and at 512 for T = 88 while its output was a strided
+# view the mixing convolution copied. With a contiguous output (24 and 64 channels, 160..288 px):
+# banded ties dense at 160 px and wins from 192 for T = 16, ties at 192, wins at 256 and is
+# mixed at 224 for T = 32; for T = 88 dense still wins at 512. The rule is banded from shortest side >= 96 + 5 T
+# (T = 16: 176, 32: 256, 88: 536), dense below. Conv alone was as fast as banded for narrow kernels, but
 # in the layer it pays the layout passes around the mixing convolution and lost to banded at
 # every side 256..2048, so the cost model no longer picks it (smoothing_method('conv') does).
 # With more than one thread the crossover moves up (see _banded_threshold): the GEMMs of both
@@ -888,7 +889,7 @@ def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
 # threads (24 channels): dense won at 384 px for every sigma, the two tied at 512 px for T <= 32
 # and dense won there for T = 88; banded won at 1024 px for every T up to 88. Rule with two or
 # more threads: banded from 448 + 4 T (T = 16: 512, 32: 576, 88: 800).
-_BANDED_BASE_SIDE = {1: 128, 2: 448}
+_BANDED_BASE_SIDE = {1: 96, 2: 448}
 _BANDED_SIDE_PER_TILE = {1: 5, 2: 4}
 
 
@@ -900,7 +901,7 @@ def _intra_op_threads() -> int:
 
 def _banded_threshold(tile: int) -> int:
     """Returns the shortest image side from which the cost model takes ``'banded'`` over ``'dense'``:
-    ``128 + 5 T`` with one intra-op thread, ``448 + 4 T`` with more (measured with two)."""
+    ``96 + 5 T`` with one intra-op thread, ``448 + 4 T`` with more (measured with two)."""
     threads = min(_intra_op_threads(), 2)
     return _BANDED_BASE_SIDE[threads] + _BANDED_SIDE_PER_TILE[threads] * tile
 

@@ -123,6 +123,13 @@ def test_the_cost_model_waits_for_larger_images_with_more_threads():
     try:
         torch.set_num_threads(1)
         assert kernels.chosen_smoothing_method(0.7, 0.01, (384, 384)) == 'banded'
+        # one thread, measured in the layer: banded won from 192 px for sigma <= 2 (16-sample tiles),
+        # from 224 for sigma 6 (32), and lost at 512 for sigma 16 (88); dense won at 128 px
+        assert kernels.chosen_smoothing_method(2.0, 0.01, (128, 128)) == 'dense'
+        assert kernels.chosen_smoothing_method(2.0, 0.01, (192, 192)) == 'banded'
+        assert kernels.chosen_smoothing_method(6.0, 0.01, (160, 160)) == 'dense'
+        assert kernels.chosen_smoothing_method(6.0, 0.01, (256, 256)) == 'banded'
+        assert kernels.chosen_smoothing_method(16.0, 0.01, (512, 512)) == 'dense'
         torch.set_num_threads(2)
         assert kernels.chosen_smoothing_method(0.7, 0.01, (384, 384)) == 'dense'
         assert kernels.chosen_smoothing_method(16.0, 0.01, (512, 512)) == 'dense'
