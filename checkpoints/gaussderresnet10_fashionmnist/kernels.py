@@ -886,10 +886,12 @@ def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
 # methods scale with the threads, but banded's element-wise passes (the mirror extension, the
 # zero tail of the gradient, the folds of the adjoint) each pay a parallel region, and on a loaded
 # machine the second thread of a region is often descheduled. Measured in the layer with two
-# threads (24 channels): dense won at 384 px for every sigma, the two tied at 512 px for T <= 32
-# and dense won there for T = 88; banded won at 1024 px for every T up to 88. Rule with two or
-# more threads: banded from 448 + 4 T (T = 16: 512, 32: 576, 88: 800).
-_BANDED_BASE_SIDE = {1: 96, 2: 448}
+# threads (24 channels), with the strided output: dense won at 384 px for every sigma, the two
+# tied at 512 px for T <= 32. With the contiguous output, in two runs: banded won from 384 px
+# for T = 16 (by 1.3-1.5x in the second), at 448-512 for T = 32 and at 768 for T = 88, where
+# dense still won at 448-512. Rule with two or more threads: banded from 320 + 4 T (T = 16:
+# 384, 32: 448, 88: 672).
+_BANDED_BASE_SIDE = {1: 96, 2: 320}
 _BANDED_SIDE_PER_TILE = {1: 5, 2: 4}
 
 
@@ -901,7 +903,7 @@ def _intra_op_threads() -> int:
 
 def _banded_threshold(tile: int) -> int:
     """Returns the shortest image side from which the cost model takes ``'banded'`` over ``'dense'``:
-    ``96 + 5 T`` with one intra-op thread, ``448 + 4 T`` with more (measured with two)."""
+    ``96 + 5 T`` with one intra-op thread, ``320 + 4 T`` with more (measured with two)."""
     threads = min(_intra_op_threads(), 2)
     return _BANDED_BASE_SIDE[threads] + _BANDED_SIDE_PER_TILE[threads] * tile
 
