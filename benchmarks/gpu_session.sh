@@ -2,13 +2,13 @@
 # The GPU checks (CUDA = CPU, speed, memory, largest batch, compile and bf16) and chunks of the
 # paper-preset Fashion-MNIST run, one step per call so that each fits a 10-minute command.
 # Usage: bash benchmarks/gpu_session.sh STEP [extra args for that step's script]
-#   STEP: agreement | layer | model | maxbatch | compile | train | fetch
+#   STEP: agreement | tf32 | layer | model | maxbatch | compile | train | fetch
 # Output goes to the terminal and to ${OUT:-benchmarks/gpu_logs}/STEP.txt.
 # Packages the GPU image lacks (datasets, and the transformers/timm versions pyproject.toml
 # pins) travel as wheels in .whl/ (see benchmarks/README.md, "On a GPU"); Fashion-MNIST's four
 # .gz files travel in .data/fashion-mnist/.
 set -euo pipefail
-step=${1:?usage: bash benchmarks/gpu_session.sh agreement|layer|model|maxbatch|compile|train|fetch [args]}
+step=${1:?usage: bash benchmarks/gpu_session.sh agreement|tf32|layer|model|maxbatch|compile|train|fetch [args]}
 shift
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -33,6 +33,7 @@ if [ "$step" = fetch ]; then
 fi
 case "$step" in
   agreement) command=(python3 "$here/device_agreement.py" --device cuda) ;;
+  tf32)      command=(python3 -m pytest -q -p no:cacheprovider "$root/tests/test_tf32_guard.py") ;;  # the GPU-only test runs
   layer)     command=(python3 "$here/layer_speed.py" --device cuda --repeats 11) ;;
   model)     command=(python3 "$here/model_speed.py" --device cuda --batch 16 --mem-batch 4) ;;
   maxbatch)  command=(python3 "$here/max_batch.py" --device cuda) ;;
@@ -43,7 +44,7 @@ case "$step" in
                       --config "$root/recipes/configs/rescaled_fashion_mnist.yaml" --resume
                       "data_dir=$root/.data/fashion-mnist" "output_dir=$run_dir"
                       save_every=250) ;;
-  *) echo "unknown step '$step' (expected agreement, layer, model, maxbatch, compile, train or fetch)" >&2; exit 2 ;;
+  *) echo "unknown step '$step' (expected agreement, tf32, layer, model, maxbatch, compile, train or fetch)" >&2; exit 2 ;;
 esac
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; } | tee "$logs/$step.txt"
 "${command[@]}" "$@" 2>&1 | tee -a "$logs/$step.txt"
