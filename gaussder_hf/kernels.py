@@ -878,10 +878,11 @@ def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
 # 256 for T = 16 but lost at 256 for T = 32 and at 512 for T = 88 while its output was a strided
 # view the mixing convolution copied. With a contiguous output (24 and 64 channels, 160..288 px):
 # banded ties dense at 160 px and wins from 192 for T = 16, ties at 192, wins at 256 and is
-# mixed at 224 for T = 32; for T = 88 dense still wins at 512. The rule is banded from shortest side >= 96 + 5 T
-# (T = 16: 176, 32: 256, 88: 536), dense below. Conv alone was as fast as banded for narrow kernels, but
-# in the layer it pays the layout passes around the mixing convolution and lost to banded at
-# every side 256..2048, so the cost model no longer picks it (smoothing_method('conv') does).
+# mixed at 224 for T = 32; for T = 88 dense still wins at 512. The rule is banded from shortest
+# side >= 96 + 5 T (T = 16: 176, 32: 256, 88: 536), dense below. Conv alone was as fast as
+# banded for narrow kernels, but in the layer it pays the layout passes around the mixing
+# convolution and lost to banded at every side 256..2048, so the cost model no longer picks it
+# (smoothing_method('conv') does).
 # With more than one thread the crossover moves up (see _banded_threshold): the GEMMs of both
 # methods scale with the threads, but banded's element-wise passes (the mirror extension, the
 # zero tail of the gradient, the folds of the adjoint) each pay a parallel region, and on a loaded

@@ -208,7 +208,7 @@ def evaluate_models(
         split: str = 'test',
         size_factors: list[float] | None = None,
 ) -> dict:
-    """Evaluates every model on the nine rescaled test splits of ``dataset``; returns the evaluation.json dict.
+    """Evaluates every model on the rescaled test splits of ``dataset``; returns the evaluation.json dict.
 
     Args:
         models: model specs ``[LABEL=]SPEC`` (see the module docstring).
@@ -235,6 +235,8 @@ def evaluate_models(
     if not models:
         raise ValueError('no model given')
     if size_factors is not None:  # fail on a bad size factor before building any data
+        if not size_factors:
+            raise ValueError('size_factors is empty: give at least one size factor, or None for all nine')
         size_factors = [benchmark_size_factor(s) for s in size_factors]
     specs = [parse_model_spec(m) for m in models]  # fail on a bad spec before building any data
     labels = [spec.label for spec in specs]

@@ -137,6 +137,7 @@ def test_size_factors_evaluate_those_splits_only(run, tmp_path, capsys):
     (['0.6'], "size factor 0.6 is not one of"),
     (['3'], "size factor 3.0 is not one of"),
     (['-1'], 'positive finite number, got -1.0'),
+    ([], 'size_factors is empty'),
 ])
 def test_a_size_factor_without_a_split_is_refused_before_any_data(tmp_path, size_factors, message):
     with pytest.raises(ValueError, match=message):
