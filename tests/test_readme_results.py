@@ -67,3 +67,8 @@ def test_whole_test_split_figures_agree_with_the_first_1000_and_the_readme():
     assert (f'{100 * low:.1f}% at s = 1/sqrt2 and {100 * high:.1f}% at s = 2 against {100 * one:.1f}% at s = 1,\n'
             f'  within {100 * gap:.1f} points' in readme)
     assert gap < 0.03  # the paper's shape: within 3 points of s = 1 over [1/sqrt2, 2]
+    # the committed checkpoint's card states the same whole-split figures
+    card = (ROOT / 'checkpoints' / 'gaussderresnet10_fashionmnist' / 'README.md').read_text()
+    stated = card[card.index('on all 10,000 test images'):]
+    for s, entry in whole.items():
+        assert f's = {float(s):.3g}: {100 * entry["accuracy"]:.1f}%' in stated, s
