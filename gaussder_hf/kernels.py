@@ -727,11 +727,8 @@ def _banded_extend(x: torch.Tensor, spatial_dims: int, extension: int, pad: int,
     return x
 
 
-def _banded_forward(x: torch.Tensor, band: torch.Tensor, spatial_dims: int, extension: int, pad: int,
-                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+def _banded_forward(x: torch.Tensor, band: torch.Tensor, spatial_dims: int, extension: int, pad: int) -> torch.Tensor:
     """Smoothing along the trailing ``spatial_dims`` axes of ``x`` then mirror extension by ``pad``; no autograd.
-
-    The result is a new tensor in ``memory_format`` (one copy out of the extended buffer either way).
 
     All axes are extended at once (:func:`_banded_extend`); the products along one axis run over the
     whole extended length of the others (smoothing an axis commutes with extending another), so
@@ -748,7 +745,7 @@ def _banded_forward(x: torch.Tensor, band: torch.Tensor, spatial_dims: int, exte
     # extended buffer is freed at once instead of living until the backward.
     for dim, size in enumerate(spatial, start=x.ndim - spatial_dims):
         y = y.narrow(dim, 0, size + 2 * pad)
-    return y.contiguous(memory_format=memory_format)
+    return y.contiguous()
 
 
 def _banded_adjoint(grad: torch.Tensor, band: torch.Tensor, spatial_dims: int, extension: int,
@@ -789,16 +786,16 @@ class _BandedSmoothing(torch.autograd.Function):
     adjoint, in the same GEMMs): autograd through the slices would zero-fill and add several full-size buffers."""
 
     @staticmethod
-    def forward(ctx, x, band, spatial_dims, extension, pad, memory_format=torch.contiguous_format):
+    def forward(ctx, x, band, spatial_dims, extension, pad):
         ctx.save_for_backward(band)
         ctx.geometry = (spatial_dims, extension, pad)
         with torch.autocast(x.device.type, enabled=False):
-            return _banded_forward(x, band, spatial_dims, extension, pad, memory_format)
+            return _banded_forward(x, band, spatial_dims, extension, pad)
 
     @staticmethod
     def backward(ctx, grad):
         (band,) = ctx.saved_tensors
-        return _BandedAdjoint.apply(grad, band, *ctx.geometry), None, None, None, None, None
+        return _BandedAdjoint.apply(grad, band, *ctx.geometry), None, None, None, None
 
 
 class _BandedAdjoint(torch.autograd.Function):
@@ -859,14 +856,13 @@ def _traced_banded_along(x: torch.Tensor, band: torch.Tensor, dim: int, extensio
     return y.reshape(*before, tiles * tile, *after).narrow(dim, 0, size + 2 * pad)
 
 
-def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int,
-                   memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
     """The ``'banded'`` smoothing method: block-Toeplitz GEMMs along each axis (see above)."""
     radius = (len(_kernel_taps(sigma, eps)) - 1) // 2
     band = _band_matrix(sigma, eps, _band_tile(radius), x.device, x.dtype)
     compiling = torch.compiler.is_compiling()
     if not compiling:
-        return _BandedSmoothing.apply(x, band, spatial_dims, radius + pad, pad, memory_format)
+        return _BandedSmoothing.apply(x, band, spatial_dims, radius + pad, pad)
     for dim in range(x.ndim - spatial_dims, x.ndim):
         x = _traced_banded_along(x, band, dim, radius + pad, pad)
     return x
@@ -958,25 +954,14 @@ def uses_conv_smoothing(sigma: float, eps: float, spatial_shape: Sequence[int]) 
     return chosen_smoothing_method(sigma, eps, spatial_shape) == 'conv'
 
 
-def _smooth_padded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int,
-                   channels_last: bool = False) -> torch.Tensor:
-    """Returns ``x`` smoothed along its trailing ``spatial_dims`` dims and mirror-extended by ``pad``.
-
-    ``channels_last``: hand over a ``(B, C, H, W)`` or ``(B, C, D, H, W)`` result (other than
-    float64) channels-last, the layout the convolutions of a GD layer run fastest on: measured in
-    the layer, forward + backward, one thread, 0.64-0.83x the time at 64-192 px (dense) and
-    0.63-0.88x at 512-2048 px (banded), whose own output copy then writes that layout directly.
-    """
+def _smooth_padded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
+    """Returns ``x`` smoothed along its trailing ``spatial_dims`` dims and mirror-extended by ``pad``."""
     method = _method_for(sigma, eps, x.shape[x.ndim - spatial_dims:]) if x.numel() > 0 else 'dense'
     if method == 'conv':
         return _smooth_conv(x, sigma, eps, spatial_dims, pad)
-    layout = (_CHANNELS_LAST[spatial_dims] if channels_last and x.ndim == spatial_dims + 2
-              and spatial_dims in _CHANNELS_LAST and x.dtype != torch.float64 else torch.contiguous_format)
     if method == 'banded':
-        y = _smooth_banded(x, sigma, eps, spatial_dims, pad, layout)
-    else:
-        y = _smooth_dense(x, sigma, eps, spatial_dims, pad)
-    return y.contiguous(memory_format=layout) if layout is not torch.contiguous_format else y
+        return _smooth_banded(x, sigma, eps, spatial_dims, pad)
+    return _smooth_dense(x, sigma, eps, spatial_dims, pad)
 
 
 def gaussian_smooth(
@@ -986,7 +971,6 @@ def gaussian_smooth(
         spatial_dims: int | None = None,
         *,
         pad: int = 0,
-        channels_last: bool = False,
 ) -> torch.Tensor:
     """Returns ``x`` smoothed separably with the discrete Gaussian along its trailing spatial dims.
 
@@ -1001,8 +985,6 @@ def gaussian_smooth(
         pad: also mirror-extend the smoothed result by ``pad`` samples on both sides of every
             spatial dimension (what the difference stencils of a GD layer need, see
             :func:`stencil_radius`); this costs no extra pass over the data.
-        channels_last: return a ``(B, C, *spatial)`` result with 2 or 3 spatial dims (not
-            float64) channels-last, for convolutions that consume it (a GD layer's mix).
 
     Returns:
         Tensor ``(..., *(n + 2 pad for n in spatial))``. On the ``'conv'`` path it may be
@@ -1010,7 +992,7 @@ def gaussian_smooth(
     """
     spatial_dims = _check_signal(x, spatial_dims)
     sigma, eps = check_sigma(sigma), check_eps(eps)
-    return _smooth_padded(x, sigma, eps, spatial_dims, _check_pad(pad), bool(channels_last))
+    return _smooth_padded(x, sigma, eps, spatial_dims, _check_pad(pad))
 
 
 def separable_filters(one_d: Sequence[torch.Tensor], alphas: Sequence[Sequence[int]]) -> torch.Tensor:

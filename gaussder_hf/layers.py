@@ -152,14 +152,9 @@ class _GaussDerBase(nn.Module):
             jet = self.jet(x.float(), sigma)
         return jet.flatten(1, 2)
 
-    def smoothed(self, x: torch.Tensor, sigma: float, channels_last: bool = False) -> torch.Tensor:
-        """Returns ``T_sigma * x`` mirror-extended by the radius of the difference stencils.
-
-        ``channels_last``: in the layout the convolution that consumes it runs fastest on
-        (:func:`~gaussder_hf.kernels.gaussian_smooth`).
-        """
-        return gaussian_smooth(x, sigma, self.eps, self.spatial_dims, pad=stencil_radius(self.jet_order),
-                               channels_last=channels_last)
+    def smoothed(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Returns ``T_sigma * x`` mirror-extended by the radius of the difference stencils."""
+        return gaussian_smooth(x, sigma, self.eps, self.spatial_dims, pad=stencil_radius(self.jet_order))
 
     def difference_filters(self, weight: torch.Tensor) -> torch.Tensor:
         """Returns ``sum_alpha weight[..., alpha] delta^alpha`` as small filters, shape ``(*lead, *K)``.
@@ -252,10 +247,9 @@ class GaussDerConv(_GaussDerBase):
             out = conv_nd(self.spatial_dims)(self.float32_jet(x, sigma), weight, self.bias)
             return out.contiguous(memory_format=_memory_format(x))
         weight = self.mixing_weight(sigma).view(self.out_channels, self.in_channels, self.jet_size)
-        out = conv_nd(self.spatial_dims)(self.smoothed(x, sigma, channels_last=True),
-                                         self.difference_filters(weight), self.bias)
-        # The smoothing hands over channels-last maps: oneDNN's convolution runs faster on them, in
-        # its forward and backward, by more than the copy costs. The output keeps the input's layout.
+        out = conv_nd(self.spatial_dims)(self.smoothed(x, sigma), self.difference_filters(weight), self.bias)
+        # The convolutional smoothing hands over channels-last maps (faster for both convolutions);
+        # the output keeps the layout of the input.
         return out.contiguous(memory_format=_memory_format(x))
 
     def composed_kernel(self, sigma: float) -> torch.Tensor:
@@ -326,9 +320,7 @@ class DSGaussDerConv(_GaussDerBase):
     def _depthwise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         depthwise = self.depthwise_weight * self.jet_factors(sigma, x.device, self.depthwise_weight.dtype)
         filters = self.difference_filters(depthwise).unsqueeze(1)  # (C_in, 1, *K)
-        # Channels-last smoothed maps: the depthwise convolution and its backward run faster on them,
-        # even counting the copy the pointwise GEMM's reshape then makes.
-        return conv_nd(self.spatial_dims)(self.smoothed(x, sigma, channels_last=True), filters, groups=self.in_channels)
+        return conv_nd(self.spatial_dims)(self.smoothed(x, sigma), filters, groups=self.in_channels)
 
     def composed_kernel(self, sigma: float) -> torch.Tensor:
         """Returns the dense filter of the layer at ``sigma``, shape ``(C_out, C_in, *K)``."""

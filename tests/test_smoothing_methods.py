@@ -258,34 +258,3 @@ def test_operator_cache_is_bounded_by_its_byte_budget():
     for bad in (-1, 1.5, '1GB', True):
         with pytest.raises(ValueError, match='budget_bytes'):
             set_operator_cache_budget(bad)
-
-
-@pytest.mark.parametrize('method', ['dense', 'banded'])
-@pytest.mark.parametrize('shape, layout', [((2, 3, 17, 21), torch.channels_last),
-                                           ((1, 2, 9, 11, 13), torch.channels_last_3d)])
-def test_channels_last_handover_is_the_same_smoothing_in_the_convolutions_layout(method, shape, layout):
-    # Values against numpy's reflect-and-convolve (float32 tolerance), and value for value the
-    # plain-layout result; the gradient through the handover equals the plain one's.
-    spatial_dims = len(shape) - 2
-    source = torch.rand(*shape, dtype=torch.float64)
-    expected = torch.from_numpy(_numpy_smooth(source.numpy(), 1.7, 0.01, spatial_dims, 1))
-    x = source.float().requires_grad_()
-    with smoothing_method(method):
-        plain = gaussian_smooth(x, 1.7, pad=1)
-        handed = gaussian_smooth(x, 1.7, pad=1, channels_last=True)
-        assert handed.is_contiguous(memory_format=layout) and not plain.is_contiguous(memory_format=layout)
-        torch.testing.assert_close(handed.double(), expected, rtol=0, atol=2e-6)
-        assert torch.equal(handed, plain)
-        weights = torch.rand_like(plain)
-        grad_plain, = torch.autograd.grad((plain * weights).sum(), x)
-        grad_handed, = torch.autograd.grad((handed * weights).sum(), x)
-    torch.testing.assert_close(grad_handed, grad_plain, rtol=1e-6, atol=1e-6)
-
-
-def test_channels_last_is_not_asked_of_what_it_does_not_fit():
-    # float64 has no oneDNN convolutions, and a (C, H, W) signal has no channels-last layout
-    for x in (torch.rand(1, 2, 20, 20, dtype=torch.float64), torch.rand(2, 20, 20)):
-        for method in ('dense', 'banded'):
-            with smoothing_method(method):
-                y = gaussian_smooth(x, 1.0, spatial_dims=2, pad=1, channels_last=True)
-            assert y.is_contiguous(), (x.shape, x.dtype, method)
