@@ -5,10 +5,10 @@ derivatives of its input channels. The weights do not depend on the scale: ``sig
 per call, so one layer serves every scale channel of a multi-scale-channel network.
 
 Efficient form (used in ``forward``): one separable discrete Gaussian smoothing per input
-channel (a depthwise convolution with the 1-D kernel along each axis of the mirror-extended
-input on large images, a dense matrix product per axis with the extension folded in on small
-ones: see :mod:`gaussder_hf.kernels`), then the central differences and the channel mix together as
-one small convolution of the smoothed input: ``sum_alpha w[j, i, alpha] delta^alpha`` is a
+channel (a dense matrix product per axis with the extension folded in on small images,
+block-Toeplitz GEMMs on tiles of the mirror-extended input on large ones: see
+:mod:`gaussder_hf.kernels`), then the central differences and the channel mix together as one
+small convolution of the smoothed input: ``sum_alpha w[j, i, alpha] delta^alpha`` is a
 3x3 filter in 2-D (5x5 for jet_order 3). The jet ``(B, C_in, J, H, W)`` is never materialised,
 which on CPU costs less than the 1x1 mix over ``C_in * J`` channels alone. The dense form (one
 convolution with the composed kernel, whose size grows with sigma) is kept only as a
