@@ -27,6 +27,7 @@ from .rescaling import SIZE_FACTORS, benchmark_size_factor, size_factor_name
 
 __all__ = [
     'ScaleSelection', 'scale_selection', 'evaluate', 'rescaled_test_splits', 'evaluation_transform',
+    'check_size_factors',
     'evaluate_size_factors',
     'selection_histogram', 'plot_scale_generalisation', 'plot_scale_selection', 'format_table', 'write_evaluation',
 ]
@@ -157,6 +158,19 @@ def evaluation_transform(pipeline: InputPipeline):
     return transform
 
 
+def check_size_factors(size_factors: Sequence[float] | None) -> list[float]:
+    """Returns the members of :data:`SIZE_FACTORS` that ``size_factors`` names, sorted (``None``: all nine).
+
+    Raises ValueError for an empty sequence or a value that is none of them
+    (:func:`~gaussder_hf.rescaling.benchmark_size_factor`).
+    """
+    if size_factors is None:
+        return list(SIZE_FACTORS)
+    if not size_factors:
+        raise ValueError('size_factors is empty: give at least one size factor, or None for all nine')
+    return sorted({benchmark_size_factor(s) for s in size_factors})
+
+
 def evaluate_size_factors(
         model: torch.nn.Module,
         splits: Mapping[float, object],
@@ -187,14 +201,11 @@ def evaluate_size_factors(
         label: the model's name in the progress bar and in error messages.
         progress: show a progress bar (on the local main process).
         size_factors: the size factors to evaluate, each one of :data:`SIZE_FACTORS` (up to
-            rounding, :func:`~gaussder_hf.rescaling.benchmark_size_factor`); ``None``: all nine.
+            rounding, :func:`check_size_factors`); ``None``: all nine.
     """
     from tqdm.auto import tqdm
 
-    factors = list(SIZE_FACTORS) if size_factors is None else sorted(
-        {benchmark_size_factor(s) for s in size_factors})
-    if not factors:
-        raise ValueError('size_factors is empty: give at least one size factor, or None for all nine')
+    factors = check_size_factors(size_factors)
     missing = [s for s in factors if s not in splits]
     if missing:
         raise ValueError(f'no test split for size factor(s) {missing} among {sorted(splits)}')

@@ -62,7 +62,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 
 import gaussder_hf  # registers the GaussDerResNets with timm and the rescaled datasets with load_dataset
-from gaussder_hf.analysis import evaluate_size_factors, rescaled_test_splits, write_evaluation
+from gaussder_hf.analysis import check_size_factors, evaluate_size_factors, rescaled_test_splits, write_evaluation
 from gaussder_hf.data.sample import (
     DATA_DIR_ENV,
     FASHION_MNIST_SAMPLE_SIZE,
@@ -72,7 +72,7 @@ from gaussder_hf.data.sample import (
 )
 from gaussder_hf.data.sources import FASHION_MNIST_DEBIAN_DIR
 from gaussder_hf.input_pipeline import image_channels
-from gaussder_hf.rescaling import RESCALED_SPLITS, benchmark_size_factor
+from gaussder_hf.rescaling import RESCALED_SPLITS
 
 __all__ = ['ModelSpec', 'parse_model_spec', 'evaluate_models', 'write_evaluation', 'main']
 
@@ -235,9 +235,7 @@ def evaluate_models(
     if not models:
         raise ValueError('no model given')
     if size_factors is not None:  # fail on a bad size factor before building any data
-        if not size_factors:
-            raise ValueError('size_factors is empty: give at least one size factor, or None for all nine')
-        size_factors = [benchmark_size_factor(s) for s in size_factors]
+        size_factors = check_size_factors(size_factors)
     specs = [parse_model_spec(m) for m in models]  # fail on a bad spec before building any data
     labels = [spec.label for spec in specs]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
