@@ -6,9 +6,10 @@ This module is the bottom of the import graph: it depends on torch, numpy and sc
 Smoothing has three exact implementations, chosen per call by a cost model measured on a CPU
 (``benchmarks/smoothing_cost.py``, ``benchmarks/size_scaling.py``, ``benchmarks/README.md``):
 
-* ``'banded'``: the mirror-extended axis is cut into tiles of ``T >= 2 N`` samples and every
-  output tile is two ``T x T`` band-matrix products of the input tiles it overlaps, all tiles in
-  one GEMM: about ``2 T`` multiply-adds per sample at matrix-product speed, whatever the side.
+* ``'banded'``: the mirror-extended axis is cut into tiles of ``T`` samples and every output
+  tile is ``m`` ``T x T`` band-matrix products of the input tiles it overlaps (two tiles of
+  ``T >= 2 N``, or three of 16 samples where that is cheaper), all tiles in one GEMM: ``m T``
+  multiply-adds per sample at matrix-product speed, whatever the side.
 * ``'conv'``: the input is mirror-extended (:func:`reflect_index`, repeated reflection for
   kernels wider than the image) and convolved depthwise with the truncated 1-D kernel along
   each axis. Its cost per pixel grows with the kernel's support, not with the image side; in
@@ -617,94 +618,123 @@ def _smooth_conv(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, p
 
 
 # The 'banded' method: block-Toeplitz GEMMs. Along one axis the signal mirror-extended by
-# e = radius + pad is cut into tiles of T >= 2 radius samples (continued by reflection after its
-# end, up to a whole number of output tiles plus one). Output tile t needs input tiles t and t + 1 only, so
-# y_t = X_t @ A + X_{t+1} @ B with the two T x T band matrices [A | B] of the 1-D kernel: 2 T
-# multiply-adds per sample at GEMM speed, whatever the image side (dense: side per sample;
-# conv: taps per sample at depthwise-convolution speed). All axes are extended in one pass first
-# and each axis's products then run over the extended length of the others.
+# e = radius + pad is cut into tiles of T samples (continued by reflection after its end, up to a
+# whole number of output tiles plus m - 1). Output tile t needs the m = 1 + ceil(2 radius / T)
+# input tiles t .. t + m - 1, so y_t = sum_j X_{t+j} @ W_j with the m T x T band matrices
+# [W_0 | ... | W_{m-1}] of the 1-D kernel: K = m T multiply-adds per sample at GEMM speed,
+# whatever the image side (dense: side per sample; conv: taps per sample at depthwise-convolution
+# speed). All axes are extended in one pass first and each axis's products then run over the
+# extended length of the others.
 _BAND_MIN_TILE = 16  # tiles narrower than this leave the GEMMs too small to run at BLAS speed
 
 
-def _band_tile(radius: int) -> int:
-    """Returns the tile length T: at least 2 radius and ``_BAND_MIN_TILE``, a multiple of 8 (SIMD width)."""
-    return -(-max(2 * radius, _BAND_MIN_TILE) // 8) * 8
+def _band_layout(radius: int) -> tuple[int, int]:
+    """Returns ``(T, m)``, the tile length and the tiles each output tile reads.
+
+    Two tiles of ``T >= 2 radius`` (a multiple of 8, the SIMD width, at least ``_BAND_MIN_TILE``),
+    or three 16-sample tiles where that needs fewer multiply-adds: radii 13..16 (sigma about
+    4.6..6), K = 48 instead of 64. Measured in the GD layer (benchmarks/README.md, "Three tiles
+    for sigma 6"): three tiles took 0.70-0.98x the time of two at sigma 6 and 256-512 px (tied
+    at 1024-2048, where both are memory-bound), but tied or lost where they only matched K
+    (sigma 3.5-4) or where more or longer tiles were needed (sigma 8: 0.91-1.11x, sigma 16 with
+    three 48-sample tiles or seven 16-sample ones: 1.06-1.16x), so nothing else uses them.
+    """
+    two = (-(-max(2 * radius, _BAND_MIN_TILE) // 8) * 8, 2)
+    three = (_BAND_MIN_TILE, 3)
+    if 2 * radius <= 2 * _BAND_MIN_TILE and three[0] * three[1] < two[0] * two[1]:
+        return three
+    return two
 
 
-def _band_matrix_np(sigma: float, eps: float, tile: int) -> np.ndarray:
+def _band_matrix_np(sigma: float, eps: float, tile: int, span: int) -> np.ndarray:
     kernel = _kernel_np(sigma, eps)
-    # window[q, j] = kernel[q - j]: output j of a tile from the 2 T samples of tiles t and t + 1.
-    window = np.zeros((2 * tile, tile))
+    # window[q, j] = kernel[q - j]: output j of a tile from the span T samples of tiles t .. t + m - 1.
+    window = np.zeros((span * tile, tile))
     for j in range(tile):
         window[j:j + len(kernel), j] = kernel
-    return np.concatenate([window[:tile], window[tile:]], axis=1)  # [A | B], (T, 2 T)
+    return np.concatenate(np.split(window, span, axis=0), axis=1)  # [W_0 | ... | W_{m-1}], (T, m T)
 
 
-def _traced_band_matrix(sigma: float, eps: float, tile: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _traced_band_matrix(sigma: float, eps: float, tile: int, span: int, device: torch.device,
+                        dtype: torch.dtype) -> torch.Tensor:
     """:func:`_band_matrix_np` in torch operations, for traced code."""
     taps = torch.tensor(_kernel_taps(sigma, eps), device=device, dtype=torch.float64)
-    offset = torch.arange(2 * tile, device=device)[:, None] - torch.arange(tile, device=device)[None, :]
+    offset = torch.arange(span * tile, device=device)[:, None] - torch.arange(tile, device=device)[None, :]
     inside = (offset >= 0) & (offset < taps.shape[0])
     window = torch.where(inside, taps[offset.clamp(0, taps.shape[0] - 1)], torch.zeros((), dtype=torch.float64,
                                                                                       device=device))
-    return torch.cat([window[:tile], window[tile:]], dim=1).to(dtype)
+    return torch.cat(window.split(tile, dim=0), dim=1).to(dtype)
 
 
-def _band_matrix(sigma: float, eps: float, tile: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Returns ``[A | B]``, the ``(T, 2 T)`` band matrices of the ``'banded'`` method."""
+def _band_matrix(sigma: float, eps: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Returns ``[W_0 | ... | W_{m-1}]``, the ``(T, m T)`` band matrices of the ``'banded'`` method."""
+    tile, span = _band_layout((len(_kernel_taps(sigma, eps)) - 1) // 2)
     if torch.compiler.is_compiling():
-        return _traced_band_matrix(sigma, eps, tile, device, dtype)
-    return _CACHE.get(('band', sigma, eps, tile, device, dtype),
-                      lambda: _constant(_band_matrix_np(sigma, eps, tile), device, dtype))
+        return _traced_band_matrix(sigma, eps, tile, span, device, dtype)
+    return _CACHE.get(('band', sigma, eps, tile, span, device, dtype),
+                      lambda: _constant(_band_matrix_np(sigma, eps, tile, span), device, dtype))
 
 
-def _band_geometry(size: int, tile: int, pad: int) -> tuple[int, int]:
-    """Returns (output tiles, extended length): ``size + 2 pad`` outputs in whole tiles, plus one input tile."""
+def _band_geometry(size: int, band: torch.Tensor, pad: int) -> tuple[int, int]:
+    """Returns (output tiles, extended length): ``size + 2 pad`` outputs in whole tiles, plus the
+    ``m - 1`` input tiles the last of them reads."""
+    tile = band.shape[0]
     tiles = -(-(size + 2 * pad) // tile)
-    return tiles, (tiles + 1) * tile
+    return tiles, (tiles + band.shape[1] // tile - 1) * tile
 
 
 def _band_products(extended: torch.Tensor, band: torch.Tensor, dim: int, adjoint: bool) -> torch.Tensor:
     """The tile products of an extended axis (contiguous, a whole number of tiles) into a new tensor.
 
-    Forward: ``y_t = X_t @ A + X_{t+1} @ B`` (the last tile of every line is left as garbage).
-    Adjoint: ``g_t = G_t @ A^T + G_{t-1} @ B^T`` (G's last tile of every line must be zero).
-    The tiles of all lines are rows of one matrix, so along the last axis each half is a single
-    GEMM; along the others, one batched GEMM over pairs of adjacent ``(T, after)`` blocks does
-    both halves at once. No transposes, no copies of the input.
+    Forward: ``y_t = sum_j X_{t+j} @ W_j`` (the last ``m - 1`` tiles of every line are left as garbage).
+    Adjoint: ``g_t = sum_j G_{t-j} @ W_j^T`` (G's last ``m - 1`` tiles of every line must be zero).
+    The tiles of all lines are rows of one matrix, so along the last axis each band matrix is a
+    single GEMM; along the others, one batched GEMM over windows of ``m`` adjacent ``(T, after)``
+    blocks does all of them at once. No transposes, no copies of the input.
     """
     tile = band.shape[0]
-    first, second = band[:, :tile], band[:, tile:]
+    span = band.shape[1] // tile
+    blocks = band.split(tile, dim=1)
     out = torch.empty_like(extended)
     if dim == extended.ndim - 1:
         rows, result = extended.view(-1, tile), out.view(-1, tile)
+        count = rows.shape[0]
         if adjoint:
-            torch.mm(rows, first.mT, out=result)
-            result[1:].addmm_(rows[:-1], second.mT)
+            torch.mm(rows, blocks[0].mT, out=result)
+            for j in range(1, span):
+                result[j:].addmm_(rows[:count - j], blocks[j].mT)
         else:
-            torch.mm(rows[1:], second, out=result[:-1])
-            result[:-1].addmm_(rows[:-1], first)
+            written = result[:count - span + 1]
+            torch.mm(rows[span - 1:], blocks[span - 1], out=written)
+            for j in range(span - 1):
+                written.addmm_(rows[j:count - span + 1 + j], blocks[j])
         return out
-    # Other axes: tiles t and t + 1 of a line are one contiguous (2 T, after) matrix, so each output
-    # tile is a single product with K = 2 T, [A^T | B^T] @ [X_t; X_{t+1}] (adjoint: [B | A] @
-    # [G_{t-1}; G_t]), read through an overlapping strided view: one batched GEMM writes every
-    # tile once, where a product and an accumulating product pass over the output twice. The
-    # pairs run across line ends too: forward, that only writes the garbage last tile of a line;
-    # adjoint, a line's first tile pairs with the previous line's last, which is zero.
+    # Other axes: tiles t .. t + m - 1 of a line are one contiguous (m T, after) matrix, so each
+    # output tile is a single product with K = m T, [W_0^T | ... | W_{m-1}^T] @ [X_t; ...; X_{t+m-1}]
+    # (adjoint: [W_{m-1} | ... | W_0] @ [G_{t-m+1}; ...; G_t]), read through an overlapping strided
+    # view: one batched GEMM writes every tile once, where a product and accumulating products
+    # pass over the output m times. The windows run across line ends too: forward, that only
+    # writes the garbage last tiles of a line; adjoint, a line's first tiles read the previous
+    # line's last ones, which are zero.
     after = math.prod(extended.shape[dim + 1:])
     count = extended.numel() // (tile * after)
     result = out.view(count, tile, after)
-    pairs = extended.as_strided((count - 1, 2 * tile, after), (tile * after, after, 1), extended.storage_offset())
+    windows = extended.as_strided((count - span + 1, span * tile, after), (tile * after, after, 1),
+                                  extended.storage_offset())
     if adjoint:
-        torch.mm(first, extended.view(count, tile, after)[0], out=result[0])
-        weights, written = torch.cat([second, first], dim=1), result[1:]
+        weights = torch.cat(blocks[::-1], dim=1)
+        # The first m - 1 tiles of the first line have fewer than m tiles before them.
+        gradient = extended.view(count * tile, after)
+        for t in range(span - 1):
+            torch.mm(weights[:, (span - 1 - t) * tile:], gradient[:(t + 1) * tile], out=result[t])
+        written = result[span - 1:]
     else:
-        weights, written = torch.cat([first.mT, second.mT], dim=1), result[:-1]
-    torch.bmm(weights.expand(count - 1, tile, 2 * tile), pairs, out=written)
+        weights, written = torch.cat([block.mT for block in blocks], dim=1), result[:count - span + 1]
+    torch.bmm(weights.expand(count - span + 1, tile, span * tile), windows, out=written)
     return out
 
 
-def _banded_extend(x: torch.Tensor, spatial_dims: int, extension: int, pad: int, tile: int) -> torch.Tensor:
+def _banded_extend(x: torch.Tensor, spatial_dims: int, extension: int, pad: int, band: torch.Tensor) -> torch.Tensor:
     """Returns ``x`` mirror-extended by ``extension`` before every trailing spatial axis and continued
     by reflection up to the whole-tile length of :func:`_band_geometry` after it: one contiguous tensor.
 
@@ -714,7 +744,7 @@ def _banded_extend(x: torch.Tensor, spatial_dims: int, extension: int, pad: int,
     were about as many passes again, and each small one pays a parallel region that scales badly.)
     """
     spatial = x.shape[x.ndim - spatial_dims:]
-    lengths = [_band_geometry(size, tile, pad)[1] for size in spatial]
+    lengths = [_band_geometry(size, band, pad)[1] for size in spatial]
     after = [length - size - extension for size, length in zip(spatial, lengths)]
     if all(extension < size and tail < size for size, tail in zip(spatial, after)):
         # F.pad's 'reflect' is numpy's, i.e. :func:`reflect_index` (one reflection per side).
@@ -734,9 +764,8 @@ def _banded_forward(x: torch.Tensor, band: torch.Tensor, spatial_dims: int, exte
     whole extended length of the others (smoothing an axis commutes with extending another), so
     every product works on one contiguous buffer and nothing is copied between the axes.
     """
-    tile = band.shape[0]
     spatial = x.shape[x.ndim - spatial_dims:]
-    y = _banded_extend(x, spatial_dims, extension, pad, tile)
+    y = _banded_extend(x, spatial_dims, extension, pad, band)
     for dim in range(x.ndim - spatial_dims, x.ndim):
         y = _band_products(y, band, dim, adjoint=False)
     # Drop the last tile of every line and the samples past size + 2 pad, into one contiguous
@@ -751,11 +780,10 @@ def _banded_forward(x: torch.Tensor, band: torch.Tensor, spatial_dims: int, exte
 def _banded_adjoint(grad: torch.Tensor, band: torch.Tensor, spatial_dims: int, extension: int,
                     pad: int) -> torch.Tensor:
     """The adjoint of :func:`_banded_forward`: ``grad`` of its output -> gradient of its input; no autograd."""
-    tile = band.shape[0]
     spatial = [n - 2 * pad for n in grad.shape[grad.ndim - spatial_dims:]]
-    # Zeros up to the whole-tile length: the adjoint products need the last tile of every line
-    # zero. Only the tails are zeroed (F.pad would fill the whole buffer, then copy over it).
-    lengths = [_band_geometry(size, tile, pad)[1] for size in spatial]
+    # Zeros up to the whole-tile length: the adjoint products need the last m - 1 tiles of every
+    # line zero. Only the tails are zeroed (F.pad would fill the whole buffer, then copy over it).
+    lengths = [_band_geometry(size, band, pad)[1] for size in spatial]
     extended = grad.new_empty(*grad.shape[:grad.ndim - spatial_dims], *lengths)
     region = extended
     for dim, n in enumerate(grad.shape[grad.ndim - spatial_dims:], start=grad.ndim - spatial_dims):
@@ -843,23 +871,24 @@ def _traced_banded_along(x: torch.Tensor, band: torch.Tensor, dim: int, extensio
     The reflection simply continues past the extension instead of zeros: those samples only
     reach outputs beyond ``size + 2 pad``, which are cut off.
     """
-    size, tile = x.shape[dim], band.shape[0]
-    tiles, length = _band_geometry(size, tile, pad)
+    size, tile, width = x.shape[dim], band.shape[0], band.shape[1]
+    span = width // tile
+    tiles, length = _band_geometry(size, band, pad)
     extended = x.index_select(dim, _traced_band_index(size, extension, length, x.device))
     before, after = x.shape[:dim], x.shape[dim + 1:]
     if dim == x.ndim - 1:
-        z = extended.reshape(-1, tiles + 1, tile) @ band
+        z = extended.reshape(-1, tiles + span - 1, tile) @ band
     else:
         z = torch.matmul(band.mT, extended.reshape(-1, tile, math.prod(after))).view(
-            -1, tiles + 1, 2 * tile, math.prod(after))
-    y = z[:, :-1, :tile] + z[:, 1:, tile:]
+            -1, tiles + span - 1, width, math.prod(after))
+    y = sum(z[:, j:j + tiles, j * tile:(j + 1) * tile] for j in range(span))
     return y.reshape(*before, tiles * tile, *after).narrow(dim, 0, size + 2 * pad)
 
 
 def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
     """The ``'banded'`` smoothing method: block-Toeplitz GEMMs along each axis (see above)."""
     radius = (len(_kernel_taps(sigma, eps)) - 1) // 2
-    band = _band_matrix(sigma, eps, _band_tile(radius), x.device, x.dtype)
+    band = _band_matrix(sigma, eps, x.device, x.dtype)
     compiling = torch.compiler.is_compiling()
     if not compiling:
         return _BandedSmoothing.apply(x, band, spatial_dims, radius + pad, pad)
@@ -879,7 +908,9 @@ def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
 # view the mixing convolution copied. With a contiguous output (24 and 64 channels, 160..288 px):
 # banded ties dense at 160 px and wins from 192 for T = 16, ties at 192, wins at 256 and is
 # mixed at 224 for T = 32; for T = 88 dense still wins at 512. The rule is banded from shortest
-# side >= 96 + 5 T (T = 16: 176, 32: 256, 88: 536), dense below. Conv alone was as fast as
+# side >= 96 + 5 T (T = 16: 176, 32: 256, 88: 536), dense below, written per multiply-add as
+# 96 + 2.5 K with K = 2 T. Sigma 6's three 16-sample tiles (K = 48) then give 216: measured, the
+# two methods tied at 192 px and banded won from 224. Conv alone was as fast as
 # banded for narrow kernels, but in the layer it pays the layout passes around the mixing
 # convolution and lost to banded at every side 256..2048, so the cost model no longer picks it
 # (smoothing_method('conv') does).
@@ -891,9 +922,10 @@ def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
 # tied at 512 px for T <= 32. With the contiguous output, in two runs: banded won from 384 px
 # for T = 16 (by 1.3-1.5x in the second), at 448-512 for T = 32 and at 768 for T = 88, where
 # dense still won at 448-512. Rule with two or more threads: banded from 320 + 4 T (T = 16:
-# 384, 32: 448, 88: 672).
+# 384, 32: 448, 88: 672), i.e. 320 + 2 K; sigma 6 with K = 48: 416 (banded measured faster from
+# 352 px there, so the rule errs towards dense by one step).
 _BANDED_BASE_SIDE = {1: 96, 2: 320}
-_BANDED_SIDE_PER_TILE = {1: 5, 2: 4}
+_BANDED_SIDE_PER_PRODUCT_WIDTH = {1: 2.5, 2: 2.0}  # per multiply-add K = m T (K = 2 T when measured)
 
 
 @_assume_constant_result
@@ -902,11 +934,13 @@ def _intra_op_threads() -> int:
     return torch.get_num_threads()
 
 
-def _banded_threshold(tile: int) -> int:
+def _banded_threshold(radius: int) -> int:
     """Returns the shortest image side from which the cost model takes ``'banded'`` over ``'dense'``:
-    ``96 + 5 T`` with one intra-op thread, ``320 + 4 T`` with more (measured with two)."""
+    ``96 + 2.5 K`` with one intra-op thread, ``320 + 2 K`` with more (measured with two), for the
+    ``K = m T`` multiply-adds per sample of :func:`_band_layout`."""
     threads = min(_intra_op_threads(), 2)
-    return _BANDED_BASE_SIDE[threads] + _BANDED_SIDE_PER_TILE[threads] * tile
+    tile, span = _band_layout(radius)
+    return math.ceil(_BANDED_BASE_SIDE[threads] + _BANDED_SIDE_PER_PRODUCT_WIDTH[threads] * tile * span)
 
 
 _METHODS = ('auto', 'dense', 'banded', 'conv')
@@ -938,7 +972,7 @@ def _method_for(sigma: float, eps: float, spatial_shape: Sequence[int]) -> str:
         return _forced_method
     radius = (len(_kernel_taps(sigma, eps)) - 1) // 2  # (traceable: a constant under torch.compile)
     smallest = min(spatial_shape)
-    if smallest >= _banded_threshold(_band_tile(radius)):
+    if smallest >= _banded_threshold(radius):
         return 'banded'
     return 'dense'
 
@@ -975,7 +1009,7 @@ def gaussian_smooth(
     """Returns ``x`` smoothed separably with the discrete Gaussian along its trailing spatial dims.
 
     Mirror extension at the boundary (:func:`reflect_index`). The smoothing method (``'dense'``
-    or ``'conv'``) follows the cost model of the module docstring.
+    or ``'banded'``; ``'conv'`` when forced) follows the cost model of the module docstring.
 
     Args:
         x: tensor ``(..., *spatial)``.

@@ -73,6 +73,42 @@ def test_banded_method_over_many_tiles_equals_dense_with_gradients(sigma):
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
+def test_band_layouts_two_tiles_or_three_sixteen_sample_tiles_where_that_is_fewer_products():
+    # K = m T multiply-adds per sample; the layout must cover the 2 radius + 1 taps: (m - 1) T >= 2 radius.
+    for radius in range(0, 120):
+        tile, span = kernels._band_layout(radius)
+        assert (span - 1) * tile >= 2 * radius and tile % 8 == 0 and tile >= 16
+    assert kernels._band_layout(kernels.truncation_radius(2.0)) == (16, 2)
+    assert kernels._band_layout(kernels.truncation_radius(6.0)) == (16, 3)  # radius 16: 48 instead of 64
+    assert kernels._band_layout(kernels.truncation_radius(4.0)) == (24, 2)  # radius 10: 48 either way
+    assert kernels._band_layout(kernels.truncation_radius(16.0)) == (88, 2)
+
+
+@pytest.mark.parametrize('layout', [(16, 7), (24, 5), (40, 4), (88, 2)])
+def test_banded_products_over_any_number_of_tiles_equal_dense(layout, monkeypatch):
+    # sigma 16 has radius 41: every layout here covers its 83 taps with a different number of
+    # tiles; forward, gradient and the gradient's gradient against the dense method, eager and traced.
+    monkeypatch.setattr(kernels, '_band_layout', lambda radius: layout)
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 97, 60, dtype=torch.float64, requires_grad=True)
+    probe, direction = torch.randn(1, 2, 99, 62, dtype=torch.float64), torch.randn_like(x)
+    results = {}
+    for method in ('dense', 'banded'):
+        with smoothing_method(method):
+            y = gaussian_smooth(x, 16.0, 0.01, 2, pad=1)
+            (grad,) = torch.autograd.grad((probe * y.square()).sum(), x, create_graph=True)
+            (hessian_direction,) = torch.autograd.grad((grad * direction).sum(), x)
+        results[method] = (y, grad, hessian_direction)
+    for got, expected in zip(results['banded'], results['dense']):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-11)
+    torch._dynamo.reset()
+    with smoothing_method('banded'):
+        traced = torch.compile(lambda t: gaussian_smooth(t, 16.0, 0.01, 2, pad=1), fullgraph=True,
+                               backend='aot_eager')(x.detach())
+    torch._dynamo.reset()
+    torch.testing.assert_close(traced, results['dense'][0].detach(), rtol=0, atol=1e-11)
+
+
 def test_banded_backward_is_differentiable_again():
     # The second derivative of sum(probe * S(x)^2) is 2 S^T diag(probe) S: compared with dense's.
     torch.manual_seed(0)
@@ -123,11 +159,13 @@ def test_the_cost_model_waits_for_larger_images_with_more_threads():
         torch.set_num_threads(1)
         assert kernels.chosen_smoothing_method(0.7, 0.01, (384, 384)) == 'banded'
         # one thread, measured in the layer: banded won from 192 px for sigma <= 2 (16-sample tiles),
-        # from 224 for sigma 6 (32), and lost at 512 for sigma 16 (88); dense won at 128 px
+        # for sigma 6 (three 16-sample tiles) tied at 192 and won from 224, and lost at 512 for
+        # sigma 16 (two 88-sample tiles); dense won at 128 px
         assert kernels.chosen_smoothing_method(2.0, 0.01, (128, 128)) == 'dense'
         assert kernels.chosen_smoothing_method(2.0, 0.01, (192, 192)) == 'banded'
         assert kernels.chosen_smoothing_method(6.0, 0.01, (160, 160)) == 'dense'
-        assert kernels.chosen_smoothing_method(6.0, 0.01, (256, 256)) == 'banded'
+        assert kernels.chosen_smoothing_method(6.0, 0.01, (192, 192)) == 'dense'
+        assert kernels.chosen_smoothing_method(6.0, 0.01, (224, 224)) == 'banded'
         assert kernels.chosen_smoothing_method(16.0, 0.01, (512, 512)) == 'dense'
         torch.set_num_threads(2)
         # two threads: banded won from 384 px for sigma <= 2, at 448-512 for sigma 6 and at 768
