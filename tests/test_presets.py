@@ -297,6 +297,15 @@ def test_the_final_cpu_stage2_is_the_compared_one_on_train_plus_validation():
     assert final == winner
 
 
+def test_the_two_epoch_cpu_stage2_differs_from_the_final_one_in_length_alone():
+    # A step towards Table 5's 16-epoch stage 2: the same start, data, grid and settings, twice the steps.
+    final, longer = (_config(name) for name in ('rescaled_fashion_mnist_cpu_final_stage2',
+                                                'rescaled_fashion_mnist_cpu_final_stage2_2epochs'))
+    assert (final.pop('epochs'), longer.pop('epochs')) == (1, 2)
+    assert final.pop('output_dir') != longer.pop('output_dir')
+    assert final == longer
+
+
 def test_every_preset_states_a_valid_architecture_in_canonical_form():
     # The presets and the table of hyperparameters name the same arguments; each preset passes
     # the one validation unchanged (tuples, floats), and states every hyperparameter of the table.

@@ -12,6 +12,7 @@ count, the accuracy on the first 1000 and on the other 9000, and the wins of eac
 
 Usage: python results/rescaled_fashion_mnist_cpu_final/full_test.py [--size_factors 0.5 1]
 [--model checkpoints/gaussderresnet10_fashionmnist] [--label 'final, 6 channels (training grid)']
+[--evaluation OTHER/evaluation.json --output OTHER/full_test.json] (another network, evaluated elsewhere)
 """
 from __future__ import annotations
 
@@ -43,12 +44,17 @@ def main(argv=None) -> None:
     parser.add_argument('--model', default='checkpoints/gaussderresnet10_fashionmnist')
     parser.add_argument('--label', default='final, 6 channels (training grid)',
                         help="the entry of evaluation.json whose saved predictions the first 1000 must equal")
+    parser.add_argument('--evaluation', default=str(HERE / 'evaluation.json'),
+                        help='the evaluation.json (recipes/evaluate.py --save_predictions) that holds --label')
     parser.add_argument('--data_dir', default='/usr/share/datasets/fashion-mnist')
     parser.add_argument('--batch_size', type=int, default=64)
     parser.add_argument('--output', default=str(HERE / 'full_test.json'))
     args = parser.parse_args(argv)
 
-    saved = json.loads((HERE / 'evaluation.json').read_text())[args.label]
+    evaluations = json.loads(Path(args.evaluation).read_text())
+    if args.label not in evaluations:
+        raise SystemExit(f'{args.evaluation} has no model labelled {args.label!r}; it has {sorted(evaluations)}')
+    saved = evaluations[args.label]
     model = timm.create_model(f'local-dir:{args.model}', pretrained=True).eval()
     splits = rescaled_test_splits(
         datasets.load_dataset('rescaled_fashion_mnist', data_dir=args.data_dir), 'rescaled_fashion_mnist')
@@ -69,7 +75,7 @@ def main(argv=None) -> None:
         if predictions[:len(first)].tolist() != first:
             mismatched = int((predictions[:len(first)] != torch.as_tensor(first)).sum())
             raise SystemExit(f'size factor {s}: {mismatched} of the first {len(first)} predictions differ from '
-                             f'evaluation.json ({args.label!r}): not the network that was evaluated there')
+                             f'{args.evaluation} ({args.label!r}): not the network that was evaluated there')
         correct = predictions == labels
         n, count = len(first), entry['num_examples'][key]
         results['size_factors'][key] = {
