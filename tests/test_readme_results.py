@@ -72,3 +72,29 @@ def test_whole_test_split_figures_agree_with_the_first_1000_and_the_readme():
     stated = card[card.index('on all 10,000 test images'):]
     for s, entry in whole.items():
         assert f's = {float(s):.3g}: {100 * entry["accuracy"]:.1f}%' in stated, s
+
+
+def test_two_epoch_stage2_whole_split_figures_agree_with_its_first_1000_and_the_readme():
+    folder = ROOT / 'results' / 'rescaled_fashion_mnist_cpu_stage2_two_epochs'
+    whole = json.loads((folder / 'full_test.json').read_text())['size_factors']
+    first = json.loads((folder / 'evaluation.json').read_text())['stage 2 for two epochs (6 channels)']
+    one_epoch = json.loads((ROOT / 'results' / 'rescaled_fashion_mnist_cpu_final' / 'full_test.json').read_text())
+    readme = ' '.join((ROOT / 'README.md').read_text().split())  # the figures wrap across lines
+    for s, entry in whole.items():
+        assert entry['count'] == 10000
+        assert entry['accuracy_first_1000'] == first['accuracy'][s]
+        assert abs(entry['accuracy'] - (entry['accuracy_first_1000'] + 9 * entry['accuracy_other_9000']) / 10) < 1e-12
+    half, one = whole['0.5']['accuracy'], whole['1.0']['accuracy']
+    earlier = one_epoch['size_factors']['1.0']['accuracy'] - one_epoch['size_factors']['0.5']['accuracy']
+    assert (f'{100 * half:.1f}% at s = 1/2 against {100 * one:.1f}% at s = 1, {100 * (one - half):.1f} points '
+            f'(one epoch: {100 * earlier:.1f})' in readme)
+    low, high = whole[str(2 ** -0.5)]['accuracy'], whole['2.0']['accuracy']
+    assert (f'{100 * low:.1f}% at s = 1/sqrt2 and {100 * high:.1f}% at s = 2, within '
+            f'{100 * max(one - low, one - high):.1f} points' in readme)
+    # the change the second epoch made on whole splits, as the README states it
+    changes = {s: whole[s]['accuracy'] - one_epoch['size_factors'][s]['accuracy'] for s in whole}
+    rest = [changes[s] for s in whole if s != '0.5']
+    assert (f'moved s = 1/2 by {100 * changes["0.5"]:+.1f} points on the whole split and the rest by '
+            f'{100 * min(rest):.1f} to {100 * max(rest):+.1f}' in readme)
+    winners = whole['0.5']['winners']
+    assert f'`sigma0 = 1/sqrt2` still wins for {100 * winners[2] / 10000:.0f}% of the images' in readme
