@@ -768,7 +768,7 @@ def _banded_forward(x: torch.Tensor, band: torch.Tensor, spatial_dims: int, exte
     y = _banded_extend(x, spatial_dims, extension, pad, band)
     for dim in range(x.ndim - spatial_dims, x.ndim):
         y = _band_products(y, band, dim, adjoint=False)
-    # Drop the last tile of every line and the samples past size + 2 pad, into one contiguous
+    # Drop the last m - 1 tiles of every line and the samples past size + 2 pad, into one contiguous
     # tensor: the convolution that consumes it would copy a strided view in its forward and
     # again in its backward (the view is what autograd saves for the weight gradient), and the
     # extended buffer is freed at once instead of living until the backward.
