@@ -306,6 +306,23 @@ def test_the_two_epoch_cpu_stage2_differs_from_the_final_one_in_length_alone():
     assert final == longer
 
 
+def test_the_continued_cpu_stage2_starts_from_the_committed_network_and_differs_in_length_and_seed():
+    # Three more epochs of the same stage 2 from the committed one-epoch network (a warm restart),
+    # another seed so they draw another order; data, grid and every other setting unchanged.
+    final, continued = (_config(name) for name in ('rescaled_fashion_mnist_cpu_final_stage2',
+                                                   'rescaled_fashion_mnist_cpu_final_stage2_continued'))
+    assert final.pop('init_from') == _config('rescaled_fashion_mnist_cpu_final_stage1')['output_dir'] + '/model'
+    assert continued.pop('init_from') == 'checkpoints/gaussderresnet10_fashionmnist'
+    assert (final.pop('epochs'), continued.pop('epochs')) == (1, 3)
+    assert final.pop('seed', 0) == 0 and continued.pop('seed') == 1
+    assert final.pop('output_dir') != continued.pop('output_dir')
+    assert final == continued
+    # the checkpoint it starts from is the network of that stage 2: its grid and dropout mode
+    checkpoint = json.loads((ROOT / 'checkpoints' / 'gaussderresnet10_fashionmnist' / 'config.json').read_text())
+    assert checkpoint['initial_scales'] == continued['model_args']['initial_scales']
+    assert checkpoint['scale_dropout_mode'] == continued['model_args']['scale_dropout_mode']
+
+
 def test_every_preset_states_a_valid_architecture_in_canonical_form():
     # The presets and the table of hyperparameters name the same arguments; each preset passes
     # the one validation unchanged (tuples, floats), and states every hyperparameter of the table.
