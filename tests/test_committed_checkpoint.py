@@ -2,8 +2,9 @@
 
 ``checkpoints/gaussderresnet10_fashionmnist`` and ``results/rescaled_fashion_mnist_cpu_final`` are
 written by ``results/rescaled_fashion_mnist_cpu_final/reproduce.sh``; the earlier experiment's
-two-stage network, ``results/rescaled_fashion_mnist_cpu/two_stage_model``, by that folder's
-``reproduce.sh``. Here the weights are run again on the first images of the s = 1 and s = 2 test
+two-stage network, ``results/rescaled_fashion_mnist_cpu/two_stage_model``, and the committed
+network's stage 2 continued, ``results/rescaled_fashion_mnist_cpu_stage2_continued/model``, by their
+folders' ``reproduce.sh``. Here the weights are run again on the first images of the s = 1 and s = 2 test
 splits of rescaled Fashion-MNIST (built from Debian's files) and compared with the per-image
 predictions and accuracies that the evaluations committed beside them.
 """
@@ -31,6 +32,10 @@ LABEL = 'final, 6 channels (training grid)'
 # the earlier experiment's network (training split only, grid 1/2 ... 2 sqrt2) and its evaluation
 EARLIER = (ROOT / 'results' / 'rescaled_fashion_mnist_cpu' / 'two_stage_model',
            ROOT / 'results' / 'rescaled_fashion_mnist_cpu' / 'evaluation.json', 'multi-scale (6 channels, two-stage)')
+# the committed network's stage 2 continued for three more epochs, and its evaluation
+CONTINUED = (ROOT / 'results' / 'rescaled_fashion_mnist_cpu_stage2_continued' / 'model',
+             ROOT / 'results' / 'rescaled_fashion_mnist_cpu_stage2_continued' / 'evaluation.json',
+             'stage 2 continued, four epochs (6 channels)')
 SUBSET = 200
 
 
@@ -89,8 +94,9 @@ def test_committed_weights_reproduce_committed_predictions(size_factor, model, c
 
 @needs_fashion
 @pytest.mark.slow
-def test_the_earlier_two_stage_network_reproduces_its_committed_predictions(test_images):
-    folder, evaluation, label = EARLIER
+@pytest.mark.parametrize('network', [EARLIER, CONTINUED], ids=['earlier two-stage', 'stage 2 continued'])
+def test_the_other_committed_networks_reproduce_their_committed_predictions(network, test_images):
+    folder, evaluation, label = network
     model = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
     _check_predictions(model, json.loads(evaluation.read_text())[label], test_images, 1.0)
 

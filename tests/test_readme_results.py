@@ -98,3 +98,20 @@ def test_two_epoch_stage2_whole_split_figures_agree_with_its_first_1000_and_the_
             f'{100 * min(rest):.1f} to {100 * max(rest):+.1f}' in readme)
     winners = whole['0.5']['winners']
     assert f'`sigma0 = 1/sqrt2` still wins for {100 * winners[2] / 10000:.0f}% of the images' in readme
+
+
+def test_continued_stage2_whole_split_figures_agree_with_its_first_1000_and_the_readme():
+    folder = ROOT / 'results' / 'rescaled_fashion_mnist_cpu_stage2_continued'
+    whole = json.loads((folder / 'full_test.json').read_text())['size_factors']
+    first = json.loads((folder / 'evaluation.json').read_text())['stage 2 continued, four epochs (6 channels)']
+    readme = ' '.join((ROOT / 'README.md').read_text().split())  # the figures wrap across lines
+    assert sorted(whole, key=float) == ['0.5', '1.0', '2.0']
+    for s, entry in whole.items():
+        assert entry['count'] == 10000
+        assert entry['accuracy_first_1000'] == first['accuracy'][s]
+        assert abs(entry['accuracy'] - (entry['accuracy_first_1000'] + 9 * entry['accuracy_other_9000']) / 10) < 1e-12
+    half, one, two = (whole[s]['accuracy'] for s in ('0.5', '1.0', '2.0'))
+    assert f'{100 * half:.1f}% at s = 1/2 against {100 * one:.1f}% at s = 1, {100 * (one - half):.1f} points' in readme
+    assert f'{100 * two:.1f}% at s = 2, {100 * (one - two):.1f} points below s = 1' in readme
+    winners = whole['0.5']['winners']
+    assert f'`sigma0 = 1/sqrt2` wins for {100 * winners[2] / 10000:.0f}% of the images' in readme
