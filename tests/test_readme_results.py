@@ -105,7 +105,7 @@ def test_continued_stage2_whole_split_figures_agree_with_its_first_1000_and_the_
     whole = json.loads((folder / 'full_test.json').read_text())['size_factors']
     first = json.loads((folder / 'evaluation.json').read_text())['stage 2 continued, four epochs (6 channels)']
     readme = ' '.join((ROOT / 'README.md').read_text().split())  # the figures wrap across lines
-    assert sorted(whole, key=float) == ['0.5', '1.0', '2.0']
+    assert sorted(whole, key=float) == ['0.5', str(2 ** -0.5), '1.0', '2.0']
     for s, entry in whole.items():
         assert entry['count'] == 10000
         assert entry['accuracy_first_1000'] == first['accuracy'][s]
@@ -113,5 +113,8 @@ def test_continued_stage2_whole_split_figures_agree_with_its_first_1000_and_the_
     half, one, two = (whole[s]['accuracy'] for s in ('0.5', '1.0', '2.0'))
     assert f'{100 * half:.1f}% at s = 1/2 against {100 * one:.1f}% at s = 1, {100 * (one - half):.1f} points' in readme
     assert f'{100 * two:.1f}% at s = 2, {100 * (one - two):.1f} points below s = 1' in readme
+    low = whole[str(2 ** -0.5)]['accuracy']
+    assert (f'On the whole split `s = 1/sqrt2` is {100 * low:.1f}% (first 1000 images: 89.6%), '
+            f'{100 * (one - low):.1f} points' in readme)
     winners = whole['0.5']['winners']
     assert f'`sigma0 = 1/sqrt2` wins for {100 * winners[2] / 10000:.0f}% of the images' in readme

@@ -8,7 +8,7 @@
 #      the weights are copied to model/
 #   2. evaluate it on the first 1000 images of each of the nine test splits, as the one-epoch network,
 #      on its training grid and on the evaluation grid that adds 2 sqrt2
-#   3. it on all 10,000 test images at s = 1/2, 1 and 2 (../rescaled_fashion_mnist_cpu_final/full_test.py)
+#   3. it on all 10,000 test images at s = 1/2, 1/sqrt2, 1 and 2 (../rescaled_fashion_mnist_cpu_final/full_test.py)
 #   4. the figure: the one-, two- and four-epoch networks' accuracy per size factor
 # Training steps resume after an interruption (rerun this script).
 set -euo pipefail
@@ -37,7 +37,7 @@ python recipes/evaluate.py --dataset rescaled_fashion_mnist --data_dir $DATA \
   --model "stage 2 continued, four epochs, 7 channels (evaluation grid)=${RUN}_evaluation_grid"
 
 python $FINAL/full_test.py --model $OUT/model --label "$LABEL" \
-  --evaluation $OUT/evaluation.json --output $OUT/full_test.json --size_factors 0.5 1 2
+  --evaluation $OUT/evaluation.json --output $OUT/full_test.json --size_factors 0.5 0.707 1 2
 
 python - <<'PY'
 import json
