@@ -109,6 +109,46 @@ def test_banded_products_over_any_number_of_tiles_equal_dense(layout, monkeypatc
     torch.testing.assert_close(traced, results['dense'][0].detach(), rtol=0, atol=1e-11)
 
 
+@pytest.mark.parametrize('method', ['dense', 'banded'])
+@pytest.mark.parametrize('chunk_signals', [1, 4])
+@pytest.mark.parametrize('shape, spatial_dims', [((2, 5, 70), 1), ((2, 5, 41, 37), 2), ((2, 5, 9, 20, 18), 3)])
+def test_matrix_methods_in_chunks_of_signals_equal_numpy_with_gradients(method, chunk_signals, shape, spatial_dims,
+                                                                        monkeypatch):
+    # Ten signals through chunks of one (ten chunks) or four (a partial last chunk of two): the
+    # smoothing against numpy, the gradient against the 'conv' method's (autograd through a
+    # convolution, no chunks); a chunk boundary that mixed up signals would show in both.
+    sigma, pad = 1.5, 1
+    spatial = shape[-spatial_dims:]
+    if method == 'banded':
+        band = kernels._band_matrix(sigma, 0.01, torch.device('cpu'), torch.float64)
+        lengths = [kernels._band_geometry(n, band, pad)[1] for n in spatial]
+    else:
+        lengths = [n + 2 * pad for n in spatial]
+    monkeypatch.setattr(kernels, '_CHUNK_BYTES', chunk_signals * int(np.prod(lengths)) * 8)
+    assert kernels._signals_per_chunk(lengths, 8) == chunk_signals
+    rng = np.random.default_rng(1)
+    signal = rng.standard_normal(shape)
+    probe = torch.randn(*shape[:2], *(n + 2 * pad for n in spatial), dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for name in (method, 'conv'):
+        x = torch.tensor(signal, requires_grad=True)
+        with smoothing_method(name):
+            y = gaussian_smooth(x, sigma, 0.01, spatial_dims, pad=pad)
+        if name == method:
+            np.testing.assert_allclose(y.detach().numpy(), _numpy_smooth(signal, sigma, 0.01, spatial_dims, pad),
+                                       rtol=0, atol=1e-12)
+        (grads[name],) = torch.autograd.grad((y * probe).sum(), x)
+    torch.testing.assert_close(grads[method], grads['conv'], rtol=0, atol=1e-12)
+
+
+def test_banded_chunks_hold_as_many_signals_as_fit_in_the_byte_budget(monkeypatch):
+    monkeypatch.setattr(kernels, '_CHUNK_BYTES', 4 * 2 ** 20)
+    assert kernels._signals_per_chunk([1040, 1040], 4) == 1  # 4.3 MB: one signal, never none
+    assert kernels._signals_per_chunk([112, 112], 4) == 83  # 4 MiB / 50,176 bytes
+    assert kernels._signals_per_chunk([112, 112], 8) == 41
+
+
 def test_banded_backward_is_differentiable_again():
     # The second derivative of sum(probe * S(x)^2) is 2 S^T diag(probe) S: compared with dense's.
     torch.manual_seed(0)
