@@ -73,7 +73,7 @@ def _speed(args: argparse.Namespace, device: torch.device) -> None:
         cases = {'conv3x3': (lambda: conv3(x), [x, *conv3.parameters()]),
                  'conv1x1': (lambda: conv1(mixed), [mixed, *conv1.parameters()])}
         for sigma in args.sigmas:
-            chosen = kernels.chosen_smoothing_method(sigma, gd.eps, (size, size))
+            chosen = kernels.chosen_smoothing_method(sigma, gd.eps, (size, size), signals=c, device=device)
             forced = [m for m in args.compare if m != chosen and m != 'dense']
             for label, method in (('before', 'dense'), ('after', 'auto'), *((m, m) for m in forced)):
                 if label == 'before' and size > args.dense_max_size:
@@ -87,7 +87,7 @@ def _speed(args: argparse.Namespace, device: torch.device) -> None:
         median = common.medians(common.round_robin(steps, args.repeats, warmup=1, device=device))
         ms = {name: 1e3 * seconds for name, seconds in median.items()}
         for sigma in args.sigmas:
-            method = kernels.chosen_smoothing_method(sigma, gd.eps, (size, size))
+            method = kernels.chosen_smoothing_method(sigma, gd.eps, (size, size), signals=c, device=device)
             before = ms.get(f'before@{sigma:g}')
             after = ms[f'after@{sigma:g}']
             # GD / 3x3 with each compared method forced (the 'after' timing where it is the chosen one).

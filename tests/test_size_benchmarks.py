@@ -16,6 +16,21 @@ def test_smoothing_cost_times_every_method(load_benchmark, capsys):
     assert all('/dense' in cell for line in rows if 'dense/' in line for cell in line.split('|')[1].split())
 
 
+def test_smoothing_cost_times_chunk_sizes_and_restores_the_default(load_benchmark, capsys):
+    from gaussder_hf import kernels
+
+    default = kernels._CHUNK_BYTES
+    load_benchmark('smoothing_cost').main(['--sizes', '8', '24', '--sigmas', '3', '--channels', '2', '--batch', '3',
+                                           '--chunk-mib', '0', '0.001', '4', '--methods', 'dense', 'banded',
+                                           '--repeats', '1', '--threads', '1'])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith(('8 ', '24 '))]
+    assert [(row[0], row[2]) for row in rows] == [('8', 'dense'), ('8', 'banded'), ('24', 'dense'), ('24', 'banded')]
+    assert all(len(row) == 8 for row in rows)  # side sigma method | ms | two ratios
+    assert kernels._CHUNK_BYTES == default
+    with pytest.raises(SystemExit, match='-1'):
+        load_benchmark('smoothing_cost').main(['--sizes', '8', '--chunk-mib', '-1', '--threads', '1'])
+
+
 def test_size_scaling_reports_before_and_after_per_side(load_benchmark, capsys):
     load_benchmark('size_scaling').main(['--sizes', '12', '20', '--sigmas', '1', '--channels', '2', '--repeats', '1',
                                          '--dense-max-size', '12', '--threads', '1'])

@@ -220,6 +220,34 @@ def test_the_cost_model_waits_for_larger_images_with_more_threads():
         torch.set_num_threads(threads)
 
 
+def test_the_cost_model_takes_banded_earlier_for_calls_beyond_one_chunk_with_any_threads():
+    # Measured with about a million pixels per call (benchmarks/README.md, "Smoothing in cache-sized
+    # chunks"), one thread and two alike: banded tied dense at 96 px and won from 128 for sigma <= 2,
+    # tied at 128 for sigma 6, and lost up to 320 px for sigma 16. The same sides as single small
+    # maps (one chunk) keep the rule measured at batch 1.
+    threads = torch.get_num_threads()
+    batch_of_96 = dict(signals=114 * 24)
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert kernels.chosen_smoothing_method(2.0, 0.01, (64, 64), signals=256 * 24) == 'dense'
+            assert kernels.chosen_smoothing_method(2.0, 0.01, (96, 96), **batch_of_96) == 'banded'
+            assert kernels.chosen_smoothing_method(2.0, 0.01, (128, 128), signals=64 * 24) == 'banded'
+            assert kernels.chosen_smoothing_method(6.0, 0.01, (96, 96), **batch_of_96) == 'dense'
+            assert kernels.chosen_smoothing_method(6.0, 0.01, (128, 128), signals=64 * 24) == 'banded'
+            assert kernels.chosen_smoothing_method(16.0, 0.01, (320, 320), signals=10 * 24) == 'dense'
+            assert kernels.chosen_smoothing_method(2.0, 0.01, (96, 96), signals=24) == 'dense'  # one chunk
+        # float64 maps fill a chunk with half as many signals; other devices never chunk
+        assert kernels.chosen_smoothing_method(2.0, 0.01, (128, 128), signals=40) == 'dense'
+        assert kernels.chosen_smoothing_method(2.0, 0.01, (128, 128), signals=40, dtype=torch.float64) == 'banded'
+        assert kernels.chosen_smoothing_method(2.0, 0.01, (128, 128), signals=64 * 24, device='meta') == 'dense'
+    finally:
+        torch.set_num_threads(threads)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=f'signals.*{bad!r}'):
+            kernels.chosen_smoothing_method(2.0, 0.01, (128, 128), signals=bad)
+
+
 @pytest.mark.parametrize('layer_cls', [GaussDerConv, DSGaussDerConv])
 @pytest.mark.parametrize('spatial_dims, shape', [(1, (2, 3, 19)), (2, (2, 3, 11, 9)), (3, (1, 3, 7, 6, 5))])
 @pytest.mark.parametrize('sigma', [0.6, 2.0, 9.0])

@@ -22,6 +22,11 @@ Smoothing has three exact implementations, chosen per call by a cost model measu
   (its element-wise passes scale worse than the GEMMs): the crossover depends on
   ``torch.get_num_threads()``.
 
+On a CPU the two matrix methods take the signals (every channel of every image) a few at a time,
+in chunks of about 4 MiB, so that their passes over the buffers run in the cache instead of at
+memory speed; this makes their cost per pixel nearly independent of the batch size and of the
+image side beyond the tile.
+
 All give the same numbers up to rounding (the same taps, summed in another order).
 :func:`smoothing_method` forces any one, e.g. for tests and benchmarks.
 
@@ -1004,8 +1009,17 @@ def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
 # dense still won at 448-512. Rule with two or more threads: banded from 320 + 4 T (T = 16:
 # 384, 32: 448, 88: 672), i.e. 320 + 2 K; sigma 6 with K = 48: 416 (banded measured faster from
 # 352 px there, so the rule errs towards dense by one step).
-_BANDED_BASE_SIDE = {1: 96, 2: 320}
-_BANDED_SIDE_PER_PRODUCT_WIDTH = {1: 2.5, 2: 2.0}  # per multiply-add K = m T (K = 2 T when measured)
+# All of the above is for calls whose maps fit in one chunk (_CHUNK_BYTES; single images up to
+# about 200 px with 24 channels), where a benchmark's repeated calls find their data in the cache.
+# A call holding more goes through the chunks with its input read from memory and its output
+# written there; measured so (benchmarks/smoothing_cost.py --pixels 1048576, 24 channels, 64..384
+# px, forward + backward; "Smoothing in cache-sized chunks"), dense's cost per pixel still grows with
+# the side (10 ns at 64 px, 16 at 256) while banded's falls (12 to 8 for T = 16), and the crossover
+# no longer depends on the threads: banded tied dense at 96 px and won from 128 for T = 16 (K = 32),
+# tied at 128 for sigma 6 (K = 48) and for T = 88 (K = 176) lost up to 320 and tied at 384, with
+# one thread and with two. Rule for such calls: banded from 8 + 2.5 K (88, 128 and 448 px).
+_BANDED_BASE_SIDE = {1: 96, 2: 320, 'streaming': 8}
+_BANDED_SIDE_PER_PRODUCT_WIDTH = {1: 2.5, 2: 2.0, 'streaming': 2.5}  # per multiply-add K = m T
 
 
 @_assume_constant_result
@@ -1014,13 +1028,14 @@ def _intra_op_threads() -> int:
     return torch.get_num_threads()
 
 
-def _banded_threshold(radius: int) -> int:
+def _banded_threshold(radius: int, streaming: bool = False) -> int:
     """Returns the shortest image side from which the cost model takes ``'banded'`` over ``'dense'``:
-    ``96 + 2.5 K`` with one intra-op thread, ``320 + 2 K`` with more (measured with two), for the
-    ``K = m T`` multiply-adds per sample of :func:`_band_layout`."""
-    threads = min(_intra_op_threads(), 2)
+    for a call whose maps fit in one chunk, ``96 + 2.5 K`` with one intra-op thread, ``320 + 2 K``
+    with more (measured with two); for a larger call (``streaming``), ``8 + 2.5 K`` with any number
+    of threads; ``K = m T``, the multiply-adds per sample of :func:`_band_layout`."""
+    regime = 'streaming' if streaming else min(_intra_op_threads(), 2)
     tile, span = _band_layout(radius)
-    return math.ceil(_BANDED_BASE_SIDE[threads] + _BANDED_SIDE_PER_PRODUCT_WIDTH[threads] * tile * span)
+    return math.ceil(_BANDED_BASE_SIDE[regime] + _BANDED_SIDE_PER_PRODUCT_WIDTH[regime] * tile * span)
 
 
 _METHODS = ('auto', 'dense', 'banded', 'conv')
@@ -1046,31 +1061,57 @@ def smoothing_method(method: str) -> Iterator[None]:
         _forced_method = previous
 
 
-def _method_for(sigma: float, eps: float, spatial_shape: Sequence[int]) -> str:
-    """Returns the smoothing method for signals of ``spatial_shape``: the forced one or the cost model's."""
+def _method_for(sigma: float, eps: float, spatial_shape: Sequence[int], streaming: bool = False) -> str:
+    """Returns the smoothing method for signals of ``spatial_shape``: the forced one or the cost model's.
+
+    ``streaming``: the call holds more than one chunk of maps on a CPU (see :func:`_banded_threshold`).
+    """
     if _forced_method != 'auto':
         return _forced_method
     radius = (len(_kernel_taps(sigma, eps)) - 1) // 2  # (traceable: a constant under torch.compile)
     smallest = min(spatial_shape)
-    if smallest >= _banded_threshold(radius):
+    if smallest >= _banded_threshold(radius, streaming):
         return 'banded'
     return 'dense'
 
 
-def chosen_smoothing_method(sigma: float, eps: float, spatial_shape: Sequence[int]) -> str:
-    """Returns the method smoothing at ``sigma`` of signals of ``spatial_shape`` takes now: ``'dense'``,
-    ``'banded'`` or ``'conv'`` (the cost model, or the method a :func:`smoothing_method` block forces)."""
-    return _method_for(check_sigma(sigma), check_eps(eps), spatial_shape)
+def _streams(nbytes: int, device: torch.device) -> bool:
+    """Whether a call smoothing maps of ``nbytes`` in all goes through several chunks (CPU only)."""
+    return device.type == 'cpu' and nbytes > _CHUNK_BYTES
 
 
-def uses_conv_smoothing(sigma: float, eps: float, spatial_shape: Sequence[int]) -> bool:
-    """Returns whether smoothing at ``sigma`` of signals of ``spatial_shape`` takes the ``'conv'`` method."""
-    return chosen_smoothing_method(sigma, eps, spatial_shape) == 'conv'
+def chosen_smoothing_method(
+        sigma: float,
+        eps: float,
+        spatial_shape: Sequence[int],
+        *,
+        signals: int = 1,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = 'cpu',
+) -> str:
+    """Returns the method smoothing at ``sigma`` takes now for a call with ``signals`` maps of
+    ``spatial_shape`` (batch times channels, e.g. ``x.shape[:2].numel()`` for an image batch ``x``)
+    in ``dtype`` on ``device``: ``'dense'``, ``'banded'`` or ``'conv'`` (the cost model, or the method
+    a :func:`smoothing_method` block forces)."""
+    if isinstance(signals, bool) or not isinstance(signals, int) or signals < 1:
+        raise ValueError(f'signals must be a positive integer, got {signals!r}')
+    element_size = torch.empty((), dtype=dtype).element_size()
+    streaming = _streams(signals * math.prod(spatial_shape) * element_size, torch.device(device))
+    return _method_for(check_sigma(sigma), check_eps(eps), spatial_shape, streaming)
+
+
+def uses_conv_smoothing(sigma: float, eps: float, spatial_shape: Sequence[int], **call) -> bool:
+    """Returns whether smoothing at ``sigma`` of signals of ``spatial_shape`` takes the ``'conv'`` method
+    (``call``: the keywords of :func:`chosen_smoothing_method`)."""
+    return chosen_smoothing_method(sigma, eps, spatial_shape, **call) == 'conv'
 
 
 def _smooth_padded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
     """Returns ``x`` smoothed along its trailing ``spatial_dims`` dims and mirror-extended by ``pad``."""
-    method = _method_for(sigma, eps, x.shape[x.ndim - spatial_dims:]) if x.numel() > 0 else 'dense'
+    if x.numel() == 0:
+        return _smooth_dense(x, sigma, eps, spatial_dims, pad)
+    spatial = x.shape[x.ndim - spatial_dims:]
+    method = _method_for(sigma, eps, spatial, _streams(x.numel() * x.element_size(), x.device))
     if method == 'conv':
         return _smooth_conv(x, sigma, eps, spatial_dims, pad)
     if method == 'banded':
