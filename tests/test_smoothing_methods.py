@@ -248,6 +248,13 @@ def test_the_cost_model_takes_banded_earlier_for_calls_beyond_one_chunk_with_any
             kernels.chosen_smoothing_method(2.0, 0.01, (128, 128), signals=bad)
 
 
+def test_traced_code_keeps_the_rule_of_one_chunk(monkeypatch):
+    # torch.compile and torch.export trace the unchunked forms, which the chunked rule was not measured on.
+    assert kernels._streams(64 * 24 * 128 * 128 * 4, torch.device('cpu'))
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    assert not kernels._streams(64 * 24 * 128 * 128 * 4, torch.device('cpu'))
+
+
 @pytest.mark.parametrize('layer_cls', [GaussDerConv, DSGaussDerConv])
 @pytest.mark.parametrize('spatial_dims, shape', [(1, (2, 3, 19)), (2, (2, 3, 11, 9)), (3, (1, 3, 7, 6, 5))])
 @pytest.mark.parametrize('sigma', [0.6, 2.0, 9.0])

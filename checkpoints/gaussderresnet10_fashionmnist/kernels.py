@@ -18,9 +18,10 @@ Smoothing has three exact implementations, chosen per call by a cost model measu
 * ``'dense'``: one ``(size + 2 pad) x size`` matrix product per axis with the mirror extension
   folded into the matrix. Its cost per pixel grows with the image side, not with sigma, and it
   is the faster one on small and mid-sized images, where one GEMM beats the stencils and the
-  layout passes around them. With more than one intra-op thread ``'banded'`` takes over later
-  (its element-wise passes scale worse than the GEMMs): the crossover depends on
-  ``torch.get_num_threads()``.
+  layout passes around them. For a call whose maps fit in one cache-sized chunk (below), with
+  more than one intra-op thread ``'banded'`` takes over later (its element-wise passes scale
+  worse than the GEMMs); a larger call (a large image, or a batch) takes ``'banded'`` from a
+  smaller side, with any number of threads.
 
 On a CPU the two matrix methods take the signals (every channel of every image) a few at a time,
 in chunks of about 4 MiB, so that their passes over the buffers run in the cache instead of at
@@ -570,10 +571,11 @@ def _smooth_along(x: torch.Tensor, matrix: torch.Tensor, dim: int) -> torch.Tens
 # Both matrix methods make several passes over whole buffers (dense: one product per axis; banded:
 # the extension, one product per axis, the crop). Over all signals at once, the buffers of a large
 # image or a large batch leave the caches and every pass runs at memory speed. A few signals at a
-# time keep a chunk's buffers in the cache between its passes: on this 2-core CPU, banded forward
-# and adjoint ran 2.2-3x faster (24 channels, 96..2048 px, sigma 2..16), dense 1.2-1.4x on large
-# batches of small images; chunks of 4-8 MiB were best (benchmarks/README.md, "Smoothing in
-# cache-sized chunks"). Bit-identical: every signal is smoothed alone either way.
+# time keep a chunk's buffers in the cache between its passes: on a 2-core x86 CPU (24 channels,
+# forward + backward) banded ran 2-3x faster from 512 px and on batches of 96-192 px images, dense
+# 1.2-1.3x on such batches; chunks of 1-4 MiB were best, 16 MiB lost part of the gain
+# (benchmarks/README.md, "Smoothing in cache-sized chunks"). Bit-identical: every signal is
+# smoothed alone either way.
 _CHUNK_BYTES = 4 * 2 ** 20
 
 
@@ -1076,8 +1078,11 @@ def _method_for(sigma: float, eps: float, spatial_shape: Sequence[int], streamin
 
 
 def _streams(nbytes: int, device: torch.device) -> bool:
-    """Whether a call smoothing maps of ``nbytes`` in all goes through several chunks (CPU only)."""
-    return device.type == 'cpu' and nbytes > _CHUNK_BYTES
+    """Whether a call smoothing maps of ``nbytes`` in all goes through several chunks (CPU only).
+
+    Traced code (torch.compile, torch.export) has no chunks, so it keeps the rule of one chunk.
+    """
+    return device.type == 'cpu' and nbytes > _CHUNK_BYTES and not torch.compiler.is_compiling()
 
 
 def chosen_smoothing_method(
