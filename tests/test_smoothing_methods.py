@@ -125,7 +125,11 @@ def test_matrix_methods_in_chunks_of_signals_equal_numpy_with_gradients(method, 
     else:
         lengths = [n + 2 * pad for n in spatial]
     monkeypatch.setattr(kernels, '_CHUNK_BYTES', chunk_signals * int(np.prod(lengths)) * 8)
+    monkeypatch.setattr(kernels, '_DENSE_CHUNKED_FROM_BYTES', 0)  # dense chunks only large calls
     assert kernels._signals_per_chunk(lengths, 8) == chunk_signals
+    chunk_sizes = []  # what the method asked for: the chunked path must be the one taken
+    per_chunk = kernels._signals_per_chunk
+    monkeypatch.setattr(kernels, '_signals_per_chunk', lambda *a: chunk_sizes.append(per_chunk(*a)) or chunk_sizes[-1])
     rng = np.random.default_rng(1)
     signal = rng.standard_normal(shape)
     probe = torch.randn(*shape[:2], *(n + 2 * pad for n in spatial), dtype=torch.float64,
@@ -139,6 +143,8 @@ def test_matrix_methods_in_chunks_of_signals_equal_numpy_with_gradients(method, 
             np.testing.assert_allclose(y.detach().numpy(), _numpy_smooth(signal, sigma, 0.01, spatial_dims, pad),
                                        rtol=0, atol=1e-12)
         (grads[name],) = torch.autograd.grad((y * probe).sum(), x)
+    # forward, then backward (dense's backward writes the shorter input shape: as many or more fit)
+    assert len(chunk_sizes) == 2 and chunk_sizes[0] == chunk_signals and chunk_sizes[1] >= chunk_signals
     torch.testing.assert_close(grads[method], grads['conv'], rtol=0, atol=1e-12)
 
 
@@ -223,20 +229,20 @@ def test_the_cost_model_waits_for_larger_images_with_more_threads():
 def test_the_cost_model_takes_banded_earlier_for_calls_beyond_one_chunk_with_any_threads():
     # Measured with about a million pixels per call (benchmarks/README.md, "Smoothing in cache-sized
     # chunks"), one thread and two alike: banded tied dense at 96 px and won from 128 for sigma <= 2,
-    # tied at 128 for sigma 6, and lost up to 320 px for sigma 16. The same sides as single small
-    # maps (one chunk) keep the rule measured at batch 1.
+    # tied at 128 and won from 160 for sigma 6, and lost up to 320 px for sigma 16; where they tie,
+    # dense (training steps were faster with it). The same sides as single small maps (one chunk)
+    # keep the rule measured at batch 1.
     threads = torch.get_num_threads()
-    batch_of_96 = dict(signals=114 * 24)
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
             assert kernels.chosen_smoothing_method(2.0, 0.01, (64, 64), signals=256 * 24) == 'dense'
-            assert kernels.chosen_smoothing_method(2.0, 0.01, (96, 96), **batch_of_96) == 'banded'
+            assert kernels.chosen_smoothing_method(2.0, 0.01, (96, 96), signals=114 * 24) == 'dense'
             assert kernels.chosen_smoothing_method(2.0, 0.01, (128, 128), signals=64 * 24) == 'banded'
-            assert kernels.chosen_smoothing_method(6.0, 0.01, (96, 96), **batch_of_96) == 'dense'
-            assert kernels.chosen_smoothing_method(6.0, 0.01, (128, 128), signals=64 * 24) == 'banded'
+            assert kernels.chosen_smoothing_method(6.0, 0.01, (128, 128), signals=64 * 24) == 'dense'
+            assert kernels.chosen_smoothing_method(6.0, 0.01, (160, 160), signals=41 * 24) == 'banded'
             assert kernels.chosen_smoothing_method(16.0, 0.01, (320, 320), signals=10 * 24) == 'dense'
-            assert kernels.chosen_smoothing_method(2.0, 0.01, (96, 96), signals=24) == 'dense'  # one chunk
+            assert kernels.chosen_smoothing_method(2.0, 0.01, (128, 128), signals=24) == 'dense'  # one chunk
         # float64 maps fill a chunk with half as many signals; other devices never chunk
         assert kernels.chosen_smoothing_method(2.0, 0.01, (128, 128), signals=40) == 'dense'
         assert kernels.chosen_smoothing_method(2.0, 0.01, (128, 128), signals=40, dtype=torch.float64) == 'banded'

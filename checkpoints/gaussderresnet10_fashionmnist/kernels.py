@@ -590,9 +590,17 @@ def _signals_per_chunk(lengths: Sequence[int], element_size: int, device: torch.
     return max(1, _CHUNK_BYTES // max(1, math.prod(lengths) * element_size))
 
 
+# The dense method goes through chunks only for calls of more than this many bytes. Chunks paid from
+# about 64 MB (smoothing alone, 24 channels, forward + backward, one thread: 0.78x the time of the
+# plain products on 114 images of 96 px, 0.84x on 16 of 192 px, tied on 64 of 96 px); on smaller
+# calls the autograd.Function that carries them cost 1.02-1.10x (16-32 images of 96 px, 4 of 160).
+_DENSE_CHUNKED_FROM_BYTES = 32 * 2 ** 20
+
+
 def _smooth_dense(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
     matrices = [_smoothing_operator(sigma, eps, size, pad, x.device, x.dtype) for size in x.shape[x.ndim - spatial_dims:]]
-    if torch.compiler.is_compiling():
+    chunked = x.device.type == 'cpu' and x.numel() * x.element_size() > _DENSE_CHUNKED_FROM_BYTES
+    if torch.compiler.is_compiling() or not chunked:
         # The last axis goes last: its backward (a plain GEMM) makes any incoming gradient contiguous.
         # A batched GEMM fed an expanded gradient (e.g. from ``.sum()``) falls off the BLAS path and
         # is ~100x slower on CPU.
@@ -748,8 +756,10 @@ def _band_geometry(size: int, band: torch.Tensor, pad: int) -> tuple[int, int]:
     return tiles, (tiles + band.shape[1] // tile - 1) * tile
 
 
-def _band_products(extended: torch.Tensor, band: torch.Tensor, dim: int, adjoint: bool) -> torch.Tensor:
-    """The tile products of an extended axis (contiguous, a whole number of tiles) into a new tensor.
+def _band_products(extended: torch.Tensor, band: torch.Tensor, dim: int, adjoint: bool,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """The tile products of an extended axis (contiguous, a whole number of tiles) into ``out`` (contiguous,
+    the same shape, not overlapping ``extended``; default: a new tensor).
 
     Forward: ``y_t = sum_j X_{t+j} @ W_j`` (the last ``m - 1`` tiles of every line are left as garbage).
     Adjoint: ``g_t = sum_j G_{t-j} @ W_j^T`` (G's last ``m - 1`` tiles of every line must be zero).
@@ -760,7 +770,7 @@ def _band_products(extended: torch.Tensor, band: torch.Tensor, dim: int, adjoint
     tile = band.shape[0]
     span = band.shape[1] // tile
     blocks = band.split(tile, dim=1)
-    out = torch.empty_like(extended)
+    out = torch.empty_like(extended) if out is None else out
     if dim == extended.ndim - 1:
         rows, result = extended.view(-1, tile), out.view(-1, tile)
         count = rows.shape[0]
@@ -799,7 +809,13 @@ def _band_products(extended: torch.Tensor, band: torch.Tensor, dim: int, adjoint
     return out
 
 
-def _banded_extend(x: torch.Tensor, spatial_dims: int, extension: int, pad: int, band: torch.Tensor) -> torch.Tensor:
+# F.pad(mode='reflect') of (signals, *spatial) with an output buffer (it has none of its own).
+_REFLECTION_PAD = {1: torch.ops.aten.reflection_pad1d.out, 2: torch.ops.aten.reflection_pad2d.out,
+                   3: torch.ops.aten.reflection_pad3d.out}
+
+
+def _banded_extend(x: torch.Tensor, spatial_dims: int, extension: int, pad: int, band: torch.Tensor,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """Returns ``x`` mirror-extended by ``extension`` before every trailing spatial axis and continued
     by reflection up to the whole-tile length of :func:`_band_geometry` after it: one contiguous tensor.
 
@@ -807,6 +823,7 @@ def _banded_extend(x: torch.Tensor, spatial_dims: int, extension: int, pad: int,
     cut off, so they may be anything finite; continuing the reflection lets a single
     ``F.pad(mode='reflect')`` extend all axes at once. (Per-axis edge copies, flips and tail fills
     were about as many passes again, and each small one pays a parallel region that scales badly.)
+    Where one reflection per side suffices the result is written into ``out`` if given (and returned).
     """
     spatial = x.shape[x.ndim - spatial_dims:]
     lengths = [_band_geometry(size, band, pad)[1] for size in spatial]
@@ -815,7 +832,10 @@ def _banded_extend(x: torch.Tensor, spatial_dims: int, extension: int, pad: int,
         # F.pad's 'reflect' is numpy's, i.e. :func:`reflect_index` (one reflection per side).
         widths = [w for size, tail in zip(reversed(spatial), reversed(after)) for w in (extension, tail)]
         flat = x.reshape(-1, *spatial)
-        return F.pad(flat, widths, mode='reflect').view(*x.shape[:x.ndim - spatial_dims], *lengths)
+        if out is None:
+            return F.pad(flat, widths, mode='reflect').view(*x.shape[:x.ndim - spatial_dims], *lengths)
+        _REFLECTION_PAD[spatial_dims](flat, widths, out=out.view(-1, *lengths))
+        return out
     # A kernel wider than the signal reflects more than once: gather with the general rule.
     for dim, (size, length) in enumerate(zip(spatial, lengths), start=x.ndim - spatial_dims):
         x = x.index_select(dim, _band_index(size, extension, length, x.device))
@@ -835,10 +855,12 @@ def _banded_forward(x: torch.Tensor, band: torch.Tensor, spatial_dims: int, exte
     signals = x.reshape(-1, *spatial)
     out = x.new_empty(signals.shape[0], *(size + 2 * pad for size in spatial))
     per_chunk = _signals_per_chunk(lengths, x.element_size(), x.device)
+    workspace = _Workspace(x, min(per_chunk, signals.shape[0]), lengths)
     for start in range(0, signals.shape[0], per_chunk):
-        y = _banded_extend(signals[start:start + per_chunk], spatial_dims, extension, pad, band)
+        chunk = signals[start:start + per_chunk]
+        y = _banded_extend(chunk, spatial_dims, extension, pad, band, out=workspace.buffer(len(chunk)))
         for dim in range(1, y.ndim):
-            y = _band_products(y, band, dim, adjoint=False)
+            y = _band_products(y, band, dim, adjoint=False, out=workspace.other(y))
         # Drop the last m - 1 tiles of every line and the samples past size + 2 pad, straight into the
         # contiguous output: the convolution that consumes it would copy a strided view in its forward
         # and again in its backward (the view is what autograd saves for the weight gradient).
@@ -860,25 +882,50 @@ def _banded_adjoint(grad: torch.Tensor, band: torch.Tensor, spatial_dims: int, e
     signals = grad.reshape(-1, *grad.shape[grad.ndim - spatial_dims:])
     out = grad.new_empty(signals.shape[0], *spatial)
     per_chunk = _signals_per_chunk(lengths, grad.element_size(), grad.device)
+    workspace = _Workspace(grad, min(per_chunk, signals.shape[0]), lengths)
     for start in range(0, signals.shape[0], per_chunk):
         out[start:start + per_chunk] = _banded_adjoint_chunk(signals[start:start + per_chunk], band, spatial,
-                                                             lengths, extension, pad)
+                                                             lengths, extension, pad, workspace)
     return out.view(*lead, *spatial)
 
 
+class _Workspace:
+    """Two buffers for the chunks of one banded call, each the extended shape of a whole chunk.
+
+    Every pass of a chunk writes into the buffer its input is not in, so a call allocates two
+    buffers however many chunks it has instead of fresh temporaries per chunk and pass (with
+    glibc's default settings, many temporaries change which large allocations of the surrounding
+    layers are served from fresh, page-faulting memory: benchmarks/README.md, "Smoothing in
+    cache-sized chunks").
+    """
+
+    def __init__(self, like: torch.Tensor, signals: int, lengths: Sequence[int]):
+        self.lengths = tuple(lengths)
+        self.size = math.prod(lengths)
+        self.buffers = like.new_empty(2, signals * self.size)
+
+    def buffer(self, signals: int, index: int = 0) -> torch.Tensor:
+        return self.buffers[index, :signals * self.size].view(signals, *self.lengths)
+
+    def other(self, y: torch.Tensor) -> torch.Tensor:
+        """Returns the buffer ``y`` (shape ``(signals, *lengths)``) does not lie in."""
+        first = self.buffers[0].data_ptr() <= y.data_ptr() < self.buffers[1].data_ptr()
+        return self.buffer(y.shape[0], 1 if first else 0)
+
+
 def _banded_adjoint_chunk(grad: torch.Tensor, band: torch.Tensor, spatial: Sequence[int], lengths: Sequence[int],
-                          extension: int, pad: int) -> torch.Tensor:
-    """:func:`_banded_adjoint` of signals ``(N, *spatial + 2 pad)``: a view of the whole-tile buffer."""
+                          extension: int, pad: int, workspace: _Workspace) -> torch.Tensor:
+    """:func:`_banded_adjoint` of signals ``(N, *spatial + 2 pad)``: a view of a workspace buffer."""
     # Zeros up to the whole-tile length: the adjoint products need the last m - 1 tiles of every
     # line zero. Only the tails are zeroed (F.pad would fill the whole buffer, then copy over it).
-    extended = grad.new_empty(grad.shape[0], *lengths)
+    extended = workspace.buffer(grad.shape[0])
     region = extended
     for dim, n in enumerate(grad.shape[1:], start=1):
         region.narrow(dim, n, region.shape[dim] - n).zero_()
         region = region.narrow(dim, 0, n)
     region.copy_(grad)
     for dim in reversed(range(1, grad.ndim)):
-        extended = _band_products(extended, band, dim, adjoint=True)
+        extended = _band_products(extended, band, dim, adjoint=True, out=workspace.other(extended))
     # Fold the mirror extension back onto the samples it copied (the gradient past
     # size + 2 extension is zero: no output within size + 2 pad reads those samples).
     for dim, size in enumerate(spatial, start=1):
@@ -1019,8 +1066,10 @@ def _smooth_banded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
 # the side (10 ns at 64 px, 16 at 256) while banded's falls (12 to 8 for T = 16), and the crossover
 # no longer depends on the threads: banded tied dense at 96 px and won from 128 for T = 16 (K = 32),
 # tied at 128 for sigma 6 (K = 48) and for T = 88 (K = 176) lost up to 320 and tied at 384, with
-# one thread and with two. Rule for such calls: banded from 8 + 2.5 K (88, 128 and 448 px).
-_BANDED_BASE_SIDE = {1: 96, 2: 320, 'streaming': 8}
+# one thread and with two. Where the two tie, training steps favoured dense: a GaussDerResNet-10
+# step on 16 images of 96 px took 1.05x as long with banded there (interleaved, one thread).
+# Rule for such calls: banded from 32 + 2.5 K (112, 152 and 472 px), erring towards dense.
+_BANDED_BASE_SIDE = {1: 96, 2: 320, 'streaming': 32}
 _BANDED_SIDE_PER_PRODUCT_WIDTH = {1: 2.5, 2: 2.0, 'streaming': 2.5}  # per multiply-add K = m T
 
 
@@ -1033,7 +1082,7 @@ def _intra_op_threads() -> int:
 def _banded_threshold(radius: int, streaming: bool = False) -> int:
     """Returns the shortest image side from which the cost model takes ``'banded'`` over ``'dense'``:
     for a call whose maps fit in one chunk, ``96 + 2.5 K`` with one intra-op thread, ``320 + 2 K``
-    with more (measured with two); for a larger call (``streaming``), ``8 + 2.5 K`` with any number
+    with more (measured with two); for a larger call (``streaming``), ``32 + 2.5 K`` with any number
     of threads; ``K = m T``, the multiply-adds per sample of :func:`_band_layout`."""
     regime = 'streaming' if streaming else min(_intra_op_threads(), 2)
     tile, span = _band_layout(radius)
