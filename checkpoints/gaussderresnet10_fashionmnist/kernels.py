@@ -598,7 +598,8 @@ _DENSE_CHUNKED_FROM_BYTES = 32 * 2 ** 20
 
 
 def _smooth_dense(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int, pad: int) -> torch.Tensor:
-    matrices = [_smoothing_operator(sigma, eps, size, pad, x.device, x.dtype) for size in x.shape[x.ndim - spatial_dims:]]
+    spatial = x.shape[x.ndim - spatial_dims:]
+    matrices = [_smoothing_operator(sigma, eps, size, pad, x.device, x.dtype) for size in spatial]
     chunked = x.device.type == 'cpu' and x.numel() * x.element_size() > _DENSE_CHUNKED_FROM_BYTES
     if torch.compiler.is_compiling() or not chunked:
         # The last axis goes last: its backward (a plain GEMM) makes any incoming gradient contiguous.
