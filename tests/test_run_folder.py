@@ -293,8 +293,8 @@ def test_evaluation_refuses_non_finite_logits():
 # ----------------------------------------------------------------------------------------------
 
 def _train_in_child(overrides: list[str]) -> None:
-    # A forked child must not enter the OpenMP pool the parent's earlier tests started: its worker
-    # threads do not survive fork, and the first parallel region would wait for them forever.
+    # A forked child must not enter an OpenMP pool started before the fork: its worker threads do
+    # not survive fork, and the first parallel region would wait for them forever.
     torch.set_num_threads(1)
     recipe.train(recipe.load_config(SMOKE, overrides, resume=True))
 
@@ -302,14 +302,18 @@ def _train_in_child(overrides: list[str]) -> None:
 def _kill_and_resume(tmp_path, kills: int, seed: int) -> int:
     """Kills a short run ``kills`` times at random moments, resuming it each time, and compares with an unkilled one.
 
-    The runs are forked from this process (already past its imports), so each starts in about a second.
+    The runs are forked from a fork server (past its imports after the first run), so each starts in
+    about a second. Not from this process: once an earlier test has run a backward pass here, autograd
+    refuses to run in a forked child ("Unable to handle autograd's threading in combination with
+    fork-based multiprocessing").
     """
     import multiprocessing
     import random
     import signal
     import time
 
-    fork = multiprocessing.get_context('fork')
+    fork = multiprocessing.get_context('forkserver')
+    fork.set_forkserver_preload(['torch', 'gaussder_hf', __name__])
     # 32 images of 48x48, 8 per step: 4 steps per epoch, 8 in all, a checkpoint every 2.
     common = ['max_examples=32', 'batch_size=8', 'crop_size=48', 'epochs=2', 'save_every=2', 'keep_checkpoints=2',
               'evaluate_at_end=false', 'evaluate_every_epoch=false', f'cache_dir={tmp_path / "cache"}']
