@@ -758,9 +758,9 @@ def _band_geometry(size: int, band: torch.Tensor, pad: int) -> tuple[int, int]:
 
 
 def _band_products(extended: torch.Tensor, band: torch.Tensor, dim: int, adjoint: bool,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
+                   out: torch.Tensor) -> torch.Tensor:
     """The tile products of an extended axis (contiguous, a whole number of tiles) into ``out`` (contiguous,
-    the same shape, not overlapping ``extended``; default: a new tensor).
+    the same shape, not overlapping ``extended``), which is returned.
 
     Forward: ``y_t = sum_j X_{t+j} @ W_j`` (the last ``m - 1`` tiles of every line are left as garbage).
     Adjoint: ``g_t = sum_j G_{t-j} @ W_j^T`` (G's last ``m - 1`` tiles of every line must be zero).
@@ -771,7 +771,6 @@ def _band_products(extended: torch.Tensor, band: torch.Tensor, dim: int, adjoint
     tile = band.shape[0]
     span = band.shape[1] // tile
     blocks = band.split(tile, dim=1)
-    out = torch.empty_like(extended) if out is None else out
     if dim == extended.ndim - 1:
         rows, result = extended.view(-1, tile), out.view(-1, tile)
         count = rows.shape[0]
@@ -816,7 +815,7 @@ _REFLECTION_PAD = {1: torch.ops.aten.reflection_pad1d.out, 2: torch.ops.aten.ref
 
 
 def _banded_extend(x: torch.Tensor, spatial_dims: int, extension: int, pad: int, band: torch.Tensor,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
+                   out: torch.Tensor) -> torch.Tensor:
     """Returns ``x`` mirror-extended by ``extension`` before every trailing spatial axis and continued
     by reflection up to the whole-tile length of :func:`_band_geometry` after it: one contiguous tensor.
 
@@ -824,18 +823,15 @@ def _banded_extend(x: torch.Tensor, spatial_dims: int, extension: int, pad: int,
     cut off, so they may be anything finite; continuing the reflection lets a single
     ``F.pad(mode='reflect')`` extend all axes at once. (Per-axis edge copies, flips and tail fills
     were about as many passes again, and each small one pays a parallel region that scales badly.)
-    Where one reflection per side suffices the result is written into ``out`` if given (and returned).
+    Where one reflection per side suffices the result is written into ``out`` (and returned).
     """
     spatial = x.shape[x.ndim - spatial_dims:]
     lengths = [_band_geometry(size, band, pad)[1] for size in spatial]
     after = [length - size - extension for size, length in zip(spatial, lengths)]
     if all(extension < size and tail < size for size, tail in zip(spatial, after)):
-        # F.pad's 'reflect' is numpy's, i.e. :func:`reflect_index` (one reflection per side).
+        # F.pad's 'reflect' (this op, with an output buffer) is numpy's, i.e. :func:`reflect_index`.
         widths = [w for size, tail in zip(reversed(spatial), reversed(after)) for w in (extension, tail)]
-        flat = x.reshape(-1, *spatial)
-        if out is None:
-            return F.pad(flat, widths, mode='reflect').view(*x.shape[:x.ndim - spatial_dims], *lengths)
-        _REFLECTION_PAD[spatial_dims](flat, widths, out=out.view(-1, *lengths))
+        _REFLECTION_PAD[spatial_dims](x.reshape(-1, *spatial), widths, out=out.view(-1, *lengths))
         return out
     # A kernel wider than the signal reflects more than once: gather with the general rule.
     for dim, (size, length) in enumerate(zip(spatial, lengths), start=x.ndim - spatial_dims):
