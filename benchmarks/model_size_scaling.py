@@ -7,8 +7,11 @@ Batch 1 by default; with ``--pixels N`` every call holds about N pixels (batch
 hardware as busy as one large image does, as in training, instead of at the per-call overhead of
 a single small image. Our networks keep the full resolution in every layer (no subsampling), resnet18
 downsamples 32x, so the ratio is large at every side; what is measured is how it changes with
-the side. Peak memory: growth of the peak RSS (``VmHWM`` after ``/proc/self/clear_refs``) over
-one forward on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU.
+the side. Each network's cost per pixel is also given relative to its own at the first side:
+the change of the ratio is the quotient of the two, so the table shows which network's cost per
+pixel moved (at batch 1, resnet18's falls as the side grows, its deep layers having only a few
+pixels to work on in a small image). Peak memory: growth of the peak RSS (``VmHWM`` after
+``/proc/self/clear_refs``) over one forward on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU.
 
 Run: ``python benchmarks/model_size_scaling.py`` (see ``--help``; ``--device cuda`` on a GPU).
 """
@@ -91,7 +94,8 @@ def main(argv=None) -> None:
             print(f'  {name} {size} done', flush=True)
     print()
     header = (f'{"network":30s} {"side":>5s} {"batch":>5s} | {"ours ms/img":>11s} {"resnet18 ms/img":>15s} '
-              f'{"ratio":>7s} {"ratio / at first side":>21s} | {"peak MB ours":>12s} {"resnet18":>8s}')
+              f'{"ratio":>7s} {"ratio / at first side":>21s} | {"per pixel / at first side: ours":>31s} '
+              f'{"resnet18":>8s} | {"peak MB ours":>12s} {"resnet18":>8s}')
     print(header)
     print('-' * len(header))
     first = {}
@@ -99,10 +103,12 @@ def main(argv=None) -> None:
         if ours is None:
             print(f'{name:30s} {size:5d} {"":5s} | skipped (--max-size)')
             continue
+        first.setdefault(name, (ours / size ** 2, ref / size ** 2))
+        per_pixel = (ours / size ** 2 / first[name][0], ref / size ** 2 / first[name][1])
         ratio = ours / ref
-        first.setdefault(name, ratio)
         print(f'{name:30s} {size:5d} {batch:5d} | {1e3 * ours:11.1f} {1e3 * ref:15.1f} {ratio:7.1f} '
-              f'{ratio / first[name]:21.2f} | {mem_o:12.0f} {mem_r:8.0f}')
+              f'{per_pixel[0] / per_pixel[1]:21.2f} | {per_pixel[0]:31.2f} {per_pixel[1]:8.2f} '
+              f'| {mem_o:12.0f} {mem_r:8.0f}')
 
 
 if __name__ == '__main__':

@@ -57,6 +57,24 @@ def test_model_size_scaling_holds_the_pixels_per_call(load_benchmark, capsys):
     assert [(row[1], row[2]) for row in rows] == [('8', '4'), ('16', '1')]  # 256 pixels: 4 of 8x8, 1 of 16x16
 
 
+def test_model_size_scaling_splits_the_change_of_the_ratio_between_the_networks(load_benchmark, capsys):
+    load_benchmark('model_size_scaling').main(['--models', 'gaussderresnet10_fashionmnist', '--sizes', '8', '16',
+                                               '--repeats', '1', '--threads', '1'])
+    rows = [line.replace('|', ' ').split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith('gaussderresnet10_fashionmnist')]
+    (_, _, _, ours0, ref0, _, *relative0), (_, _, _, ours1, ref1, _, *relative1) = rows
+    assert relative0[:3] == ['1.00', '1.00', '1.00']  # ratio, ours per pixel, resnet18 per pixel
+    change1, pp_ours1, pp_ref1 = map(float, relative1[:3])
+    # the cost per pixel relative to the first side, from the printed times per image (rounded to
+    # 0.05 ms either way: a relative error of up to 0.05 / t on each)
+    for relative, first, second in ((pp_ours1, ours0, ours1), (pp_ref1, ref0, ref1)):
+        first, second = float(first), float(second)
+        assert relative == pytest.approx(second / first / 4, rel=0.05 / first + 0.05 / second + 0.01, abs=0.01)
+    # the change of the ratio is the quotient of the two networks' changes (each printed to 0.005)
+    assert change1 == pytest.approx(pp_ours1 / pp_ref1, rel=0.005 / pp_ours1 + 0.005 / pp_ref1 + 0.005 / change1)
+
+
 def test_model_size_scaling_refuses_a_pixel_count_below_one(load_benchmark):
     with pytest.raises(SystemExit, match='--pixels must be a positive number of pixels, got 0'):
         load_benchmark('model_size_scaling').main(['--pixels', '0'])
+
