@@ -18,6 +18,17 @@ def _isolated_extraction_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv('GAUSSDER_HF_CACHE', str(tmp_path_factory.getbasetemp() / 'gaussder_hf_cache'))
 
 
+@pytest.fixture(autouse=True)
+def _restored_thread_count():
+    # Tests, and the benchmarks they run with --threads, may set torch's intra-op threads, on which
+    # the layers' rules depend: every test starts with the count the session started with.
+    torch = sys.modules.get('torch')  # not imported here: some tests check what an import loads
+    threads = torch.get_num_threads() if torch is not None else None
+    yield
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 class RecordingApi:
     """Stands in for ``huggingface_hub.HfApi`` (no network here): records the calls an upload makes."""
 

@@ -69,6 +69,7 @@ def test_transformers_loads_saved_folders_without_gaussder_hf(tmp_path):
             pass
 
         import torch
+        torch.set_num_threads({torch.get_num_threads()})  # the same rules as where the logits were computed
         from PIL import Image
         from transformers import AutoModelForImageClassification, pipeline
         io = torch.load({str(tmp_path / 'io.pt')!r})
