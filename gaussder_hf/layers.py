@@ -37,6 +37,7 @@ from .kernels import (
     difference_basis,
     gaussian_jet,
     gaussian_smooth,
+    is_channels_last,
     jet_indices,
     jet_normalisation,
     mirror_pad,
@@ -89,10 +90,8 @@ def _warn_tf32_once(x: torch.Tensor) -> None:
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
     """Returns the memory format of ``x`` (channels-last only when ``x`` is laid out that way)."""
-    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.ndim == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
+    if is_channels_last(x):
+        return torch.channels_last if x.ndim == 4 else torch.channels_last_3d
     return torch.contiguous_format
 
 

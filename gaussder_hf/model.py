@@ -35,7 +35,7 @@ from .architecture import (
     check_architecture,
     check_hyperparameter,
 )
-from .kernels import check_sigma
+from .kernels import check_sigma, to_maps_layout
 from .layers import DSGaussDerConv, GaussDerConv
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     'GaussDerBlock',
     'SPATIAL_POOLS',
     'GLOBAL_POOLS',
+    'MAPS_LAYOUTS',
     'SCALE_POOLS',
     'spatial_select',
     'pool_scales',
@@ -70,6 +71,27 @@ GLOBAL_POOLS = {
     'catavgmax': 'catavgmax', '': '',
 }
 _SPATIAL_MODES = SPATIAL_POOLS + ('catavgmax', '')
+
+
+# Layouts of the maps inside the network (GaussDerResNet.set_maps_layout).
+MAPS_LAYOUTS = ('auto', 'channels_last', 'contiguous')
+
+# On a CPU, oneDNN's 3x3 convolution on channels-last maps beat the plain layout by 2-3x with 24
+# channels (19-41 GMAC/s against 61-77 on maps that leave the cache, one thread; forward + backward
+# likewise with two threads), while with 32 and 64 channels the plain layout held its own
+# (benchmarks/README.md, "Channels-last handover"). Channels-last maps cost the matrix smoothing a
+# copy of every group of images into the plain layout and back (kernels.py, ``_groups_of_images``).
+# Measured on whole networks with one thread (benchmarks/maps_layout.py; "Channels-last maps"):
+# GaussDerResNet-10 (24 channels) took 0.68-0.96x the time of an inference from 1 x 96 to 1 x 1024 px and
+# 0.77-0.88x a training step; the paper's presets, whose multiply-adds are mostly in layers of 32-256
+# channels, took 1.02-1.31x an inference and 0.94-1.15x a step. With two threads GaussDerResNet-10
+# gained nothing overall (0.68-1.12x over two runs): PyTorch's channels-last batch norm runs slower with two
+# threads than with one (forward + backward 15 against 8 ms, 64 images of 48 px). So 'auto' lays the
+# maps out channels-last on a CPU with one intra-op thread where at least half the mixing multiply-adds
+# are in layers with a channel count that is not a multiple of 32 (GaussDerResNet-10: all of them;
+# the presets: 3-28%).
+_ALIGNED_CHANNELS = 32
+_CHANNELS_LAST_FROM_SHARE = 0.5
 
 
 def spatial_select(maps: torch.Tensor, mode: str) -> torch.Tensor:
@@ -380,6 +402,7 @@ class GaussDerResNet(nn.Module):
         self.scale_dropout_mode = architecture['scale_dropout_mode']
         self.separable_from_block = separable_from_block = architecture['separable_from_block']
         self.grad_checkpointing = False
+        self.maps_layout = 'auto'
         self.bn_momentum = bn_momentum
         self.bn_eps = architecture['bn_eps']
 
@@ -450,6 +473,32 @@ class GaussDerResNet(nn.Module):
         """Recomputes each residual block in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
 
+    def set_maps_layout(self, layout: str = 'auto') -> None:
+        """Sets the memory layout of the maps inside the network: ``'channels_last'``, ``'contiguous'``
+        (the plain layout) or ``'auto'`` (the default: channels-last on a CPU with one intra-op thread
+        where this network's channel counts make it faster, as measured by ``benchmarks/maps_layout.py``).
+        The values are the same in every layout (up to rounding); maps the network returns (features,
+        intermediates, class maps) may come in either.
+        """
+        if layout not in MAPS_LAYOUTS:
+            raise ValueError(f'maps layout must be one of {MAPS_LAYOUTS}, got {layout!r}')
+        self.maps_layout = layout
+
+    def _runs_channels_last(self, x: torch.Tensor) -> bool:
+        """Whether the maps of input ``x`` are laid out channels-last inside the network."""
+        if self.maps_layout != 'auto':
+            return self.maps_layout == 'channels_last'
+        # Depthwise-separable layers mix with a batched GEMM on the plain layout, float64 has no
+        # oneDNN kernels, and traced code leaves layouts to the compiler.
+        if (x.device.type != 'cpu' or x.dtype not in (torch.float32, torch.bfloat16) or torch.get_num_threads() != 1
+                or self.separable_from_block is not None or torch.compiler.is_compiling()):
+            return False
+        work = [(layer.in_channels * layer.out_channels,
+                 layer.in_channels % _ALIGNED_CHANNELS != 0 or layer.out_channels % _ALIGNED_CHANNELS != 0)
+                for layer in self.gd_layers()]
+        misaligned = sum(macs for macs, off in work if off)
+        return misaligned >= _CHANNELS_LAST_FROM_SHARE * sum(macs for macs, _ in work)
+
     def _stages(
             self, x: torch.Tensor, sigma0: float, take: Sequence[int] = (), last: int | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -460,6 +509,7 @@ class GaussDerResNet(nn.Module):
         """
         self._check_input(x)
         sigma0 = check_sigma(sigma0)
+        x = to_maps_layout(x, self._runs_channels_last(x))
         last = len(self.blocks) if last is None else last
         taken = []
         x = F.relu(self.stem_norm(self.stem_conv(x, self.layer_scale(1, sigma0))), inplace=True)

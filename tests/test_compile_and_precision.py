@@ -31,6 +31,9 @@ def _small(name: str, **kwargs):
 @pytest.mark.parametrize('separable_from_block', [None, pytest.param(2, marks=pytest.mark.slow)])
 def test_model_compiles_in_one_graph_and_matches_eager(separable_from_block):
     model = _small('gaussderresnet10_fashionmnist', separable_from_block=separable_from_block)
+    # Traced code keeps the plain layout; eager code in the same layout rounds the same way (the
+    # layouts against each other: test_maps_layout.py).
+    model.set_maps_layout('contiguous')
     x = torch.randn(2, 1, 20, 20)
     # fullgraph=True raises on any graph break, in the forward or in the traced backward.
     compiled = torch.compile(model, fullgraph=True, backend='aot_eager')

@@ -78,3 +78,23 @@ def test_model_size_scaling_refuses_a_pixel_count_below_one(load_benchmark):
     with pytest.raises(SystemExit, match='--pixels must be a positive number of pixels, got 0'):
         load_benchmark('model_size_scaling').main(['--pixels', '0'])
 
+
+def test_maps_layout_times_both_layouts_and_names_what_auto_picks(load_benchmark, capsys):
+    load_benchmark('maps_layout').main(['--models', 'gaussderresnet10_fashionmnist', 'gaussderresnet18_stl10',
+                                        '--shapes', '2x12', '--modes', 'infer', 'train', '--repeats', '1'])
+    rows = [line.replace('|', ' ').split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith('gaussderresnet')]
+    assert [(row[0], row[1], row[2], row[-1]) for row in rows] == [
+        ('gaussderresnet10_fashionmnist', 'infer', '2x12', 'channels_last'),
+        ('gaussderresnet10_fashionmnist', 'train', '2x12', 'channels_last'),
+        ('gaussderresnet18_stl10', 'infer', '2x12', 'contiguous'),
+        ('gaussderresnet18_stl10', 'train', '2x12', 'contiguous')]
+    for row in rows:  # the ratio is the quotient of the two times printed
+        plain, last, ratio = map(float, row[3:6])
+        assert ratio == pytest.approx(last / plain, rel=0.05, abs=0.01)
+
+
+def test_maps_layout_refuses_a_malformed_shape(load_benchmark, capsys):
+    with pytest.raises(SystemExit):
+        load_benchmark('maps_layout').main(['--shapes', '16by96'])
+    assert "shapes are BATCHxSIDE, e.g. 16x96, got '16by96'" in capsys.readouterr().err

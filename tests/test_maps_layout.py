@@ -1,0 +1,193 @@
+"""Channels-last maps: the matrix smoothing methods on them, and the networks run in either layout."""
+import numpy as np
+import pytest
+import scipy.ndimage
+import timm
+import torch
+
+import gaussder_hf  # noqa: F401  (registers the presets with timm)
+from gaussder_hf import kernels
+from gaussder_hf.kernels import (
+    discrete_gaussian_kernel,
+    gaussian_smooth,
+    is_channels_last,
+    smoothing_method,
+    to_maps_layout,
+)
+from gaussder_hf.model import GaussDerResNet
+
+
+def _scipy_smooth(signal: np.ndarray, sigma: float, eps: float, spatial_dims: int) -> np.ndarray:
+    """Separable smoothing by scipy: convolve1d with the discrete Gaussian, mode 'mirror' (d c b | a b c d)."""
+    kernel = discrete_gaussian_kernel(sigma, eps, dtype=torch.float64).numpy()
+    for axis in range(signal.ndim - spatial_dims, signal.ndim):
+        signal = scipy.ndimage.convolve1d(signal, kernel, axis=axis, mode='mirror')
+    return signal
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    layout = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
+    return torch.empty_like(x, memory_format=layout).copy_(x)
+
+
+def test_is_channels_last_reads_the_strides():
+    x = torch.randn(2, 3, 5, 4)
+    assert not is_channels_last(x)
+    assert is_channels_last(x.contiguous(memory_format=torch.channels_last))
+    assert is_channels_last(torch.randn(2, 3, 4, 5, 6).contiguous(memory_format=torch.channels_last_3d))
+    one_channel = torch.randn(2, 1, 5, 4)  # fits both layouts: the channel stride decides
+    assert one_channel.is_contiguous(memory_format=torch.channels_last) and not is_channels_last(one_channel)
+    assert is_channels_last(_channels_last(one_channel))
+    assert not is_channels_last(torch.randn(2, 3, 1, 1))  # one pixel: no layout to speak of
+    assert not is_channels_last(torch.randn(2, 3, 5))  # 1-D maps have no channels-last layout
+    assert not is_channels_last(x.transpose(2, 3))
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_to_maps_layout_converts_both_ways_and_keeps_the_values(channels):
+    x = torch.randn(2, channels, 130, 129, dtype=torch.float64)  # above the blocked-transpose size too
+    last = to_maps_layout(x, True)
+    assert is_channels_last(last) and torch.equal(last, x)
+    assert to_maps_layout(last, True) is last
+    plain = to_maps_layout(last, False)
+    assert not is_channels_last(plain) and plain.is_contiguous() and torch.equal(plain, x)
+    assert to_maps_layout(x, False) is x
+
+
+@pytest.mark.parametrize('method', ['dense', 'banded', 'auto'])
+@pytest.mark.parametrize('shape', [(3, 1, 17, 20), (3, 4, 17, 20), (2, 3, 131, 129), (2, 3, 6, 9, 7)])
+@pytest.mark.parametrize('images_per_group', [1, 2])
+def test_matrix_methods_on_channels_last_maps_equal_scipy_with_gradients(method, shape, images_per_group,
+                                                                        monkeypatch):
+    # Groups of one or two images (a partial last group of one with three images): the smoothing
+    # against scipy, the gradient against the conv method's on the plain layout (autograd through
+    # a convolution, no groups); results in the channels-last layout.
+    monkeypatch.setattr(kernels, '_CHUNK_BYTES', images_per_group * int(np.prod(shape[1:])) * 8)
+    spatial_dims = len(shape) - 2
+    sigma, eps = 1.5, 0.01
+    rng = np.random.default_rng(0)
+    signal = rng.standard_normal(shape)
+    x = _channels_last(torch.tensor(signal)).requires_grad_()
+    with smoothing_method(method):
+        y = gaussian_smooth(x, sigma, eps, spatial_dims)
+    assert is_channels_last(y)
+    np.testing.assert_allclose(y.detach().numpy(), _scipy_smooth(signal, sigma, eps, spatial_dims), rtol=0, atol=1e-12)
+    # a channels-last gradient of the output, as the mixing convolution's backward hands over
+    probe = _channels_last(torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    (grad,) = torch.autograd.grad((y * probe).sum(), x)
+    assert is_channels_last(grad)
+    reference = torch.tensor(signal, requires_grad=True)
+    with smoothing_method('conv'):
+        (expected,) = torch.autograd.grad((gaussian_smooth(reference, sigma, eps, spatial_dims) * probe).sum(),
+                                          reference)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('method', ['dense', 'banded'])
+def test_matrix_methods_with_pad_on_channels_last_maps_equal_the_plain_layout(method):
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 40, 33, dtype=torch.float64)
+    with smoothing_method(method):
+        expected = gaussian_smooth(x, 2.0, pad=1)
+        got = gaussian_smooth(_channels_last(x), 2.0, pad=1)
+    assert is_channels_last(got) and not is_channels_last(expected)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def _small(**kwargs) -> GaussDerResNet:
+    torch.manual_seed(0)
+    return GaussDerResNet(**{'channels': (6, 6, 6), 'initial_scales': (1.0, 2.0), **kwargs})
+
+
+def test_set_maps_layout_refuses_an_unknown_layout():
+    with pytest.raises(ValueError, match="got 'nhwc'"):
+        _small().set_maps_layout('nhwc')
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _runs_channels_last(model, x):
+    _, (maps,) = model._stages(x, 1.0, take=(1,), last=1)
+    return is_channels_last(maps)
+
+
+def test_auto_runs_channels_last_with_one_thread_where_most_channel_counts_are_off_multiples_of_32(one_thread):
+    runs_channels_last = _runs_channels_last
+    x = torch.randn(2, 1, 12, 12)
+    assert runs_channels_last(timm.create_model('gaussderresnet10_fashionmnist'), x)  # 24 channels throughout
+    # the presets: 48-256 channels, multiples of 16 for most of their multiply-adds
+    stl10 = timm.create_model('gaussderresnet18_stl10', initial_scales=(1.0,))
+    assert not runs_channels_last(stl10, torch.randn(1, 3, 12, 12))
+    assert not runs_channels_last(timm.create_model('gaussderresnet18_fashionmnist'), x)
+    assert runs_channels_last(_small(), x)  # 6 channels
+    assert not runs_channels_last(_small(separable_from_block=2), x)  # the separable mix wants the plain layout
+    assert not runs_channels_last(_small().double(), x.double())  # no oneDNN kernels in float64
+    forced = _small().double()
+    forced.set_maps_layout('channels_last')
+    assert runs_channels_last(forced, x.double())
+    stl10.set_maps_layout('channels_last')
+    assert runs_channels_last(stl10, torch.randn(1, 3, 12, 12))
+    plain = timm.create_model('gaussderresnet10_fashionmnist')
+    plain.set_maps_layout('contiguous')
+    assert not runs_channels_last(plain, _channels_last(x))  # a channels-last input is laid out plainly
+    assert runs_channels_last(_small(channels=(48, 48, 48)), x)  # 48: a multiple of 16, not of 32
+    assert not runs_channels_last(_small(channels=(32, 64, 64)), x)
+
+
+def test_auto_keeps_the_plain_layout_with_more_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = timm.create_model('gaussderresnet10_fashionmnist')
+        assert not _runs_channels_last(model, torch.randn(2, 1, 12, 12))
+        model.set_maps_layout('channels_last')
+        assert _runs_channels_last(model, torch.randn(2, 1, 12, 12))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize('separable_from_block', [None, 2])
+def test_network_gives_the_same_logits_maps_and_gradients_in_both_layouts(separable_from_block):
+    x = torch.randn(3, 1, 15, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    results = {}
+    for layout in ('contiguous', 'channels_last'):
+        # the same weights and running statistics for both; the same draws of scale-channel dropout
+        model = _small(separable_from_block=separable_from_block, drop_path_rate=0.1).double()
+        model.set_maps_layout(layout)
+        torch.manual_seed(3)
+        loss = model(x).logsumexp(1).sum()
+        loss.backward()
+        model.eval()
+        with torch.no_grad():
+            final, intermediates = model.forward_intermediates(x)
+            _, stages = model._stages(x, 1.0, take=(0, 1, 2))
+        # the separable block 2 hands back the plain layout (its mix is a batched GEMM)
+        kept = stages[:2] if separable_from_block else stages
+        assert all(is_channels_last(maps) == (layout == 'channels_last') for maps in kept)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results[layout] = (loss.detach(), final, intermediates, grads)
+    plain, last = results['contiguous'], results['channels_last']
+    torch.testing.assert_close(last[0], plain[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(last[1], plain[1], rtol=1e-12, atol=1e-12)
+    for a, b in zip(last[2], plain[2]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for name, grad in plain[3].items():
+        torch.testing.assert_close(last[3][name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_float32_layouts_agree_to_rounding_and_auto_leaves_the_input_alone(one_thread):
+    model = timm.create_model('gaussderresnet10_fashionmnist', initial_scales=(1.0,)).eval()
+    x = torch.randn(4, 1, 30, 30, generator=torch.Generator().manual_seed(2))
+    before = x.clone()
+    with torch.no_grad():
+        auto = model(x)
+        model.set_maps_layout('contiguous')
+        plain = model(x)
+    torch.testing.assert_close(auto, plain, rtol=1e-4, atol=1e-5)
+    assert torch.equal(x, before) and not is_channels_last(x)
