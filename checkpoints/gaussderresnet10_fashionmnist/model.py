@@ -490,8 +490,8 @@ class GaussDerResNet(nn.Module):
             return self.maps_layout == 'channels_last'
         # Depthwise-separable layers mix with a batched GEMM on the plain layout, float64 has no
         # oneDNN kernels, and traced code leaves layouts to the compiler.
-        if (x.device.type != 'cpu' or x.dtype not in (torch.float32, torch.bfloat16) or torch.get_num_threads() != 1
-                or self.separable_from_block is not None or torch.compiler.is_compiling()):
+        if (torch.compiler.is_compiling() or x.device.type != 'cpu' or x.dtype not in (torch.float32, torch.bfloat16)
+                or self.separable_from_block is not None or torch.get_num_threads() != 1):
             return False
         work = [(layer.in_channels * layer.out_channels,
                  layer.in_channels % _ALIGNED_CHANNELS != 0 or layer.out_channels % _ALIGNED_CHANNELS != 0)
