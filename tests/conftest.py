@@ -21,12 +21,20 @@ def _isolated_extraction_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(autouse=True)
 def _restored_thread_count():
     # Tests, and the benchmarks they run with --threads, may set torch's intra-op threads, on which
-    # the layers' rules depend: every test starts with the count the session started with.
+    # the layers' rules depend: every test starts with the count the test run started with.
     torch = sys.modules.get('torch')  # not imported here: some tests check what an import loads
     threads = torch.get_num_threads() if torch is not None else None
     yield
     if threads is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread(_restored_thread_count):
+    """One intra-op thread (the layers' rules depend on the count) for the test; restored after it."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 class RecordingApi:

@@ -104,14 +104,6 @@ def test_set_maps_layout_refuses_an_unknown_layout():
         _small().set_maps_layout('nhwc')
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _runs_channels_last(model, x):
     _, (maps,) = model._stages(x, 1.0, take=(1,), last=1)
     return is_channels_last(maps)
@@ -141,15 +133,11 @@ def test_auto_runs_channels_last_with_one_thread_where_most_channel_counts_are_o
 
 
 def test_auto_keeps_the_plain_layout_with_more_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        model = timm.create_model('gaussderresnet10_fashionmnist')
-        assert not _runs_channels_last(model, torch.randn(2, 1, 12, 12))
-        model.set_maps_layout('channels_last')
-        assert _runs_channels_last(model, torch.randn(2, 1, 12, 12))
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(2)  # the count of before comes back after the test (conftest.py)
+    model = timm.create_model('gaussderresnet10_fashionmnist')
+    assert not _runs_channels_last(model, torch.randn(2, 1, 12, 12))
+    model.set_maps_layout('channels_last')
+    assert _runs_channels_last(model, torch.randn(2, 1, 12, 12))
 
 
 @pytest.mark.parametrize('separable_from_block', [None, 2])

@@ -286,15 +286,6 @@ def test_conv_and_banded_layers_equal_dense_reference_with_gradients(layer_cls, 
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread (the cost model's crossover depends on it), restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize('method', ['auto', 'conv'])
 def test_layer_on_a_large_image_keeps_the_input_layout(method, one_thread):
     torch.manual_seed(0)
