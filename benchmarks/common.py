@@ -23,7 +23,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-__all__ = ['add_arguments', 'setup', 'synchronize', 'time_call', 'round_robin', 'medians', 'status_kb']
+__all__ = ['add_arguments', 'batch_and_side', 'setup', 'synchronize', 'time_call', 'round_robin', 'medians',
+           'status_kb']
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, threads: int | None = os.cpu_count(),
@@ -50,6 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser, *, threads: int | None = os.c
         parser.add_argument('--warmup', type=int, default=warmup,
                             help='untimed runs per case before timing (default: %(default)s)')
     return parser
+
+
+def batch_and_side(text: str) -> tuple[int, int]:
+    """The argparse type of an input shape ``BATCHxSIDE`` (e.g. ``16x96``): ``(batch, side)``."""
+    try:
+        batch, side = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'shapes are BATCHxSIDE, e.g. 16x96, got {text!r}') from None
+    if batch < 1 or side < 1:
+        raise argparse.ArgumentTypeError(f'batch and side must be positive, got {text!r}')
+    return batch, side
 
 
 def setup(args: argparse.Namespace, cuda_hint: str = '') -> torch.device | None:

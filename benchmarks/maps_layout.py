@@ -23,22 +23,13 @@ from gaussder_hf.presets import get_preset
 LAYOUTS = ('contiguous', 'channels_last')
 
 
-def _shape(text: str) -> tuple[int, int]:
-    try:
-        batch, side = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'shapes are BATCHxSIDE, e.g. 16x96, got {text!r}') from None
-    if batch < 1 or side < 1:
-        raise argparse.ArgumentTypeError(f'batch and side must be positive, got {text!r}')
-    return batch, side
-
-
 def _parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--models', nargs='+',
                         default=['gaussderresnet10_fashionmnist', 'gaussderresnet18_fashionmnist',
                                  'gaussderresnet18_stl10'])
-    parser.add_argument('--shapes', type=_shape, nargs='+', default=[(1, 96), (16, 96), (4, 192), (1, 512)],
+    parser.add_argument('--shapes', type=common.batch_and_side, nargs='+',
+                        default=[(1, 96), (16, 96), (4, 192), (1, 512)],
                         help='BATCHxSIDE input shapes (default: 1x96 16x96 4x192 1x512)')
     parser.add_argument('--modes', nargs='+', choices=['infer', 'train'], default=['infer', 'train'])
     parser.add_argument('--scales', type=int, default=1, help='first N scale channels of the preset')
