@@ -98,3 +98,22 @@ def test_maps_layout_refuses_a_malformed_shape(load_benchmark, capsys):
     with pytest.raises(SystemExit):
         load_benchmark('maps_layout').main(['--shapes', '16by96'])
     assert "shapes are BATCHxSIDE, e.g. 16x96, got '16by96'" in capsys.readouterr().err
+
+
+def test_reparam_times_the_folded_models_and_reports_their_logits(load_benchmark, capsys):
+    load_benchmark('reparam').main(['--models', 'gaussderresnet10_fashionmnist', '--shapes', '2x12', '--repeats', '1'])
+    rows = [line.replace('|', ' ').split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith('gaussderresnet10_fashionmnist')]
+    assert len(rows) == 1
+    built, timm_folded, all_folded, timm_ratio, folded_ratio, diff = map(float, rows[0][2:8])
+    for ratio, time in ((timm_ratio, timm_folded), (folded_ratio, all_folded)):  # quotients of the printed times
+        assert ratio == pytest.approx(time / built, rel=0.05 / built + 0.05 / time + 0.01)
+    assert diff < 1e-4  # folding changes the logits by rounding only
+
+
+def test_shapes_are_batch_x_side(load_benchmark):
+    common = load_benchmark('common')
+    assert common.batch_and_side('16x96') == (16, 96) and common.batch_and_side('1X512') == (1, 512)
+    for bad in ('16', '0x96', 'axb'):
+        with pytest.raises(Exception, match=bad):
+            common.batch_and_side(bad)

@@ -27,6 +27,7 @@ import warnings
 
 import torch
 import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .kernels import (
     check_eps,
@@ -140,6 +141,24 @@ class _GaussDerBase(nn.Module):
             raise ValueError(f'expected {self.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})')
         _warn_tf32_once(x)
 
+    def fold_batch_norm(self, norm: nn.BatchNorm2d) -> None:
+        """Folds the batch normalisation ``norm`` that follows this layer, as it acts in evaluation
+        (running statistics), into the layer's output weights and bias: afterwards the layer alone
+        computes what the pair computed in evaluation, up to rounding.
+
+        The layer is linear in its output weights, so the per-channel affine map of ``norm`` moves into
+        them (``torch.nn.utils.fusion.fuse_conv_bn_weights``); a layer without a bias gets one.
+        """
+        if norm.running_mean is None or norm.running_var is None:
+            raise ValueError('only a batch normalisation with running statistics can be folded '
+                             '(track_running_stats=True)')
+        if norm.num_features != self.out_channels:
+            raise ValueError(f'the batch normalisation has {norm.num_features} features, the layer '
+                             f'{self.out_channels} output channels')
+        weight, self.bias = fuse_conv_bn_weights(getattr(self, self._output_weight), self.bias, norm.running_mean,
+                                                 norm.running_var, norm.eps, norm.weight, norm.bias)
+        setattr(self, self._output_weight, weight)
+
     def jet(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """Returns the un-normalised jet ``delta^alpha T_sigma * x``, shape ``(B, C_in, J, *spatial)``."""
         return gaussian_jet(
@@ -197,6 +216,8 @@ class GaussDerConv(_GaussDerBase):
         bias: add a learned bias per output channel.
         spatial_dims: number of spatial dimensions of the input (2 for images).
     """
+
+    _output_weight = 'weight'  # what :meth:`fold_batch_norm` scales
 
     def __init__(
             self,
@@ -271,6 +292,8 @@ class DSGaussDerConv(_GaussDerBase):
 
     Args are those of :class:`GaussDerConv`.
     """
+
+    _output_weight = 'pointwise_weight'  # what :meth:`fold_batch_norm` scales
 
     def __init__(
             self,

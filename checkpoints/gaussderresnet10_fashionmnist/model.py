@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 from timm.models._features import feature_take_indices  # not re-exported by timm.models
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.utils.checkpoint import checkpoint
 
 from .architecture import (
@@ -243,6 +244,14 @@ def _rename_legacy_block_keys(module, state_dict, prefix, *args) -> None:
             state_dict[f'{prefix}{new_name}.{key[len(old):]}'] = state_dict.pop(key)
 
 
+def _folded(layer: GaussDerConv | DSGaussDerConv, norm: nn.Module) -> nn.Module:
+    """Folds ``norm`` (a batch normalisation, or what replaced one) into ``layer``; returns what replaces it."""
+    if isinstance(norm, nn.BatchNorm2d):
+        layer.fold_batch_norm(norm)
+        return nn.Identity()
+    return norm
+
+
 class GaussDerBlock(nn.Module):
     """Gaussian derivative residual block: ``GD -> BN -> ReLU -> GD -> BN``, skip, ReLU (eq. 32).
 
@@ -284,6 +293,22 @@ class GaussDerBlock(nn.Module):
             self.shortcut = None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.register_load_state_dict_pre_hook(_rename_legacy_block_keys)
+
+    def reparameterize(self) -> None:
+        """Folds the batch normalisations into the GD layers and the shortcut, for inference.
+
+        What timm's ``reparameterize_model`` (``validate.py --reparam``, ``benchmark.py --reparam``)
+        calls. The block then computes what it computed in evaluation with one pass less per batch
+        normalisation; its parameters and state-dict keys change, and training it afterwards trains
+        without batch normalisation.
+        """
+        self.bn1 = _folded(self.conv1, self.bn1)
+        self.bn2 = _folded(self.conv2, self.bn2)
+        if self.shortcut is not None and isinstance(self.shortcut[1], nn.BatchNorm2d):
+            conv, norm = self.shortcut
+            conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var,
+                                                          norm.eps, norm.weight, norm.bias)
+            self.shortcut[1] = nn.Identity()
 
     @property
     def downsample(self) -> nn.Sequential | None:
@@ -427,7 +452,7 @@ class GaussDerResNet(nn.Module):
         # timm's dropout of pooled features before the classifier, moved in front of the GD layer.
         self.head_drop = nn.Dropout2d(drop_rate) if drop_rate > 0 else nn.Identity()
         self.head_conv: GaussDerConv | None = None
-        self.head_norm: nn.BatchNorm2d | None = None
+        self.head_norm: nn.Module | None = None
         self.reset_classifier(num_classes)
         self.scale_dropout = nn.Dropout(architecture['scale_dropout'])
         self._set_bn_hyperparameters(self)
@@ -472,6 +497,21 @@ class GaussDerResNet(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recomputes each residual block in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
+
+    def reparameterize(self) -> None:
+        """Folds every batch normalisation into the layer before it, for inference.
+
+        timm's ``reparameterize_model`` folds those of the residual blocks (it calls the method on a
+        model's children); this method folds the first and the last layer's too. The network then
+        computes what it computed in evaluation, up to rounding, with one pass less per batch
+        normalisation (``benchmarks/README.md``, "Batch norm folded"); see
+        :meth:`GaussDerBlock.reparameterize`.
+        """
+        self.stem_norm = _folded(self.stem_conv, self.stem_norm)
+        for block in self.blocks:
+            block.reparameterize()
+        if self.head_conv is not None:
+            self.head_norm = _folded(self.head_conv, self.head_norm)
 
     def set_maps_layout(self, layout: str = 'auto') -> None:
         """Sets the memory layout of the maps inside the network: ``'channels_last'``, ``'contiguous'``
