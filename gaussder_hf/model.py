@@ -81,9 +81,10 @@ MAPS_LAYOUTS = ('auto', 'channels_last', 'contiguous')
 # channels (19-41 GMAC/s against 61-77 on maps that leave the cache, one thread; forward + backward
 # likewise with two threads), while with 32 and 64 channels the plain layout held its own
 # (benchmarks/README.md, "Channels-last handover"). Channels-last maps cost the matrix smoothing a
-# copy of every group of images into the plain layout and back (kernels.py, ``_groups_of_images``).
+# copy of every group of images into the plain layout and back (kernels.py, ``_groups_of_images``;
+# the banded forward takes images of more than a chunk in their own order instead).
 # Measured on whole networks with one thread (benchmarks/maps_layout.py; "Channels-last maps"):
-# GaussDerResNet-10 (24 channels) took 0.68-0.96x the time of an inference from 1 x 96 to 1 x 1024 px and
+# GaussDerResNet-10 (24 channels) took 0.68-0.94x the time of an inference from 1 x 96 to 1 x 1024 px and
 # 0.77-0.88x a training step; the paper's presets, whose multiply-adds are mostly in layers of 32-256
 # channels, took 1.02-1.31x an inference and 0.94-1.15x a step. With two threads GaussDerResNet-10
 # gained nothing overall (0.68-1.12x over two runs): PyTorch's channels-last batch norm runs slower with two

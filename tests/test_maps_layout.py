@@ -83,6 +83,29 @@ def test_matrix_methods_on_channels_last_maps_equal_scipy_with_gradients(method,
     torch.testing.assert_close(grad, expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize('sigma', [0.7, 2.0, 6.0])  # tiles of 16, 16 and three of 16
+@pytest.mark.parametrize('shape', [(2, 3, 40, 33), (1, 4, 70, 29)])
+@pytest.mark.parametrize('chunk_bytes', [3000, 12_000])  # blocks of one row / column, and of several
+def test_banded_forward_on_large_channels_last_images_in_their_own_order_equals_scipy(sigma, shape, chunk_bytes,
+                                                                                      monkeypatch):
+    # Images of more than a chunk go through rows and columns in their memory order; the result
+    # against scipy, and with the pad against the plain layout.
+    monkeypatch.setattr(kernels, '_CHUNK_BYTES', chunk_bytes)
+    taken = []
+    pixel_major = kernels._banded_forward_pixel_major
+    monkeypatch.setattr(kernels, '_banded_forward_pixel_major', lambda *a: taken.append(1) or pixel_major(*a))
+    rng = np.random.default_rng(0)
+    signal = rng.standard_normal(shape)
+    x = _channels_last(torch.tensor(signal))
+    with smoothing_method('banded'):
+        y = gaussian_smooth(x, sigma, 0.01)
+        padded = gaussian_smooth(x, sigma, 0.01, pad=1)
+        expected_padded = gaussian_smooth(torch.tensor(signal), sigma, 0.01, pad=1)
+    assert len(taken) == 2 and is_channels_last(y) and is_channels_last(padded)
+    np.testing.assert_allclose(y.numpy(), _scipy_smooth(signal, sigma, 0.01, 2), rtol=0, atol=1e-12)
+    torch.testing.assert_close(padded, expected_padded, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize('method', ['dense', 'banded'])
 def test_matrix_methods_with_pad_on_channels_last_maps_equal_the_plain_layout(method):
     torch.manual_seed(0)

@@ -924,6 +924,8 @@ def _banded_forward(x: torch.Tensor, band: torch.Tensor, spatial_dims: int, exte
     go through in cache-sized chunks, each written into its slice of one contiguous output.
     """
     if _groups_apply(x, spatial_dims):
+        if _pixel_major(x, spatial_dims, extension, pad, band):
+            return _banded_forward_pixel_major(x, band, extension, pad)
         return _groups_of_images(lambda group: _banded_forward(group, band, spatial_dims, extension, pad), x)
     lead, spatial = x.shape[:x.ndim - spatial_dims], x.shape[x.ndim - spatial_dims:]
     lengths = [_band_geometry(size, band, pad)[1] for size in spatial]
@@ -964,6 +966,55 @@ def _banded_adjoint(grad: torch.Tensor, band: torch.Tensor, spatial_dims: int, e
         out[start:start + per_chunk] = _banded_adjoint_chunk(signals[start:start + per_chunk], band, spatial,
                                                              lengths, extension, pad, workspace)
     return out.view(*lead, *spatial)
+
+
+def _pixel_major(x: torch.Tensor, spatial_dims: int, extension: int, pad: int, band: torch.Tensor) -> bool:
+    """Whether the banded forward takes the channels-last images ``x`` in their own memory order
+    (:func:`_banded_forward_pixel_major`) rather than in groups made plain: 2-D images of more than one
+    chunk each, whose copies into the plain layout and back would run at memory speed."""
+    if spatial_dims != 2 or x[:1].numel() * x.element_size() <= _CHUNK_BYTES:
+        return False
+    width = x.shape[3]
+    return extension < width and _band_geometry(width, band, pad)[1] - width - extension < width
+
+
+def _banded_forward_pixel_major(x: torch.Tensor, band: torch.Tensor, extension: int, pad: int) -> torch.Tensor:
+    """:func:`_banded_forward` of channels-last images ``(B, C, H, W)``, in their memory order ``(B, H, W, C)``.
+
+    Two cache-sized passes, neither transposing: blocks of whole rows ``(rows, W, C)`` are extended and
+    smoothed along ``W`` (the channels the trailing axis of the products) into a buffer, then blocks of
+    columns ``(H, cols, C)`` of that buffer are gathered in reflection order along ``H``, smoothed
+    along ``H`` and written into the channels-last result.
+    """
+    pixels = x.permute(0, 2, 3, 1)
+    batch, height, width, channels = pixels.shape
+    out_h, out_w = height + 2 * pad, width + 2 * pad
+    length_h, length_w = (_band_geometry(n, band, pad)[1] for n in (height, width))
+    element = x.element_size()
+    across = pixels.new_empty(batch, height, out_w, channels)  # smoothed along W
+    rows = max(1, _CHUNK_BYTES // (length_w * channels * element))
+    work = _Workspace(x, rows, (length_w, channels))
+    for image in range(batch):
+        for start in range(0, height, rows):
+            block = pixels[image, start:start + rows]
+            extended = work.buffer(block.shape[0])
+            _REFLECTION_PAD[2](block, [0, 0, extension, length_w - width - extension], out=extended)
+            smoothed = _band_products(extended, band, 1, adjoint=False, out=work.other(extended))
+            across[image, start:start + rows] = smoothed[:, :out_w]
+    out = torch.empty(batch, channels, out_h, out_w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    out_pixels = out.permute(0, 2, 3, 1)
+    index = _band_index(height, extension, length_h, x.device)
+    cols = max(1, _CHUNK_BYTES // (length_h * channels * element))
+    buffers = pixels.new_empty(2, length_h * cols * channels)
+    for image in range(batch):
+        for start in range(0, out_w, cols):
+            block = across[image, :, start:start + cols]
+            extended, smoothed = (buffer[:block[:1].numel() * length_h].view(length_h, *block.shape[1:])
+                                  for buffer in buffers)
+            torch.index_select(block, 0, index, out=extended)
+            _band_products(extended, band, 0, adjoint=False, out=smoothed)
+            out_pixels[image, :, start:start + cols] = smoothed[:out_h]
+    return out
 
 
 class _Workspace:
