@@ -374,6 +374,8 @@ class GaussDerResNet(nn.Module):
         bn_eps: epsilon of every batch normalisation; ``None`` keeps PyTorch's 1e-5.
     """
 
+    maps_layout = 'auto'  # the layout of the maps inside: see set_maps_layout
+
     def __init__(
             self,
             in_chans: int = _DEFAULTS['in_chans'],
@@ -428,7 +430,6 @@ class GaussDerResNet(nn.Module):
         self.scale_dropout_mode = architecture['scale_dropout_mode']
         self.separable_from_block = separable_from_block = architecture['separable_from_block']
         self.grad_checkpointing = False
-        self.maps_layout = 'auto'
         self.bn_momentum = bn_momentum
         self.bn_eps = architecture['bn_eps']
 

@@ -12,6 +12,8 @@ import torch
 from fashion_mnist import needs_fashion
 from recipe_modules import load_recipe
 
+from gaussder_hf.model import GaussDerResNet
+
 ROOT = Path(__file__).resolve().parents[1]
 recipe = load_recipe('train')
 
@@ -142,8 +144,11 @@ def restore_accelerate_state():
 @pytest.mark.slow  # compiling a training step takes ~10 s; the model's one-graph compile runs by default
 @needs_fashion
 def test_compiled_training_matches_eager_resumes_and_saves_plain_weights(tmp_path, restore_accelerate_state,
-                                                                          crashed_copy):
+                                                                          crashed_copy, monkeypatch):
     # aot_eager: Dynamo's capture and AOTAutograd's joint trace, no C++ compiler needed.
+    # Traced code keeps the plain layout; so does the eager run here, so that the two round alike
+    # (with one thread the eager network would run channels-last).
+    monkeypatch.setattr(GaussDerResNet, 'maps_layout', 'contiguous')
     common = [f'cache_dir={tmp_path / "cache"}', 'max_examples=64', 'batch_size=16', 'epochs=2', 'save_every=2',
               'keep_checkpoints=10', 'evaluate_at_end=false', 'evaluate_every_epoch=false']
     torch._dynamo.reset()
