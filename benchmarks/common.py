@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-__all__ = ['add_arguments', 'batch_and_side', 'setup', 'synchronize', 'time_call', 'round_robin', 'medians',
-           'status_kb']
+__all__ = ['add_arguments', 'batch_and_side', 'preset_model', 'scale_count', 'setup', 'synchronize', 'time_call',
+           'round_robin', 'medians', 'status_kb']
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, threads: int | None = os.cpu_count(),
@@ -62,6 +62,28 @@ def batch_and_side(text: str) -> tuple[int, int]:
     if batch < 1 or side < 1:
         raise argparse.ArgumentTypeError(f'batch and side must be positive, got {text!r}')
     return batch, side
+
+
+def scale_count(text: str) -> int:
+    """The argparse type of ``--scales``: how many of a preset's initial scales to run, at least 1."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'--scales must be a whole number, got {text!r}') from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f'--scales must be at least 1, got {count}')
+    return count
+
+
+def preset_model(name: str, scales: int, device: torch.device | str | None = None) -> tuple[dict, torch.nn.Module]:
+    """Returns the preset ``name`` and its timm model on the preset's first ``scales`` initial scales."""
+    import timm
+
+    import gaussder_hf  # noqa: F401  (registers the presets with timm)
+    from gaussder_hf.presets import get_preset
+
+    preset = get_preset(name)
+    return preset, timm.create_model(name, initial_scales=preset['initial_scales'][:scales]).to(device)
 
 
 def setup(args: argparse.Namespace, cuda_hint: str = '') -> torch.device | None:

@@ -12,13 +12,10 @@ from __future__ import annotations
 import argparse
 
 import common
-import timm
 import torch
 import torch.nn.functional as F
 
-import gaussder_hf  # noqa: F401  (registers the presets with timm)
 from gaussder_hf.kernels import is_channels_last
-from gaussder_hf.presets import get_preset
 
 LAYOUTS = ('contiguous', 'channels_last')
 
@@ -32,7 +29,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
                         default=[(1, 96), (16, 96), (4, 192), (1, 512)],
                         help='BATCHxSIDE input shapes (default: 1x96 16x96 4x192 1x512)')
     parser.add_argument('--modes', nargs='+', choices=['infer', 'train'], default=['infer', 'train'])
-    parser.add_argument('--scales', type=int, default=1, help='first N scale channels of the preset')
+    parser.add_argument('--scales', type=common.scale_count, default=1, help='first N scale channels of the preset')
     common.add_arguments(parser, threads=1, repeats=3)
     return parser.parse_args(argv)
 
@@ -56,8 +53,6 @@ def _auto_layout(model, x) -> str:
 
 def main(argv=None) -> None:
     args = _parse_args(argv)
-    if args.scales < 1:
-        raise SystemExit(f'--scales must be at least 1, got {args.scales}')
     device = common.setup(args)
     print(f'# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; {args.scales} scale channel(s), '
           f'median of {args.repeats} after 1 warm-up, layouts interleaved')
@@ -66,8 +61,7 @@ def main(argv=None) -> None:
     print(header)
     print('-' * len(header))
     for name in args.models:
-        preset = get_preset(name)
-        model = timm.create_model(name, initial_scales=preset['initial_scales'][:args.scales]).to(device)
+        preset, model = common.preset_model(name, args.scales, device)
         for batch, side in args.shapes:
             x = torch.rand(batch, preset['in_chans'], side, side, device=device)
             y = torch.randint(0, model.num_classes, (batch,), device=device)

@@ -18,9 +18,6 @@ import timm
 import torch
 from timm.utils.model import reparameterize_model
 
-import gaussder_hf  # noqa: F401  (registers the presets with timm)
-from gaussder_hf.presets import get_preset
-
 
 def _parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -28,15 +25,13 @@ def _parse_args(argv=None) -> argparse.Namespace:
                         default=['gaussderresnet10_fashionmnist', 'gaussderresnet18_fashionmnist'])
     parser.add_argument('--shapes', type=common.batch_and_side, nargs='+', default=[(1, 96), (16, 96), (1, 512)],
                         help='BATCHxSIDE input shapes (default: 1x96 16x96 1x512)')
-    parser.add_argument('--scales', type=int, default=1, help='first N scale channels of the preset')
+    parser.add_argument('--scales', type=common.scale_count, default=1, help='first N scale channels of the preset')
     common.add_arguments(parser, threads=1, repeats=3)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = _parse_args(argv)
-    if args.scales < 1:
-        raise SystemExit(f'--scales must be at least 1, got {args.scales}')
     device = common.setup(args)
     print(f'# torch {torch.__version__}, timm {timm.__version__}, {device}, {torch.get_num_threads()} threads; '
           f'inference, {args.scales} scale channel(s), median of {args.repeats} after 1 warm-up, cases interleaved')
@@ -45,8 +40,8 @@ def main(argv=None) -> None:
     print(header)
     print('-' * len(header))
     for name in args.models:
-        preset = get_preset(name)
-        model = timm.create_model(name, initial_scales=preset['initial_scales'][:args.scales]).to(device).eval()
+        preset, model = common.preset_model(name, args.scales, device)
+        model.eval()
         folded = copy.deepcopy(model)
         folded.reparameterize()
         cases = {'built': model, 'timm': reparameterize_model(model), 'folded': folded}
