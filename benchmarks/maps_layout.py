@@ -43,10 +43,10 @@ def _call(model, x, y, mode):
         F.cross_entropy(model(x), y).backward()
 
 
-def _auto_layout(model, x) -> str:
-    """Returns the layout 'auto' gives the maps of ``x`` (read off the first block's output)."""
+def _auto_layout(model, x, mode: str) -> str:
+    """Returns the layout 'auto' gives the maps of ``x`` in ``mode`` (read off the first block's output)."""
     model.set_maps_layout('auto')
-    with torch.no_grad():
+    with torch.set_grad_enabled(mode == 'train'):  # inference records no gradient
         _, (maps,) = model._stages(x[:1], model.initial_scales[0], take=(1,), last=1)
     return 'channels_last' if is_channels_last(maps) else 'contiguous'
 
@@ -67,7 +67,7 @@ def main(argv=None) -> None:
             y = torch.randint(0, model.num_classes, (batch,), device=device)
             for mode in args.modes:
                 model.train(mode == 'train')
-                auto = _auto_layout(model, x)
+                auto = _auto_layout(model, x, mode)
 
                 def case(layout, mode=mode, x=x, y=y):
                     model.set_maps_layout(layout)

@@ -155,12 +155,22 @@ def test_auto_runs_channels_last_with_one_thread_where_most_channel_counts_are_o
     assert not runs_channels_last(_small(channels=(32, 64, 64)), x)
 
 
-def test_auto_keeps_the_plain_layout_with_more_threads():
+def test_auto_with_more_threads_runs_channels_last_only_without_gradients():
     torch.set_num_threads(2)  # the count of before comes back after the test (conftest.py)
     model = timm.create_model('gaussderresnet10_fashionmnist')
-    assert not _runs_channels_last(model, torch.randn(2, 1, 12, 12))
+    x = torch.randn(2, 1, 12, 12)
+    assert not _runs_channels_last(model, x)  # training: the channels-last batch norm backward is slow
+    with torch.no_grad():
+        assert _runs_channels_last(model, x)
+    with torch.inference_mode():
+        assert _runs_channels_last(model, x)
+        stl10 = timm.create_model('gaussderresnet18_stl10', initial_scales=(1.0,))
+        assert not _runs_channels_last(stl10, torch.randn(1, 3, 12, 12))  # channel counts rule as with one thread
     model.set_maps_layout('channels_last')
-    assert _runs_channels_last(model, torch.randn(2, 1, 12, 12))
+    assert _runs_channels_last(model, x)
+    model.set_maps_layout('contiguous')
+    with torch.no_grad():
+        assert not _runs_channels_last(model, x)
 
 
 @pytest.mark.parametrize('separable_from_block', [None, 2])

@@ -87,11 +87,12 @@ MAPS_LAYOUTS = ('auto', 'channels_last', 'contiguous')
 # GaussDerResNet-10 (24 channels) took 0.68-0.94x the time of an inference from 1 x 96 to 1 x 1024 px and
 # 0.77-0.88x a training step; the paper's presets, whose multiply-adds are mostly in layers of 32-256
 # channels, took 1.02-1.31x an inference and 0.94-1.15x a step. With two threads GaussDerResNet-10
-# gained nothing overall (0.68-1.12x over two runs): PyTorch's channels-last batch norm runs slower with two
-# threads than with one (forward + backward 15 against 8 ms, 64 images of 48 px). So 'auto' lays the
-# maps out channels-last on a CPU with one intra-op thread where at least half the mixing multiply-adds
-# are in layers with a channel count that is not a multiple of 32 (GaussDerResNet-10: all of them;
-# the presets: 3-28%).
+# gained nothing in training (0.96-1.12x): PyTorch's channels-last batch norm backward runs slower with
+# two threads than with one (forward + backward 15 against 8 ms, 64 images of 48 px), while its
+# forward is as fast as the plain one, and inference took 0.62-0.90x from 1 x 96 to 1 x 1024 px (1.05 at
+# 1 x 192). So 'auto' lays the maps out channels-last on a CPU with one intra-op thread, or with more
+# when no gradient is recorded, where at least half the mixing multiply-adds are in layers with a
+# channel count that is not a multiple of 32 (GaussDerResNet-10: all of them; the presets: 3-28%).
 _ALIGNED_CHANNELS = 32
 _CHANNELS_LAST_FROM_SHARE = 0.5
 
@@ -517,10 +518,10 @@ class GaussDerResNet(nn.Module):
 
     def set_maps_layout(self, layout: str = 'auto') -> None:
         """Sets the memory layout of the maps inside the network: ``'channels_last'``, ``'contiguous'``
-        (the plain layout) or ``'auto'`` (the default: channels-last on a CPU with one intra-op thread
-        where this network's channel counts make it faster, as measured by ``benchmarks/maps_layout.py``).
-        The values are the same in every layout (up to rounding); maps the network returns (features,
-        intermediates, class maps) may come in either.
+        (the plain layout) or ``'auto'`` (the default: channels-last on a CPU, with one intra-op thread
+        or in inference without gradients, where this network's channel counts make it faster, as
+        measured by ``benchmarks/maps_layout.py``). The values are the same in every layout (up to
+        rounding); maps the network returns (features, intermediates, class maps) may come in either.
         """
         if layout not in MAPS_LAYOUTS:
             raise ValueError(f'maps layout must be one of {MAPS_LAYOUTS}, got {layout!r}')
@@ -533,8 +534,10 @@ class GaussDerResNet(nn.Module):
         # Depthwise-separable layers mix with a batched GEMM on the plain layout, float64 has no
         # oneDNN kernels, and traced code leaves layouts to the compiler.
         if (torch.compiler.is_compiling() or x.device.type != 'cpu' or x.dtype not in (torch.float32, torch.bfloat16)
-                or self.separable_from_block is not None or torch.get_num_threads() != 1):
+                or self.separable_from_block is not None):
             return False
+        if torch.get_num_threads() != 1 and torch.is_grad_enabled():
+            return False  # the channels-last batch norm backward is slow with several threads
         work = [(layer.in_channels * layer.out_channels,
                  layer.in_channels % _ALIGNED_CHANNELS != 0 or layer.out_channels % _ALIGNED_CHANNELS != 0)
                 for layer in self.gd_layers()]
