@@ -579,6 +579,7 @@ def _smooth_along(x: torch.Tensor, matrix: torch.Tensor, dim: int) -> torch.Tens
 # (benchmarks/README.md, "Smoothing in cache-sized chunks"). Bit-identical: every signal is
 # smoothed alone either way.
 _CHUNK_BYTES = 4 * 2 ** 20
+_MIN_BLOCK_TILES = 4
 
 
 def _signals_per_chunk(lengths: Sequence[int], element_size: int, device: torch.device | None = None) -> int:
@@ -968,11 +969,29 @@ def _banded_adjoint(grad: torch.Tensor, band: torch.Tensor, spatial_dims: int, e
     return out.view(*lead, *spatial)
 
 
+# Channels-last images from this side (in units of K = m T, the multiply-adds per sample) go through
+# the banded forward in their memory order (:func:`_banded_forward_pixel_major`) whatever their size,
+# and maps of that side whose gradient is not recorded take the banded method where the cost model
+# (measured on the plain layout) would take dense. Smoothing alone, 24 channels, channels-last, forward
+# (benchmarks/README.md, "Channels-last maps in their own order"): the memory order took 0.73-0.88x the
+# time of the dense method in groups at 96 px for K = 32, 0.92-1.10x for K = 48, and 0.44-0.67x
+# at 192 px for K = 32 and 48, 1.23-1.44x for K = 176; below 96 px dense won (0.93-1.56x).
+_PIXEL_MAJOR_SIDE_PER_PRODUCT_WIDTH = 3
+
+
+def _pixel_major_side(x: torch.Tensor, product_width: int) -> bool:
+    """Whether the images ``x`` ``(B, C, H, W)`` are wide enough for the memory order whatever their
+    size, with ``product_width`` (K = m T) multiply-adds per sample."""
+    return min(x.shape[2:]) >= _PIXEL_MAJOR_SIDE_PER_PRODUCT_WIDTH * product_width
+
+
 def _pixel_major(x: torch.Tensor, spatial_dims: int, extension: int, pad: int, band: torch.Tensor) -> bool:
     """Whether the banded forward takes the channels-last images ``x`` in their own memory order
     (:func:`_banded_forward_pixel_major`) rather than in groups made plain: 2-D images of more than one
-    chunk each, whose copies into the plain layout and back would run at memory speed."""
-    if spatial_dims != 2 or x[:1].numel() * x.element_size() <= _CHUNK_BYTES:
+    chunk each, whose copies into the plain layout and back would run at memory speed, or of a side
+    of at least ``_PIXEL_MAJOR_SIDE_PER_PRODUCT_WIDTH`` product widths."""
+    large = x[:1].numel() * x.element_size() > _CHUNK_BYTES
+    if spatial_dims != 2 or not (large or _pixel_major_side(x, band.shape[1])):
         return False
     width = x.shape[3]
     return extension < width and _band_geometry(width, band, pad)[1] - width - extension < width
@@ -981,39 +1000,46 @@ def _pixel_major(x: torch.Tensor, spatial_dims: int, extension: int, pad: int, b
 def _banded_forward_pixel_major(x: torch.Tensor, band: torch.Tensor, extension: int, pad: int) -> torch.Tensor:
     """:func:`_banded_forward` of channels-last images ``(B, C, H, W)``, in their memory order ``(B, H, W, C)``.
 
-    Two cache-sized passes, neither transposing: blocks of whole rows ``(rows, W, C)`` are extended and
-    smoothed along ``W`` (the channels the trailing axis of the products) into a buffer, then blocks of
-    columns ``(H, cols, C)`` of that buffer are gathered in reflection order along ``H``, smoothed
-    along ``H`` and written into the channels-last result.
+    One pass over each image in cache-sized blocks of output rows, nothing transposed: the input rows a
+    block reads along ``H`` (a slice of the image, gathered in reflection order only at its borders)
+    are smoothed along ``H`` with all of ``W x C`` as the columns of the products, then extended and
+    smoothed along ``W`` (the channels the trailing axis), and the block is written into the
+    channels-last result, where its rows are contiguous. The full-size maps are read once (plus the
+    rows the blocks share) and written once; everything between stays in the cache.
     """
     pixels = x.permute(0, 2, 3, 1)
     batch, height, width, channels = pixels.shape
     out_h, out_w = height + 2 * pad, width + 2 * pad
+    tile, span = band.shape[0], band.shape[1] // band.shape[0]
     length_h, length_w = (_band_geometry(n, band, pad)[1] for n in (height, width))
-    element = x.element_size()
-    across = pixels.new_empty(batch, height, out_w, channels)  # smoothed along W
-    rows = max(1, _CHUNK_BYTES // (length_w * channels * element))
-    work = _Workspace(x, rows, (length_w, channels))
-    for image in range(batch):
-        for start in range(0, height, rows):
-            block = pixels[image, start:start + rows]
-            extended = work.buffer(block.shape[0])
-            _REFLECTION_PAD[2](block, [0, 0, extension, length_w - width - extension], out=extended)
-            smoothed = _band_products(extended, band, 1, adjoint=False, out=work.other(extended))
-            across[image, start:start + rows] = smoothed[:, :out_w]
+    index = _band_index(height, extension, length_h, x.device)
+    # Output rows per block: whole tiles, at least _MIN_BLOCK_TILES of them (the m - 1 tiles of input
+    # rows a block shares with the next are read twice), the block's buffers about a chunk.
+    row = max(width, length_w) * channels
+    tiles = max(_MIN_BLOCK_TILES, _CHUNK_BYTES // (row * x.element_size() * tile) - span + 1)
+    buffers = x.new_empty(2, (tiles + span - 1) * tile * row)
+
+    def buffer(i: int, *shape: int) -> torch.Tensor:
+        return buffers[i, :math.prod(shape)].view(shape)
+
     out = torch.empty(batch, channels, out_h, out_w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     out_pixels = out.permute(0, 2, 3, 1)
-    index = _band_index(height, extension, length_h, x.device)
-    cols = max(1, _CHUNK_BYTES // (length_h * channels * element))
-    buffers = pixels.new_empty(2, length_h * cols * channels)
     for image in range(batch):
-        for start in range(0, out_w, cols):
-            block = across[image, :, start:start + cols]
-            extended, smoothed = (buffer[:block[:1].numel() * length_h].view(length_h, *block.shape[1:])
-                                  for buffer in buffers)
-            torch.index_select(block, 0, index, out=extended)
-            _band_products(extended, band, 0, adjoint=False, out=smoothed)
-            out_pixels[image, :, start:start + cols] = smoothed[:out_h]
+        for first in range(0, out_h, tiles * tile):
+            rows = min(tiles * tile, out_h - first)
+            # The input rows at extended positions first .. first + reads - 1 along H.
+            reads = (-(-rows // tile) + span - 1) * tile
+            source = first - extension
+            if 0 <= source and source + reads <= height:
+                block = pixels[image, source:source + reads]  # a contiguous slice of the image
+            else:
+                block = torch.index_select(pixels[image], 0, index[first:first + reads],
+                                           out=buffer(0, reads, width, channels))
+            along_h = _band_products(block, band, 0, adjoint=False, out=buffer(1, reads, width, channels))
+            extended = buffer(0, rows, length_w, channels)
+            _REFLECTION_PAD[2](along_h[:rows], [0, 0, extension, length_w - width - extension], out=extended)
+            along_w = _band_products(extended, band, 1, adjoint=False, out=buffer(1, rows, length_w, channels))
+            out_pixels[image, first:first + rows] = along_w[:, :out_w]
     return out
 
 
@@ -1294,6 +1320,13 @@ def _smooth_padded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
         return _smooth_dense(x, sigma, eps, spatial_dims, pad)
     spatial = x.shape[x.ndim - spatial_dims:]
     method = _method_for(sigma, eps, spatial, _streams(x.numel() * x.element_size(), x.device))
+    if (method == 'dense' and _forced_method == 'auto' and spatial_dims == 2 and _groups_apply(x, spatial_dims)
+            and not (torch.is_grad_enabled() and x.requires_grad)
+            and _pixel_major_side(x, math.prod(_band_layout((len(_kernel_taps(sigma, eps)) - 1) // 2)))):
+        # Channels-last maps without a gradient: the banded forward in their memory order beats the
+        # dense method, which needs them in the plain layout (a copy each way). With a gradient the
+        # dense adjoint stays, cheaper than the banded one at these sides.
+        method = 'banded'
     if method == 'conv':
         return _smooth_conv(x, sigma, eps, spatial_dims, pad)
     if method == 'banded':
