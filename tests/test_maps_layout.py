@@ -83,19 +83,25 @@ def test_matrix_methods_on_channels_last_maps_equal_scipy_with_gradients(method,
     torch.testing.assert_close(grad, expected, rtol=0, atol=1e-12)
 
 
+@pytest.fixture
+def memory_order_calls(monkeypatch) -> list:
+    """Records every call of the banded forward in the images' own memory order."""
+    taken = []
+    pixel_major = kernels._banded_forward_pixel_major
+    monkeypatch.setattr(kernels, '_banded_forward_pixel_major', lambda *a: taken.append(1) or pixel_major(*a))
+    return taken
+
+
 @pytest.mark.parametrize('sigma', [0.7, 2.0, 6.0])  # tiles of 16, 16 and three of 16
 # 9 rows: fewer than the extension at sigma 6, so every block gathers rows reflected more than once
 @pytest.mark.parametrize('shape', [(2, 3, 40, 33), (1, 4, 70, 29), (1, 2, 9, 40)])
 @pytest.mark.parametrize('min_block_tiles', [1, 4])  # blocks of one tile of rows, of several and the whole image
 def test_banded_forward_on_large_channels_last_images_in_their_own_order_equals_scipy(sigma, shape, min_block_tiles,
-                                                                                      monkeypatch):
+                                                                                      memory_order_calls, monkeypatch):
     # Images of more than a chunk go through blocks of rows in their memory order; the result
     # against scipy, and with the pad against the plain layout.
     monkeypatch.setattr(kernels, '_CHUNK_BYTES', 3000)
     monkeypatch.setattr(kernels, '_MIN_BLOCK_TILES', min_block_tiles)
-    taken = []
-    pixel_major = kernels._banded_forward_pixel_major
-    monkeypatch.setattr(kernels, '_banded_forward_pixel_major', lambda *a: taken.append(1) or pixel_major(*a))
     rng = np.random.default_rng(0)
     signal = rng.standard_normal(shape)
     x = _channels_last(torch.tensor(signal))
@@ -103,7 +109,7 @@ def test_banded_forward_on_large_channels_last_images_in_their_own_order_equals_
         y = gaussian_smooth(x, sigma, 0.01)
         padded = gaussian_smooth(x, sigma, 0.01, pad=1)
         expected_padded = gaussian_smooth(torch.tensor(signal), sigma, 0.01, pad=1)
-    assert len(taken) == 2 and is_channels_last(y) and is_channels_last(padded)
+    assert len(memory_order_calls) == 2 and is_channels_last(y) and is_channels_last(padded)
     np.testing.assert_allclose(y.numpy(), _scipy_smooth(signal, sigma, 0.01, 2), rtol=0, atol=1e-12)
     torch.testing.assert_close(padded, expected_padded, rtol=0, atol=1e-12)
 
@@ -111,42 +117,36 @@ def test_banded_forward_on_large_channels_last_images_in_their_own_order_equals_
 # (side, sigma, memory order): sigma 1 has K = 2 x 16 multiply-adds per sample, sigma 16 K = 2 x 88
 @pytest.mark.parametrize('side, sigma, memory_order', [(96, 1.0, True), (64, 1.0, False), (150, 16.0, False)])
 def test_channels_last_maps_without_gradient_go_through_the_memory_order_from_three_product_widths(
-        side, sigma, memory_order, monkeypatch):
+        side, sigma, memory_order, memory_order_calls):
     # Images well under a chunk, which the cost model smooths by the dense method: without a
     # gradient, from a side of 3 K on, the banded forward in their memory order; with a gradient
     # the dense method (whose adjoint is cheaper there). Every result against scipy.
-    taken = []
-    pixel_major = kernels._banded_forward_pixel_major
-    monkeypatch.setattr(kernels, '_banded_forward_pixel_major', lambda *a: taken.append(1) or pixel_major(*a))
     signal = np.random.default_rng(0).standard_normal((2, 3, side, side))
     expected = _scipy_smooth(signal, sigma, 0.01, 2)
     assert kernels.chosen_smoothing_method(sigma, 0.01, (side, side), signals=6, dtype=torch.float64) == 'dense'
     x = _channels_last(torch.tensor(signal))
     with torch.no_grad():
         y = gaussian_smooth(x, sigma, 0.01)
-    assert len(taken) == int(memory_order) and is_channels_last(y)
+    assert len(memory_order_calls) == int(memory_order) and is_channels_last(y)
     np.testing.assert_allclose(y.numpy(), expected, rtol=0, atol=1e-12)
     y = gaussian_smooth(x, sigma, 0.01)  # gradients on, none wanted for a network's input
-    assert len(taken) == 2 * int(memory_order)
+    assert len(memory_order_calls) == 2 * int(memory_order)
     np.testing.assert_allclose(y.numpy(), expected, rtol=0, atol=1e-12)
-    taken.clear()
+    memory_order_calls.clear()
     y = gaussian_smooth(x.requires_grad_(), sigma, 0.01)
-    assert not taken
+    assert not memory_order_calls
     np.testing.assert_allclose(y.detach().numpy(), expected, rtol=0, atol=1e-12)
 
 
 def test_channels_last_images_under_a_chunk_from_three_product_widths_take_the_memory_order_in_training(
-        monkeypatch):
+        memory_order_calls, monkeypatch):
     # 192 px: the cost model takes banded for a call of more than a chunk; each image is under one,
     # and its forward goes through the memory order with the gradient recorded too.
-    taken = []
-    pixel_major = kernels._banded_forward_pixel_major
-    monkeypatch.setattr(kernels, '_banded_forward_pixel_major', lambda *a: taken.append(1) or pixel_major(*a))
     signal = np.random.default_rng(1).standard_normal((3, 4, 192, 192))  # 1.2 MB an image, 3.5 MB in all
     monkeypatch.setattr(kernels, '_CHUNK_BYTES', 2 * 2 ** 20)
     x = _channels_last(torch.tensor(signal)).requires_grad_()
     y = gaussian_smooth(x, 2.0, 0.01)
-    assert taken and is_channels_last(y)
+    assert memory_order_calls and is_channels_last(y)
     np.testing.assert_allclose(y.detach().numpy(), _scipy_smooth(signal, 2.0, 0.01, 2), rtol=0, atol=1e-12)
 
 
