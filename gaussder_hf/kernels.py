@@ -955,6 +955,10 @@ def _banded_adjoint(grad: torch.Tensor, band: torch.Tensor, spatial_dims: int, e
     Like the forward, in cache-sized chunks of signals written into one contiguous result.
     """
     if _groups_apply(grad, spatial_dims):
+        inputs = grad.narrow(2, pad, grad.shape[2] - 2 * pad).narrow(3, pad, grad.shape[3] - 2 * pad) \
+            if spatial_dims == 2 else grad  # the shape of the forward's input, for the rule
+        if _pixel_major(inputs, spatial_dims, extension, pad, band):
+            return _banded_adjoint_pixel_major(grad, band, extension, pad)
         return _groups_of_images(lambda group: _banded_adjoint(group, band, spatial_dims, extension, pad), grad)
     lead = grad.shape[:grad.ndim - spatial_dims]
     spatial = [n - 2 * pad for n in grad.shape[grad.ndim - spatial_dims:]]
@@ -970,12 +974,13 @@ def _banded_adjoint(grad: torch.Tensor, band: torch.Tensor, spatial_dims: int, e
 
 
 # Channels-last images from this side (in units of K = m T, the multiply-adds per sample) go through
-# the banded forward in their memory order (:func:`_banded_forward_pixel_major`) whatever their size,
-# and maps of that side whose gradient is not recorded take the banded method where the cost model
-# (measured on the plain layout) would take dense. Smoothing alone, 24 channels, channels-last, forward
-# (benchmarks/README.md, "Channels-last maps in their own order"): the memory order took 0.73-0.88x the
-# time of the dense method in groups at 96 px for K = 32, 0.92-1.10x for K = 48, and 0.44-0.67x
-# at 192 px for K = 32 and 48, 1.23-1.44x for K = 176; below 96 px dense won (0.93-1.56x).
+# the banded method in their memory order (:func:`_banded_forward_pixel_major`, and its adjoint)
+# whatever their size, where the cost model (measured on the plain layout) would take dense in groups
+# of images copied into the plain layout. Smoothing alone, 24 channels, channels-last
+# (benchmarks/README.md, "Channels-last maps in their own order"), the memory order against dense
+# in groups: forward 0.73-0.88x at 96 px for K = 32, 0.92-1.10x for K = 48, 0.44-0.67x at 192 px
+# for K = 32 and 48, 1.23-1.44x for K = 176; below 96 px dense won (0.93-1.56x); forward + backward
+# at 96 px 0.80-0.92x for K = 32 (one thread; 0.86-1.03x with two), 1.49-1.68x for K = 48.
 _PIXEL_MAJOR_SIDE_PER_PRODUCT_WIDTH = 3
 
 
@@ -1040,6 +1045,53 @@ def _banded_forward_pixel_major(x: torch.Tensor, band: torch.Tensor, extension: 
             _REFLECTION_PAD[2](along_h[:rows], [0, 0, extension, length_w - width - extension], out=extended)
             along_w = _band_products(extended, band, 1, adjoint=False, out=buffer(1, rows, length_w, channels))
             out_pixels[image, first:first + rows] = along_w[:, :out_w]
+    return out
+
+
+def _banded_adjoint_pixel_major(grad: torch.Tensor, band: torch.Tensor, extension: int, pad: int) -> torch.Tensor:
+    """:func:`_banded_adjoint` of channels-last gradients ``(B, C, H + 2 pad, W + 2 pad)``: the transpose of
+    :func:`_banded_forward_pixel_major`, block by block in the same memory order. The input rows of
+    neighbouring blocks overlap, so each block's gradient is added into the result."""
+    grad_pixels = grad.permute(0, 2, 3, 1)
+    batch, out_h, out_w, channels = grad_pixels.shape
+    height, width = out_h - 2 * pad, out_w - 2 * pad
+    tile, span = band.shape[0], band.shape[1] // band.shape[0]
+    length_h, length_w = (_band_geometry(n, band, pad)[1] for n in (height, width))
+    index = _band_index(height, extension, length_h, grad.device)
+    row = max(width, length_w) * channels
+    tiles = max(_MIN_BLOCK_TILES, _CHUNK_BYTES // (row * grad.element_size() * tile) - span + 1)
+    buffers = grad.new_empty(2, (tiles + span - 1) * tile * row)
+
+    def buffer(i: int, *shape: int) -> torch.Tensor:
+        return buffers[i, :math.prod(shape)].view(shape)
+
+    out = torch.empty(batch, channels, height, width, dtype=grad.dtype, device=grad.device,
+                      memory_format=torch.channels_last).zero_()
+    out_pixels = out.permute(0, 2, 3, 1)
+    for image in range(batch):
+        for first in range(0, out_h, tiles * tile):
+            rows = min(tiles * tile, out_h - first)
+            reads = (-(-rows // tile) + span - 1) * tile
+            # Along W: the block's gradient up to whole tiles (the tail zero), the adjoint products,
+            # then the mirror extension folded back (no output reads past W + 2 extension).
+            along_w = buffer(0, rows, length_w, channels)
+            along_w[:, out_w:].zero_()
+            along_w[:, :out_w] = grad_pixels[image, first:first + rows]
+            extended = _band_products(along_w, band, 1, adjoint=True, out=buffer(1, rows, length_w, channels))
+            folded = extended[:, extension:extension + width]
+            folded[:, 1:1 + extension].add_(extended[:, :extension].flip(1))
+            after = extended[:, extension + width:2 * extension + width]
+            folded[:, width - 1 - extension:width - 1].add_(after.flip(1))
+            # Along H: rows past the block's outputs are zero, then the products read back onto the input rows.
+            along_h = buffer(0, reads, width, channels)
+            along_h[:rows] = folded
+            along_h[rows:].zero_()
+            rows_grad = _band_products(along_h, band, 0, adjoint=True, out=buffer(1, reads, width, channels))
+            source = first - extension
+            if 0 <= source and source + reads <= height:
+                out_pixels[image, source:source + reads].add_(rows_grad)
+            else:
+                out_pixels[image].index_add_(0, index[first:first + reads], rows_grad)
     return out
 
 
@@ -1321,11 +1373,9 @@ def _smooth_padded(x: torch.Tensor, sigma: float, eps: float, spatial_dims: int,
     spatial = x.shape[x.ndim - spatial_dims:]
     method = _method_for(sigma, eps, spatial, _streams(x.numel() * x.element_size(), x.device))
     if (method == 'dense' and _forced_method == 'auto' and spatial_dims == 2 and _groups_apply(x, spatial_dims)
-            and not (torch.is_grad_enabled() and x.requires_grad)
             and _pixel_major_side(x, math.prod(_band_layout((len(_kernel_taps(sigma, eps)) - 1) // 2)))):
-        # Channels-last maps without a gradient: the banded forward in their memory order beats the
-        # dense method, which needs them in the plain layout (a copy each way). With a gradient the
-        # dense adjoint stays, cheaper than the banded one at these sides.
+        # Channels-last maps: the banded method in their memory order beats the dense one, which needs
+        # them in the plain layout (a copy each way).
         method = 'banded'
     if method == 'conv':
         return _smooth_conv(x, sigma, eps, spatial_dims, pad)

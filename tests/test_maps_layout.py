@@ -84,12 +84,26 @@ def test_matrix_methods_on_channels_last_maps_equal_scipy_with_gradients(method,
 
 
 @pytest.fixture
-def memory_order_calls(monkeypatch) -> list:
-    """Records every call of the banded forward in the images' own memory order."""
+def memory_order_calls(monkeypatch) -> list[str]:
+    """Records every call of the banded method in the images' own memory order: 'forward' or 'adjoint'."""
     taken = []
-    pixel_major = kernels._banded_forward_pixel_major
-    monkeypatch.setattr(kernels, '_banded_forward_pixel_major', lambda *a: taken.append(1) or pixel_major(*a))
+    for name, function in (('forward', kernels._banded_forward_pixel_major),
+                           ('adjoint', kernels._banded_adjoint_pixel_major)):
+        monkeypatch.setattr(kernels, f'_banded_{name}_pixel_major',
+                            lambda *a, name=name, function=function: taken.append(name) or function(*a))
     return taken
+
+
+def _conv_method_gradient(signal: np.ndarray, probe: torch.Tensor, sigma: float, pad: int = 0) -> torch.Tensor:
+    """The gradient of ``(smoothed signal * probe).sum()`` by autograd through the conv method, plain layout."""
+    reference = torch.tensor(signal, requires_grad=True)
+    with smoothing_method('conv'):
+        smoothed = gaussian_smooth(reference, sigma, 0.01, pad=pad)
+    return torch.autograd.grad((smoothed * probe).sum(), reference)[0]
+
+
+def _probe(shape) -> torch.Tensor:
+    return _channels_last(torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
 
 
 @pytest.mark.parametrize('sigma', [0.7, 2.0, 6.0])  # tiles of 16, 16 and three of 16
@@ -98,56 +112,64 @@ def memory_order_calls(monkeypatch) -> list:
 @pytest.mark.parametrize('min_block_tiles', [1, 4])  # blocks of one tile of rows, of several and the whole image
 def test_banded_forward_on_large_channels_last_images_in_their_own_order_equals_scipy(sigma, shape, min_block_tiles,
                                                                                       memory_order_calls, monkeypatch):
-    # Images of more than a chunk go through blocks of rows in their memory order; the result
-    # against scipy, and with the pad against the plain layout.
+    # Images of more than a chunk go through blocks of rows in their memory order, forward and
+    # adjoint; the result against scipy, with the pad against the plain layout, and the gradient
+    # against autograd through the conv method on the plain layout.
     monkeypatch.setattr(kernels, '_CHUNK_BYTES', 3000)
     monkeypatch.setattr(kernels, '_MIN_BLOCK_TILES', min_block_tiles)
     rng = np.random.default_rng(0)
     signal = rng.standard_normal(shape)
-    x = _channels_last(torch.tensor(signal))
+    x = _channels_last(torch.tensor(signal)).requires_grad_()
     with smoothing_method('banded'):
         y = gaussian_smooth(x, sigma, 0.01)
         padded = gaussian_smooth(x, sigma, 0.01, pad=1)
         expected_padded = gaussian_smooth(torch.tensor(signal), sigma, 0.01, pad=1)
-    assert len(memory_order_calls) == 2 and is_channels_last(y) and is_channels_last(padded)
-    np.testing.assert_allclose(y.numpy(), _scipy_smooth(signal, sigma, 0.01, 2), rtol=0, atol=1e-12)
+    assert memory_order_calls == ['forward'] * 2 and is_channels_last(y) and is_channels_last(padded)
+    np.testing.assert_allclose(y.detach().numpy(), _scipy_smooth(signal, sigma, 0.01, 2), rtol=0, atol=1e-12)
     torch.testing.assert_close(padded, expected_padded, rtol=0, atol=1e-12)
+    probe = _probe(padded.shape)
+    (grad,) = torch.autograd.grad((padded * probe).sum(), x)
+    assert memory_order_calls[2:] == ['adjoint'] and is_channels_last(grad)
+    torch.testing.assert_close(grad, _conv_method_gradient(signal, probe, sigma, pad=1), rtol=0, atol=1e-12)
 
 
 # (side, sigma, memory order): sigma 1 has K = 2 x 16 multiply-adds per sample, sigma 16 K = 2 x 88
 @pytest.mark.parametrize('side, sigma, memory_order', [(96, 1.0, True), (64, 1.0, False), (150, 16.0, False)])
-def test_channels_last_maps_without_gradient_go_through_the_memory_order_from_three_product_widths(
+def test_channels_last_maps_go_through_the_memory_order_from_three_product_widths(
         side, sigma, memory_order, memory_order_calls):
-    # Images well under a chunk, which the cost model smooths by the dense method: without a
-    # gradient, from a side of 3 K on, the banded forward in their memory order; with a gradient
-    # the dense method (whose adjoint is cheaper there). Every result against scipy.
+    # Images well under a chunk, which the cost model smooths by the dense method: channels-last
+    # from a side of 3 K on, the banded method in their memory order, forward and adjoint; in the
+    # plain layout the dense method. Every result against scipy, the gradient against the conv method.
     signal = np.random.default_rng(0).standard_normal((2, 3, side, side))
     expected = _scipy_smooth(signal, sigma, 0.01, 2)
     assert kernels.chosen_smoothing_method(sigma, 0.01, (side, side), signals=6, dtype=torch.float64) == 'dense'
-    x = _channels_last(torch.tensor(signal))
-    with torch.no_grad():
-        y = gaussian_smooth(x, sigma, 0.01)
-    assert len(memory_order_calls) == int(memory_order) and is_channels_last(y)
-    np.testing.assert_allclose(y.numpy(), expected, rtol=0, atol=1e-12)
-    y = gaussian_smooth(x, sigma, 0.01)  # gradients on, none wanted for a network's input
-    assert len(memory_order_calls) == 2 * int(memory_order)
-    np.testing.assert_allclose(y.numpy(), expected, rtol=0, atol=1e-12)
-    memory_order_calls.clear()
-    y = gaussian_smooth(x.requires_grad_(), sigma, 0.01)
-    assert not memory_order_calls
+    x = _channels_last(torch.tensor(signal)).requires_grad_()
+    y = gaussian_smooth(x, sigma, 0.01)
+    probe = _probe(y.shape)
+    (grad,) = torch.autograd.grad((y * probe).sum(), x)
+    assert memory_order_calls == (['forward', 'adjoint'] if memory_order else [])
+    assert is_channels_last(y) and is_channels_last(grad)
     np.testing.assert_allclose(y.detach().numpy(), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, _conv_method_gradient(signal, probe, sigma), rtol=0, atol=1e-12)
+    plain = gaussian_smooth(torch.tensor(signal), sigma, 0.01)
+    assert len(memory_order_calls) == 2 * int(memory_order)
+    np.testing.assert_allclose(plain.numpy(), expected, rtol=0, atol=1e-12)
 
 
-def test_channels_last_images_under_a_chunk_from_three_product_widths_take_the_memory_order_in_training(
+def test_channels_last_images_under_a_chunk_from_three_product_widths_take_the_memory_order(
         memory_order_calls, monkeypatch):
     # 192 px: the cost model takes banded for a call of more than a chunk; each image is under one,
-    # and its forward goes through the memory order with the gradient recorded too.
+    # and goes through the memory order, forward and adjoint.
     signal = np.random.default_rng(1).standard_normal((3, 4, 192, 192))  # 1.2 MB an image, 3.5 MB in all
     monkeypatch.setattr(kernels, '_CHUNK_BYTES', 2 * 2 ** 20)
+    assert kernels.chosen_smoothing_method(2.0, 0.01, (192, 192), signals=12, dtype=torch.float64) == 'banded'
     x = _channels_last(torch.tensor(signal)).requires_grad_()
     y = gaussian_smooth(x, 2.0, 0.01)
-    assert memory_order_calls and is_channels_last(y)
+    probe = _probe(y.shape)
+    (grad,) = torch.autograd.grad((y * probe).sum(), x)
+    assert memory_order_calls == ['forward', 'adjoint'] and is_channels_last(y)
     np.testing.assert_allclose(y.detach().numpy(), _scipy_smooth(signal, 2.0, 0.01, 2), rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, _conv_method_gradient(signal, probe, 2.0), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize('method', ['dense', 'banded'])
