@@ -1,15 +1,26 @@
-"""Does the model still need glibc malloc tuning? Throughput and page faults, default vs tuned.
+"""Does the model need glibc malloc tuning? Throughput, page faults and memory, default vs tuned.
 
-A prototype spent about half of its CPU time in page faults: large temporary tensors were
-freed back to the kernel (glibc serves allocations above ``M_MMAP_THRESHOLD`` with fresh
-``mmap``s and trims the heap top) and re-faulted on the next call; keeping freed memory in
-the process (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``)
-doubled its evaluation throughput. This runs the same evaluation (and training steps) in fresh
-subprocesses with the default allocator settings and with that tuning, alternating, and
-prints images/s and minor page faults per image. A ratio near 1 means users get the speed
-without tuning their allocator.
+PyTorch takes CPU memory from ``malloc``. glibc serves every block above its mmap threshold (at
+most 32 MiB on 64-bit systems) with a fresh ``mmap`` and unmaps it when it is freed, so each
+such tensor is faulted in page by page again, on one core. A prototype spent about half of its
+CPU time there; the current layers make no temporary larger than a layer's maps, but on large
+images those maps are themselves far above 32 MiB (24 channels of 1024 x 1024 px: 100 MB).
 
-Run: ``python benchmarks/allocator.py`` (``--help``).
+This runs the same evaluation (and training steps) in fresh subprocesses with glibc's default
+settings and with each tuning below, alternating, and prints images/s, minor page faults per
+image and the resident memory after the timed calls (its growth over them: whether freed memory
+is reused or piles up):
+
+* ``threshold``: the mmap threshold at its 32 MiB cap, freed heap memory kept
+  (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``); larger blocks are
+  still mmapped.
+* ``heap`` (:data:`KEEP_FREED`): no mmapped blocks at all and freed memory kept, one
+  ``GLIBC_TUNABLES`` variable. Its ``tcache_count=0`` matters: an aligned allocation leaves a
+  small remainder that the per-thread cache would hold on to, pinning the freed block before it,
+  so that blocks of one size were never reused and the heap grew by one block per call.
+
+Run: ``python benchmarks/allocator.py`` (``--help``); ``--size 1024 --batch 1 --scales 1`` for a
+large image.
 """
 from __future__ import annotations
 
@@ -23,12 +34,17 @@ import sys
 
 import common
 
-# glibc caps M_MMAP_THRESHOLD at 32 MiB on 64-bit systems (a larger value is ignored).
-TUNED = {
-    'MALLOC_MMAP_THRESHOLD_': str(32 << 20),
-    'MALLOC_TRIM_THRESHOLD_': str(1 << 32),
-    'MALLOC_TOP_PAD_': str(1 << 28),
+# What benchmarks/README.md ("Allocator") recommends for CPU work on large images.
+KEEP_FREED = {'GLIBC_TUNABLES': 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296:'
+                                'glibc.malloc.top_pad=268435456:glibc.malloc.tcache_count=0'}
+SETTINGS = {
+    'default': {},
+    # glibc caps M_MMAP_THRESHOLD at 32 MiB on 64-bit systems (a larger value is ignored).
+    'threshold': {'MALLOC_MMAP_THRESHOLD_': str(32 << 20), 'MALLOC_TRIM_THRESHOLD_': str(1 << 32),
+                  'MALLOC_TOP_PAD_': str(1 << 28)},
+    'heap': KEEP_FREED,
 }
+_VARIABLES = {name for setting in SETTINGS.values() for name in setting}
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
@@ -71,23 +87,25 @@ def _child(args) -> None:
             optimizer.step()
 
     call()
+    rss = common.status_kb('VmRSS')
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     seconds = common.time_call(lambda: [call() for _ in range(args.iterations)])
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     images = args.iterations * args.batch
-    print(json.dumps({'img_s': images / seconds, 'faults_per_image': faults / images}))
+    after = common.status_kb('VmRSS')
+    print(json.dumps({'img_s': images / seconds, 'faults_per_image': faults / images,
+                      'rss_mb': after / 1024, 'rss_growth_mb': (after - rss) / 1024}))
 
 
 def main(argv=None) -> None:
     args = _parse_args(argv)
     if args.child:
         return _child(args)
-    settings = {'default': {}, 'tuned': TUNED}
-    results = {(kind, name): [] for kind in ('infer', 'train') for name in settings}
+    results = {(kind, name): [] for kind in ('infer', 'train') for name in SETTINGS}
     for kind in ('infer', 'train'):
         for _ in range(args.rounds):
-            for name, extra in settings.items():
-                env = {k: v for k, v in os.environ.items() if k not in TUNED} | extra
+            for name, extra in SETTINGS.items():
+                env = {k: v for k, v in os.environ.items() if k not in _VARIABLES} | extra
                 out = subprocess.run([sys.executable, __file__, '--child', kind, '--model', args.model,
                                       '--scales', str(args.scales), '--size', str(args.size), '--batch',
                                       str(args.batch), '--iterations', str(args.iterations)]
@@ -96,13 +114,17 @@ def main(argv=None) -> None:
                 results[kind, name].append(json.loads(out.strip().splitlines()[-1]))
     print(f'{args.model}, {args.scales} scale channel(s), batch {args.batch}, {args.size}x{args.size}; '
           f'{args.iterations} calls per child after a warm-up, best of {args.rounds} children per setting')
-    print('tuned = ' + ' '.join(f'{k}={v}' for k, v in TUNED.items()))
+    for name, setting in SETTINGS.items():
+        print(f'{name:9s} = ' + (' '.join(f'{k}={v}' for k, v in setting.items()) or "glibc's defaults"))
     for kind in ('infer', 'train'):
-        best = {name: max(results[kind, name], key=lambda r: r['img_s']) for name in settings}
-        faults = {name: statistics.median(r['faults_per_image'] for r in results[kind, name]) for name in settings}
-        print(f'  {kind:5s}  default {best["default"]["img_s"]:7.2f} img/s ({faults["default"]:8.0f} faults/img)'
-              f'   tuned {best["tuned"]["img_s"]:7.2f} img/s ({faults["tuned"]:8.0f} faults/img)'
-              f'   tuned / default = {best["tuned"]["img_s"] / best["default"]["img_s"]:.2f}')
+        best = {name: max(results[kind, name], key=lambda r: r['img_s']) for name in SETTINGS}
+        for name in SETTINGS:
+            runs = results[kind, name]
+            print(f'  {kind:5s} {name:9s} {best[name]["img_s"]:8.2f} img/s '
+                  f'({statistics.median(r["faults_per_image"] for r in runs):8.0f} faults/img, '
+                  f'RSS {statistics.median(r["rss_mb"] for r in runs):6.0f} MB, '
+                  f'{max(r["rss_growth_mb"] for r in runs):+5.0f} MB over the calls)'
+                  f'   / default = {best[name]["img_s"] / best["default"]["img_s"]:.2f}')
 
 
 if __name__ == '__main__':
