@@ -1,9 +1,10 @@
 """Channels-last against plain maps inside whole networks: the measurement behind ``maps_layout='auto'``.
 
 For each network and each ``BATCHxSIDE`` shape, an inference (eval, ``torch.no_grad``) and a training
-step (forward, cross-entropy, backward) with the maps laid out channels-last and plain
-(``GaussDerResNet.set_maps_layout``), cases interleaved, median of ``--repeats`` after one warm-up.
-Prints the times, channels-last / plain, and the layout ``'auto'`` picks for that input.
+step (forward, cross-entropy, backward) with the maps laid out plain, channels-last, and plain with
+each mixing convolution on a channels-last copy (``GaussDerResNet.set_maps_layout``), cases
+interleaved, median of ``--repeats`` after one warm-up. Prints the times, each against plain, and
+the layout ``'auto'`` picks for that input.
 
 Run: ``python benchmarks/maps_layout.py`` (see ``--help``; ``--device cuda`` on a GPU).
 """
@@ -15,9 +16,7 @@ import common
 import torch
 import torch.nn.functional as F
 
-from gaussder_hf.kernels import is_channels_last
-
-LAYOUTS = ('contiguous', 'channels_last')
+LAYOUTS = ('contiguous', 'channels_last', 'channels_last_mix')
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
@@ -44,11 +43,10 @@ def _call(model, x, y, mode):
 
 
 def _auto_layout(model, x, mode: str) -> str:
-    """Returns the layout 'auto' gives the maps of ``x`` in ``mode`` (read off the first block's output)."""
+    """Returns the layout 'auto' gives the maps of ``x`` in ``mode``."""
     model.set_maps_layout('auto')
     with torch.set_grad_enabled(mode == 'train'):  # inference records no gradient
-        _, (maps,) = model._stages(x[:1], model.initial_scales[0], take=(1,), last=1)
-    return 'channels_last' if is_channels_last(maps) else 'contiguous'
+        return model._layout_for(x)
 
 
 def main(argv=None) -> None:
@@ -57,7 +55,7 @@ def main(argv=None) -> None:
     print(f'# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; {args.scales} scale channel(s), '
           f'median of {args.repeats} after 1 warm-up, layouts interleaved')
     header = (f'{"network":30s} {"mode":5s} {"shape":>8s} | {"plain ms":>9s} {"chan-last ms":>12s} '
-              f'{"last/plain":>10s} | auto')
+              f'{"last/plain":>10s} {"mix ms":>8s} {"mix/plain":>9s} | auto')
     print(header)
     print('-' * len(header))
     for name in args.models:
@@ -77,7 +75,8 @@ def main(argv=None) -> None:
                 t = common.medians(common.round_robin(calls, args.repeats, device=device))
                 model.set_maps_layout('auto')
                 print(f'{name:30s} {mode:5s} {f"{batch}x{side}":>8s} | {1e3 * t["contiguous"]:9.1f} '
-                      f'{1e3 * t["channels_last"]:12.1f} {t["channels_last"] / t["contiguous"]:10.2f} | {auto}',
+                      f'{1e3 * t["channels_last"]:12.1f} {t["channels_last"] / t["contiguous"]:10.2f} '
+                      f'{1e3 * t["channels_last_mix"]:8.1f} {t["channels_last_mix"] / t["contiguous"]:9.2f} | {auto}',
                       flush=True)
 
 

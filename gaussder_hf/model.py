@@ -14,6 +14,7 @@ blocks), ``global_pool`` (timm's pooling names mapped onto the spatial selection
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import re
@@ -37,7 +38,7 @@ from .architecture import (
     check_hyperparameter,
 )
 from .kernels import check_sigma, to_maps_layout
-from .layers import DSGaussDerConv, GaussDerConv
+from .layers import DSGaussDerConv, GaussDerConv, mixing_channels_last
 
 __all__ = [
     'GaussDerResNet',
@@ -75,7 +76,7 @@ _SPATIAL_MODES = SPATIAL_POOLS + ('catavgmax', '')
 
 
 # Layouts of the maps inside the network (GaussDerResNet.set_maps_layout).
-MAPS_LAYOUTS = ('auto', 'channels_last', 'contiguous')
+MAPS_LAYOUTS = ('auto', 'channels_last', 'channels_last_mix', 'contiguous')
 
 # On a CPU, oneDNN's 3x3 convolution on channels-last maps beat the plain layout by 2-3x with 24
 # channels (19-41 GMAC/s against 61-77 on maps that leave the cache, one thread; forward + backward
@@ -86,15 +87,18 @@ MAPS_LAYOUTS = ('auto', 'channels_last', 'contiguous')
 # Measured on whole networks with one thread (benchmarks/maps_layout.py; "Channels-last maps"):
 # GaussDerResNet-10 (24 channels) took 0.68-0.94x the time of an inference from 1 x 96 to 1 x 1024 px and
 # 0.77-0.88x a training step; the paper's presets, whose multiply-adds are mostly in layers of 32-256
-# channels, took 1.02-1.31x an inference and 0.94-1.15x a step. With two threads GaussDerResNet-10
-# gained nothing in training (0.96-1.12x): PyTorch's channels-last batch norm backward runs slower with
-# two threads than with one (forward + backward 15 against 8 ms, 64 images of 48 px), while its
-# forward is as fast as the plain one, and inference took 0.62-0.90x from 1 x 96 to 1 x 1024 px (1.05 at
-# 1 x 192). So 'auto' lays the maps out channels-last on a CPU with one intra-op thread, or with more
-# when no gradient is recorded, where at least half the mixing multiply-adds are in layers with a
-# channel count that is not a multiple of 32 (GaussDerResNet-10: all of them; the presets: 3-28%).
+# channels, took 1.02-1.31x an inference and 0.94-1.15x a step. With two threads PyTorch's channels-last
+# batch norm backward is slow (forward + backward 15 against 8 ms, 64 images of 48 px, 24 channels; its
+# forward is as fast as the plain one): inference took 0.62-0.90x the time channels-last from 1 x 96 to
+# 1 x 1024 px, training steps 1.02-1.03x on images of 48-96 px and 0.66-0.85x from 128 px (where the
+# smoothing runs in the images' memory order), while plain maps with channels-last mixing convolutions
+# ('channels_last_mix') took 0.85-0.88x on the small images. So 'auto', on a CPU where at least half
+# the mixing multiply-adds are in layers with a channel count that is not a multiple of 32
+# (GaussDerResNet-10: all of them; the presets: 3-28%), lays the maps out channels-last, except
+# 'channels_last_mix' for training with several threads on images under 128 px; plain elsewhere.
 _ALIGNED_CHANNELS = 32
 _CHANNELS_LAST_FROM_SHARE = 0.5
+_CHANNELS_LAST_TRAINING_FROM_SIDE = 128
 
 
 def spatial_select(maps: torch.Tensor, mode: str) -> torch.Tensor:
@@ -518,31 +522,50 @@ class GaussDerResNet(nn.Module):
 
     def set_maps_layout(self, layout: str = 'auto') -> None:
         """Sets the memory layout of the maps inside the network: ``'channels_last'``, ``'contiguous'``
-        (the plain layout) or ``'auto'`` (the default: channels-last on a CPU, with one intra-op thread
-        or in inference without gradients, where this network's channel counts make it faster, as
-        measured by ``benchmarks/maps_layout.py``). The values are the same in every layout (up to
-        rounding); maps the network returns (features, intermediates, class maps) may come in either.
+        (the plain layout), ``'channels_last_mix'`` (plain maps, each GD layer's mixing convolution on a
+        channels-last copy of its smoothed input) or ``'auto'`` (the default: on a CPU, where this
+        network's channel counts make channels-last faster, channels-last, but ``'channels_last_mix'``
+        in training with several intra-op threads on images under 128 px; as measured by
+        ``benchmarks/maps_layout.py``). The values are the same in every layout (up to rounding); maps
+        the network returns (features, intermediates, class maps) may come in either.
         """
         if layout not in MAPS_LAYOUTS:
             raise ValueError(f'maps layout must be one of {MAPS_LAYOUTS}, got {layout!r}')
         self.maps_layout = layout
 
-    def _runs_channels_last(self, x: torch.Tensor) -> bool:
-        """Whether the maps of input ``x`` are laid out channels-last inside the network."""
+    def _layout_for(self, x: torch.Tensor) -> str:
+        """Returns the layout of the maps of input ``x`` inside the network (one of :data:`MAPS_LAYOUTS` but 'auto')."""
+        if self.maps_layout == 'channels_last_mix' and torch.compiler.is_compiling():
+            return 'contiguous'  # the compiler picks the layout of each convolution itself
         if self.maps_layout != 'auto':
-            return self.maps_layout == 'channels_last'
+            return self.maps_layout
         # Depthwise-separable layers mix with a batched GEMM on the plain layout, float64 has no
         # oneDNN kernels, and traced code leaves layouts to the compiler.
         if (torch.compiler.is_compiling() or x.device.type != 'cpu' or x.dtype not in (torch.float32, torch.bfloat16)
                 or self.separable_from_block is not None):
-            return False
-        if torch.get_num_threads() != 1 and torch.is_grad_enabled():
-            return False  # the channels-last batch norm backward is slow with several threads
+            return 'contiguous'
         work = [(layer.in_channels * layer.out_channels,
                  layer.in_channels % _ALIGNED_CHANNELS != 0 or layer.out_channels % _ALIGNED_CHANNELS != 0)
                 for layer in self.gd_layers()]
         misaligned = sum(macs for macs, off in work if off)
-        return misaligned >= _CHANNELS_LAST_FROM_SHARE * sum(macs for macs, _ in work)
+        if misaligned < _CHANNELS_LAST_FROM_SHARE * sum(macs for macs, _ in work):
+            return 'contiguous'
+        if (torch.get_num_threads() != 1 and torch.is_grad_enabled()
+                and min(x.shape[2:]) < _CHANNELS_LAST_TRAINING_FROM_SIDE):
+            return 'channels_last_mix'  # the channels-last batch norm backward is slow with several threads
+        return 'channels_last'
+
+    def _runs_channels_last(self, x: torch.Tensor) -> bool:
+        """Whether the maps of input ``x`` are laid out channels-last inside the network."""
+        return self._layout_for(x) == 'channels_last'
+
+    @staticmethod
+    def _run_block(block: GaussDerBlock, x: torch.Tensor, sigma: float, mix: bool) -> torch.Tensor:
+        # The mixing layout is set inside, so that a checkpointed block recomputes in it too.
+        if not mix:
+            return block(x, sigma)
+        with mixing_channels_last():
+            return block(x, sigma)
 
     def _stages(
             self, x: torch.Tensor, sigma0: float, take: Sequence[int] = (), last: int | None = None,
@@ -554,10 +577,13 @@ class GaussDerResNet(nn.Module):
         """
         self._check_input(x)
         sigma0 = check_sigma(sigma0)
-        x = to_maps_layout(x, self._runs_channels_last(x))
+        layout = self._layout_for(x)
+        mix = layout == 'channels_last_mix'
+        x = to_maps_layout(x, layout == 'channels_last')
         last = len(self.blocks) if last is None else last
         taken = []
-        x = F.relu(self.stem_norm(self.stem_conv(x, self.layer_scale(1, sigma0))), inplace=True)
+        with mixing_channels_last() if mix else contextlib.nullcontext():
+            x = F.relu(self.stem_norm(self.stem_conv(x, self.layer_scale(1, sigma0))), inplace=True)
         if 0 in take:
             taken.append(x)
         for b, block in enumerate(self.blocks, start=1):
@@ -565,9 +591,9 @@ class GaussDerResNet(nn.Module):
                 break
             sigma = self.layer_scale(2 * b, sigma0)
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, sigma, use_reentrant=False)
+                x = checkpoint(self._run_block, block, x, sigma, mix, use_reentrant=False)
             else:
-                x = block(x, sigma)
+                x = self._run_block(block, x, sigma, mix)
             if b in take:
                 taken.append(x)
         return x, taken

@@ -6,7 +6,7 @@ import timm
 import torch
 
 import gaussder_hf  # noqa: F401  (registers the presets with timm)
-from gaussder_hf import kernels
+from gaussder_hf import kernels, layers
 from gaussder_hf.kernels import (
     discrete_gaussian_kernel,
     gaussian_smooth,
@@ -221,32 +221,61 @@ def test_auto_runs_channels_last_with_one_thread_where_most_channel_counts_are_o
     assert not runs_channels_last(_small(channels=(32, 64, 64)), x)
 
 
-def test_auto_with_more_threads_runs_channels_last_only_without_gradients():
+def test_auto_with_more_threads_mixes_channels_last_for_training_on_small_images():
     torch.set_num_threads(2)  # the count of before comes back after the test (conftest.py)
     model = timm.create_model('gaussderresnet10_fashionmnist')
-    x = torch.randn(2, 1, 12, 12)
-    assert not _runs_channels_last(model, x)  # training: the channels-last batch norm backward is slow
+    small, large = torch.randn(2, 1, 12, 12), torch.randn(1, 1, 128, 200)
+    # training on images under 128 px: plain maps, channels-last mixing (the channels-last batch norm
+    # backward is slow with several threads); from 128 px channels-last
+    assert model._layout_for(small) == 'channels_last_mix' and not _runs_channels_last(model, small)
+    assert model._layout_for(large) == 'channels_last'
     with torch.no_grad():
-        assert _runs_channels_last(model, x)
+        assert model._layout_for(small) == 'channels_last' and _runs_channels_last(model, small)
     with torch.inference_mode():
-        assert _runs_channels_last(model, x)
+        assert _runs_channels_last(model, small)
         stl10 = timm.create_model('gaussderresnet18_stl10', initial_scales=(1.0,))
-        assert not _runs_channels_last(stl10, torch.randn(1, 3, 12, 12))  # channel counts rule as with one thread
+        assert stl10._layout_for(torch.randn(1, 3, 12, 12)) == 'contiguous'  # channel counts rule as with one thread
+    assert stl10._layout_for(torch.randn(1, 3, 12, 12)) == 'contiguous'
     model.set_maps_layout('channels_last')
-    assert _runs_channels_last(model, x)
+    assert _runs_channels_last(model, small)
     model.set_maps_layout('contiguous')
     with torch.no_grad():
-        assert not _runs_channels_last(model, x)
+        assert model._layout_for(small) == 'contiguous'
 
 
+def test_channels_last_mix_runs_the_mixing_convolutions_on_channels_last_maps(monkeypatch):
+    # Every GD layer's convolution gets channels-last maps; what the layers hand on stays plain.
+    seen = []
+    conv_nd = layers.conv_nd
+
+    def recording(spatial_dims):
+        conv = conv_nd(spatial_dims)
+        return lambda x, *a, **k: seen.append(is_channels_last(x)) or conv(x, *a, **k)
+
+    monkeypatch.setattr(layers, 'conv_nd', recording)
+    model = _small(in_chans=3)  # (one input channel fits both layouts: the first convolution would read plain)
+    model.set_maps_layout('channels_last_mix')
+    _, stages = model._stages(torch.randn(2, 3, 15, 14), 1.0, take=(0, 1, 2))
+    assert len(seen) == 5 and all(seen)  # the first layer and two blocks of two
+    assert not any(is_channels_last(maps) for maps in stages)
+    seen.clear()
+    model.set_maps_layout('contiguous')
+    model._stages(torch.randn(2, 3, 15, 14), 1.0)
+    assert len(seen) == 5 and not any(seen)
+
+
+@pytest.mark.parametrize('layout, checkpointing', [('channels_last', False), ('channels_last_mix', False),
+                                                   ('channels_last_mix', True)])
 @pytest.mark.parametrize('separable_from_block', [None, 2])
-def test_network_gives_the_same_logits_maps_and_gradients_in_both_layouts(separable_from_block):
+def test_network_gives_the_same_logits_maps_and_gradients_in_every_layout(layout, checkpointing,
+                                                                          separable_from_block):
     x = torch.randn(3, 1, 15, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     results = {}
-    for layout in ('contiguous', 'channels_last'):
+    for case in ('contiguous', layout):
         # the same weights and running statistics for both; the same draws of scale-channel dropout
         model = _small(separable_from_block=separable_from_block, drop_path_rate=0.1).double()
-        model.set_maps_layout(layout)
+        model.set_maps_layout(case)
+        model.set_grad_checkpointing(checkpointing)  # (a recomputed block updates its running statistics again)
         torch.manual_seed(3)
         loss = model(x).logsumexp(1).sum()
         loss.backward()
@@ -256,10 +285,10 @@ def test_network_gives_the_same_logits_maps_and_gradients_in_both_layouts(separa
             _, stages = model._stages(x, 1.0, take=(0, 1, 2))
         # the separable block 2 hands back the plain layout (its mix is a batched GEMM)
         kept = stages[:2] if separable_from_block else stages
-        assert all(is_channels_last(maps) == (layout == 'channels_last') for maps in kept)
+        assert all(is_channels_last(maps) == (case == 'channels_last') for maps in kept)
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-        results[layout] = (loss.detach(), final, intermediates, grads)
-    plain, last = results['contiguous'], results['channels_last']
+        results[case] = (loss.detach(), final, intermediates, grads)
+    plain, last = results['contiguous'], results[layout]
     torch.testing.assert_close(last[0], plain[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(last[1], plain[1], rtol=1e-12, atol=1e-12)
     for a, b in zip(last[2], plain[2]):

@@ -79,19 +79,22 @@ def test_model_size_scaling_refuses_a_pixel_count_below_one(load_benchmark):
         load_benchmark('model_size_scaling').main(['--pixels', '0'])
 
 
-def test_maps_layout_times_both_layouts_and_names_what_auto_picks(load_benchmark, capsys):
+@pytest.mark.parametrize('threads, train_layout', [(1, 'channels_last'), (2, 'channels_last_mix')])
+def test_maps_layout_times_the_layouts_and_names_what_auto_picks(load_benchmark, capsys, threads, train_layout):
     load_benchmark('maps_layout').main(['--models', 'gaussderresnet10_fashionmnist', 'gaussderresnet18_stl10',
-                                        '--shapes', '2x12', '--modes', 'infer', 'train', '--repeats', '1'])
+                                        '--shapes', '2x12', '--modes', 'infer', 'train', '--repeats', '1',
+                                        '--threads', str(threads)])
     rows = [line.replace('|', ' ').split() for line in capsys.readouterr().out.splitlines()
             if line.startswith('gaussderresnet')]
     assert [(row[0], row[1], row[2], row[-1]) for row in rows] == [
         ('gaussderresnet10_fashionmnist', 'infer', '2x12', 'channels_last'),
-        ('gaussderresnet10_fashionmnist', 'train', '2x12', 'channels_last'),
+        ('gaussderresnet10_fashionmnist', 'train', '2x12', train_layout),
         ('gaussderresnet18_stl10', 'infer', '2x12', 'contiguous'),
         ('gaussderresnet18_stl10', 'train', '2x12', 'contiguous')]
-    for row in rows:  # the ratio is the quotient of the two times printed
-        plain, last, ratio = map(float, row[3:6])
+    for row in rows:  # each ratio is the quotient of the times printed
+        plain, last, ratio, mix, mix_ratio = map(float, row[3:8])
         assert ratio == pytest.approx(last / plain, rel=0.05, abs=0.01)
+        assert mix_ratio == pytest.approx(mix / plain, rel=0.05, abs=0.01)
 
 
 def test_maps_layout_refuses_a_malformed_shape(load_benchmark, capsys):
