@@ -1002,49 +1002,70 @@ def _pixel_major(x: torch.Tensor, spatial_dims: int, extension: int, pad: int, b
     return extension < width and _band_geometry(width, band, pad)[1] - width - extension < width
 
 
+class _RowBlocks:
+    """The blocks of output rows in which the memory-order banded method (forward and adjoint) goes
+    through channels-last images of ``height x width`` pixels and ``channels`` channels, and its two
+    work buffers.
+
+    A block holds whole tiles of output rows, at least ``_MIN_BLOCK_TILES`` of them (the ``m - 1``
+    tiles of input rows a block shares with the next are read twice), its buffers about a chunk.
+    """
+
+    def __init__(self, like: torch.Tensor, height: int, width: int, channels: int, band: torch.Tensor,
+                 extension: int, pad: int):
+        self.height, self.width, self.extension = height, width, extension
+        self.out_h, self.out_w = height + 2 * pad, width + 2 * pad
+        self.tile, self.span = band.shape[0], band.shape[1] // band.shape[0]
+        length_h, self.length_w = (_band_geometry(n, band, pad)[1] for n in (height, width))
+        self.index = _band_index(height, extension, length_h, like.device)
+        row = max(width, self.length_w) * channels
+        self.tiles = max(_MIN_BLOCK_TILES, _CHUNK_BYTES // (row * like.element_size() * self.tile) - self.span + 1)
+        self.buffers = like.new_empty(2, (self.tiles + self.span - 1) * self.tile * row)
+
+    def buffer(self, i: int, *shape: int) -> torch.Tensor:
+        return self.buffers[i, :math.prod(shape)].view(shape)
+
+    def __iter__(self) -> Iterator[tuple[int, int, int, int | None]]:
+        """Yields ``(first, rows, reads, source)`` per block: its output rows ``first .. first + rows - 1``
+        read the input rows at extended positions ``first .. first + reads - 1`` along ``H``, which are
+        the image's rows ``source ..`` where they lie inside it (``source`` is ``None`` where the block
+        reaches into the mirror extension and its rows are gathered by :attr:`index`)."""
+        for first in range(0, self.out_h, self.tiles * self.tile):
+            rows = min(self.tiles * self.tile, self.out_h - first)
+            reads = (-(-rows // self.tile) + self.span - 1) * self.tile
+            source = first - self.extension
+            yield first, rows, reads, source if 0 <= source and source + reads <= self.height else None
+
+
 def _banded_forward_pixel_major(x: torch.Tensor, band: torch.Tensor, extension: int, pad: int) -> torch.Tensor:
     """:func:`_banded_forward` of channels-last images ``(B, C, H, W)``, in their memory order ``(B, H, W, C)``.
 
-    One pass over each image in cache-sized blocks of output rows, nothing transposed: the input rows a
-    block reads along ``H`` (a slice of the image, gathered in reflection order only at its borders)
-    are smoothed along ``H`` with all of ``W x C`` as the columns of the products, then extended and
-    smoothed along ``W`` (the channels the trailing axis), and the block is written into the
-    channels-last result, where its rows are contiguous. The full-size maps are read once (plus the
-    rows the blocks share) and written once; everything between stays in the cache.
+    One pass over each image in cache-sized blocks of output rows (:class:`_RowBlocks`), nothing
+    transposed: the input rows a block reads along ``H`` (a slice of the image, gathered in reflection
+    order only at its borders) are smoothed along ``H`` with all of ``W x C`` as the columns of the
+    products, then extended and smoothed along ``W`` (the channels the trailing axis), and the block
+    is written into the channels-last result, where its rows are contiguous. The full-size maps are
+    read once (plus the rows the blocks share) and written once; everything between stays in the cache.
     """
     pixels = x.permute(0, 2, 3, 1)
     batch, height, width, channels = pixels.shape
-    out_h, out_w = height + 2 * pad, width + 2 * pad
-    tile, span = band.shape[0], band.shape[1] // band.shape[0]
-    length_h, length_w = (_band_geometry(n, band, pad)[1] for n in (height, width))
-    index = _band_index(height, extension, length_h, x.device)
-    # Output rows per block: whole tiles, at least _MIN_BLOCK_TILES of them (the m - 1 tiles of input
-    # rows a block shares with the next are read twice), the block's buffers about a chunk.
-    row = max(width, length_w) * channels
-    tiles = max(_MIN_BLOCK_TILES, _CHUNK_BYTES // (row * x.element_size() * tile) - span + 1)
-    buffers = x.new_empty(2, (tiles + span - 1) * tile * row)
-
-    def buffer(i: int, *shape: int) -> torch.Tensor:
-        return buffers[i, :math.prod(shape)].view(shape)
-
-    out = torch.empty(batch, channels, out_h, out_w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    blocks = _RowBlocks(x, height, width, channels, band, extension, pad)
+    length_w = blocks.length_w
+    out = torch.empty(batch, channels, blocks.out_h, blocks.out_w, dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last)
     out_pixels = out.permute(0, 2, 3, 1)
     for image in range(batch):
-        for first in range(0, out_h, tiles * tile):
-            rows = min(tiles * tile, out_h - first)
-            # The input rows at extended positions first .. first + reads - 1 along H.
-            reads = (-(-rows // tile) + span - 1) * tile
-            source = first - extension
-            if 0 <= source and source + reads <= height:
+        for first, rows, reads, source in blocks:
+            if source is not None:
                 block = pixels[image, source:source + reads]  # a contiguous slice of the image
             else:
-                block = torch.index_select(pixels[image], 0, index[first:first + reads],
-                                           out=buffer(0, reads, width, channels))
-            along_h = _band_products(block, band, 0, adjoint=False, out=buffer(1, reads, width, channels))
-            extended = buffer(0, rows, length_w, channels)
+                block = torch.index_select(pixels[image], 0, blocks.index[first:first + reads],
+                                           out=blocks.buffer(0, reads, width, channels))
+            along_h = _band_products(block, band, 0, adjoint=False, out=blocks.buffer(1, reads, width, channels))
+            extended = blocks.buffer(0, rows, length_w, channels)
             _REFLECTION_PAD[2](along_h[:rows], [0, 0, extension, length_w - width - extension], out=extended)
-            along_w = _band_products(extended, band, 1, adjoint=False, out=buffer(1, rows, length_w, channels))
-            out_pixels[image, first:first + rows] = along_w[:, :out_w]
+            along_w = _band_products(extended, band, 1, adjoint=False, out=blocks.buffer(1, rows, length_w, channels))
+            out_pixels[image, first:first + rows] = along_w[:, :blocks.out_w]
     return out
 
 
@@ -1055,43 +1076,32 @@ def _banded_adjoint_pixel_major(grad: torch.Tensor, band: torch.Tensor, extensio
     grad_pixels = grad.permute(0, 2, 3, 1)
     batch, out_h, out_w, channels = grad_pixels.shape
     height, width = out_h - 2 * pad, out_w - 2 * pad
-    tile, span = band.shape[0], band.shape[1] // band.shape[0]
-    length_h, length_w = (_band_geometry(n, band, pad)[1] for n in (height, width))
-    index = _band_index(height, extension, length_h, grad.device)
-    row = max(width, length_w) * channels
-    tiles = max(_MIN_BLOCK_TILES, _CHUNK_BYTES // (row * grad.element_size() * tile) - span + 1)
-    buffers = grad.new_empty(2, (tiles + span - 1) * tile * row)
-
-    def buffer(i: int, *shape: int) -> torch.Tensor:
-        return buffers[i, :math.prod(shape)].view(shape)
-
+    blocks = _RowBlocks(grad, height, width, channels, band, extension, pad)
+    length_w = blocks.length_w
     out = torch.empty(batch, channels, height, width, dtype=grad.dtype, device=grad.device,
                       memory_format=torch.channels_last).zero_()
     out_pixels = out.permute(0, 2, 3, 1)
     for image in range(batch):
-        for first in range(0, out_h, tiles * tile):
-            rows = min(tiles * tile, out_h - first)
-            reads = (-(-rows // tile) + span - 1) * tile
+        for first, rows, reads, source in blocks:
             # Along W: the block's gradient up to whole tiles (the tail zero), the adjoint products,
             # then the mirror extension folded back (no output reads past W + 2 extension).
-            along_w = buffer(0, rows, length_w, channels)
+            along_w = blocks.buffer(0, rows, length_w, channels)
             along_w[:, out_w:].zero_()
             along_w[:, :out_w] = grad_pixels[image, first:first + rows]
-            extended = _band_products(along_w, band, 1, adjoint=True, out=buffer(1, rows, length_w, channels))
+            extended = _band_products(along_w, band, 1, adjoint=True, out=blocks.buffer(1, rows, length_w, channels))
             folded = extended[:, extension:extension + width]
             folded[:, 1:1 + extension].add_(extended[:, :extension].flip(1))
             after = extended[:, extension + width:2 * extension + width]
             folded[:, width - 1 - extension:width - 1].add_(after.flip(1))
             # Along H: rows past the block's outputs are zero, then the products read back onto the input rows.
-            along_h = buffer(0, reads, width, channels)
+            along_h = blocks.buffer(0, reads, width, channels)
             along_h[:rows] = folded
             along_h[rows:].zero_()
-            rows_grad = _band_products(along_h, band, 0, adjoint=True, out=buffer(1, reads, width, channels))
-            source = first - extension
-            if 0 <= source and source + reads <= height:
+            rows_grad = _band_products(along_h, band, 0, adjoint=True, out=blocks.buffer(1, reads, width, channels))
+            if source is not None:
                 out_pixels[image, source:source + reads].add_(rows_grad)
             else:
-                out_pixels[image].index_add_(0, index[first:first + reads], rows_grad)
+                out_pixels[image].index_add_(0, blocks.index[first:first + reads], rows_grad)
     return out
 
 
