@@ -107,10 +107,10 @@ _mixing_channels_last: contextvars.ContextVar[bool] = contextvars.ContextVar('mi
 
 
 @contextlib.contextmanager
-def mixing_channels_last(enabled: bool = True) -> Iterator[None]:
+def mixing_channels_last() -> Iterator[None]:
     """Runs the mixing convolution of every :class:`GaussDerConv` called inside the block on channels-last
     maps (plain-layout inputs and outputs stay plain)."""
-    token = _mixing_channels_last.set(bool(enabled))
+    token = _mixing_channels_last.set(True)
     try:
         yield
     finally:
