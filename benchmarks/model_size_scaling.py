@@ -11,13 +11,19 @@ the side. Each network's cost per pixel is also given relative to its own at the
 the change of the ratio is the quotient of the two, so the table shows which network's cost per
 pixel moved (at batch 1, resnet18's falls as the side grows, its deep layers having only a few
 pixels to work on in a small image). Peak memory: growth of the peak RSS (``VmHWM`` after
-``/proc/self/clear_refs``) over one forward on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU.
+``/proc/self/clear_refs``) over one forward in a fresh process on the CPU (in this one, memory an
+earlier case freed and the allocator kept would hide the growth), ``torch.cuda.max_memory_allocated``
+on a GPU; ``--no-memory`` leaves it out.
 
 Run: ``python benchmarks/model_size_scaling.py`` (see ``--help``; ``--device cuda`` on a GPU).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 
 import common
 import timm
@@ -36,8 +42,19 @@ def _parse_args(argv=None) -> argparse.Namespace:
                              'takes minutes per forward on a CPU)')
     parser.add_argument('--pixels', type=int, default=None,
                         help='pixels per call: batch round(N / side**2), at least 1 (default: batch 1)')
+    parser.add_argument('--no-memory', action='store_true', help='do not measure the peak memory')
+    parser.add_argument('--memory-child', nargs=4, metavar=('MODEL', 'NETWORK', 'SIDE', 'BATCH'),
+                        help=argparse.SUPPRESS)
     common.add_arguments(parser, repeats=3)
     return parser.parse_args(argv)
+
+
+def _networks(name: str, device) -> dict[str, torch.nn.Module]:
+    """The preset ``name`` with one scale channel, and resnet18 with its input channels and 10 classes."""
+    preset = get_preset(name)
+    ours = timm.create_model(name, initial_scales=preset['initial_scales'][:1])
+    ref = timm.create_model('resnet18', in_chans=preset['in_chans'], num_classes=10)
+    return {'ours': ours.eval().to(device), 'resnet18': ref.eval().to(device)}
 
 
 @torch.no_grad()
@@ -46,7 +63,7 @@ def _infer(model, x) -> None:
 
 
 def _peak_memory_mb(model, x, device) -> float:
-    """Returns the peak memory growth in MB over one forward."""
+    """Returns the peak memory growth in MB over one forward in this process."""
     cuda = device.type == 'cuda'
     if cuda:
         common.synchronize(device)
@@ -65,11 +82,33 @@ def _peak_memory_mb(model, x, device) -> float:
     return (peak - base) / 2 ** 20
 
 
+def _memory_child(name: str, network: str, size: int, batch: int, device) -> None:
+    """Prints the peak memory growth of one forward of ``network`` in this (fresh) process as JSON."""
+    model = _networks(name, device)[network]
+    x = torch.rand(batch, get_preset(name)['in_chans'], size, size, device=device)
+    print(json.dumps({'peak_mb': _peak_memory_mb(model, x, device)}))
+
+
+def _fresh_peak_memory_mb(args, name: str, network: str, size: int, batch: int) -> float:
+    """:func:`_memory_child` in a new interpreter with this run's threads and device."""
+    command = [sys.executable, os.path.abspath(__file__), '--memory-child', name, network, str(size), str(batch),
+               '--threads', str(torch.get_num_threads()), '--device', args.device]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])['peak_mb']
+
+
+def _megabytes(value: float | None, width: int) -> str:
+    return f'{"-":>{width}s}' if value is None else f'{value:{width}.0f}'
+
+
 def main(argv=None) -> None:
     args = _parse_args(argv)
     if args.pixels is not None and args.pixels < 1:
         raise SystemExit(f'--pixels must be a positive number of pixels, got {args.pixels}')
     device = common.setup(args)
+    if args.memory_child:
+        name, network, size, batch = args.memory_child
+        return _memory_child(name, network, int(size), int(batch), device)
     limits = {k: int(v) for k, v in (item.split('=') for item in args.max_size)}
     batching = 'batch 1' if args.pixels is None else f'about {args.pixels} pixels per call'
     print(f'# torch {torch.__version__}, timm {timm.__version__}, {device}, {torch.get_num_threads()} threads; '
@@ -77,18 +116,21 @@ def main(argv=None) -> None:
     rows = []
     for name in args.models:
         preset = get_preset(name)
-        ours = timm.create_model(name, initial_scales=preset['initial_scales'][:1]).eval().to(device)
-        ref = timm.create_model('resnet18', in_chans=preset['in_chans'], num_classes=10).eval().to(device)
+        cases = _networks(name, device)
         for size in args.sizes:
             if size > limits.get(name, size):
                 rows.append((name, size, None, None, None, None, None))
                 continue
             batch = 1 if args.pixels is None else max(1, round(args.pixels / size ** 2))
             x = torch.rand(batch, preset['in_chans'], size, size, device=device)
-            cases = {'ours': ours, 'resnet18': ref}
-            memory = {key: _peak_memory_mb(model, x, device) for key, model in cases.items()}  # also the warm-up
+            if args.no_memory:
+                memory = dict.fromkeys(cases)
+            elif device.type == 'cuda':
+                memory = {key: _peak_memory_mb(model, x, device) for key, model in cases.items()}
+            else:
+                memory = {key: _fresh_peak_memory_mb(args, name, key, size, batch) for key in cases}
             calls = {key: (lambda model=model: _infer(model, x)) for key, model in cases.items()}
-            t = common.medians(common.round_robin(calls, args.repeats, warmup=0, device=device))
+            t = common.medians(common.round_robin(calls, args.repeats, warmup=1, device=device))
             rows.append((name, size, batch, t['ours'] / batch, t['resnet18'] / batch,
                          memory['ours'], memory['resnet18']))
             print(f'  {name} {size} done', flush=True)
@@ -108,7 +150,7 @@ def main(argv=None) -> None:
         ratio = ours / ref
         print(f'{name:30s} {size:5d} {batch:5d} | {1e3 * ours:11.1f} {1e3 * ref:15.1f} {ratio:7.1f} '
               f'{per_pixel[0] / per_pixel[1]:21.2f} | {per_pixel[0]:31.2f} {per_pixel[1]:8.2f} '
-              f'| {mem_o:12.0f} {mem_r:8.0f}')
+              f'| {_megabytes(mem_o, 12)} {_megabytes(mem_r, 8)}')
 
 
 if __name__ == '__main__':
