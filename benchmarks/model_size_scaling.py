@@ -1,7 +1,8 @@
 """Whole networks at growing input sides: GaussDerResNets (one scale channel) against timm's resnet18.
 
 Inference (eval, ``torch.no_grad``) time per image of each network at each side, and the ratio
-ours / resnet18 at the same side, cases interleaved, median of ``--repeats`` after one warm-up.
+ours / resnet18 at the same side, median of ``--repeats`` after one warm-up; all sides and both
+networks of a model are timed in one round robin.
 Batch 1 by default; with ``--pixels N`` every call holds about N pixels (batch
 ``round(N / side**2)``, at least 1), so that small sides are timed at a batch that keeps the
 hardware as busy as one large image does, as in training, instead of at the per-call overhead of
@@ -112,28 +113,38 @@ def main(argv=None) -> None:
     limits = {k: int(v) for k, v in (item.split('=') for item in args.max_size)}
     batching = 'batch 1' if args.pixels is None else f'about {args.pixels} pixels per call'
     print(f'# torch {torch.__version__}, timm {timm.__version__}, {device}, {torch.get_num_threads()} threads; '
-          f'inference, {batching}, one scale channel, median of {args.repeats} after 1 warm-up, cases interleaved')
+          f'inference, {batching}, one scale channel, median of {args.repeats} after 1 warm-up, '
+          'all sides and networks interleaved')
     rows = []
     for name in args.models:
         preset = get_preset(name)
-        cases = _networks(name, device)
+        networks = _networks(name, device)
+        # Every side of a model in one round robin: the ratio to the first side compares times taken
+        # in the same rounds, so a drift of the machine's speed during the run moves all sides alike.
+        calls, shapes, memory = {}, {}, {}
         for size in args.sizes:
             if size > limits.get(name, size):
-                rows.append((name, size, None, None, None, None, None))
                 continue
             batch = 1 if args.pixels is None else max(1, round(args.pixels / size ** 2))
             x = torch.rand(batch, preset['in_chans'], size, size, device=device)
-            if args.no_memory:
-                memory = dict.fromkeys(cases)
-            elif device.type == 'cuda':
-                memory = {key: _peak_memory_mb(model, x, device) for key, model in cases.items()}
-            else:
-                memory = {key: _fresh_peak_memory_mb(args, name, key, size, batch) for key in cases}
-            calls = {key: (lambda model=model: _infer(model, x)) for key, model in cases.items()}
-            t = common.medians(common.round_robin(calls, args.repeats, warmup=1, device=device))
-            rows.append((name, size, batch, t['ours'] / batch, t['resnet18'] / batch,
-                         memory['ours'], memory['resnet18']))
-            print(f'  {name} {size} done', flush=True)
+            shapes[size] = batch
+            for key, model in networks.items():
+                calls[key, size] = lambda model=model, x=x: _infer(model, x)
+                if args.no_memory:
+                    memory[key, size] = None
+                elif device.type == 'cuda':
+                    memory[key, size] = _peak_memory_mb(model, x, device)
+                else:
+                    memory[key, size] = _fresh_peak_memory_mb(args, name, key, size, batch)
+        t = common.medians(common.round_robin(calls, args.repeats, warmup=1, device=device)) if calls else {}
+        for size in args.sizes:
+            if size not in shapes:
+                rows.append((name, size, None, None, None, None, None))
+                continue
+            batch = shapes[size]
+            rows.append((name, size, batch, t['ours', size] / batch, t['resnet18', size] / batch,
+                         memory['ours', size], memory['resnet18', size]))
+        print(f'  {name} done', flush=True)
     print()
     header = (f'{"network":30s} {"side":>5s} {"batch":>5s} | {"ours ms/img":>11s} {"resnet18 ms/img":>15s} '
               f'{"ratio":>7s} {"ratio / at first side":>21s} | {"per pixel / at first side: ours":>31s} '

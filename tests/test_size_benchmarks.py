@@ -147,3 +147,16 @@ def test_model_size_scaling_measures_peak_memory_where_the_allocator_keeps_freed
     for row in rows:
         ours, resnet18 = map(float, row[-1].split())
         assert ours > one_map_mb and resnet18 > 0, out
+
+
+def test_model_size_scaling_times_all_sides_in_one_round_robin(load_benchmark, monkeypatch, capsys):
+    # The ratio to the first side divides times of different sides: taken in the same rounds, a drift
+    # of the machine's speed during the run cannot show up as a change with the side.
+    benchmark = load_benchmark('model_size_scaling')
+    rounds = []
+    round_robin = benchmark.common.round_robin
+    monkeypatch.setattr(benchmark.common, 'round_robin', lambda cases, *a, **k: rounds.append(set(cases)) or
+                        round_robin(cases, *a, **k))
+    benchmark.main(['--models', 'gaussderresnet10_fashionmnist', '--sizes', '8', '16', '--repeats', '1',
+                    '--threads', '1', '--no-memory'])
+    assert rounds == [{('ours', 8), ('resnet18', 8), ('ours', 16), ('resnet18', 16)}]
