@@ -250,6 +250,49 @@ def _rename_legacy_block_keys(module, state_dict, prefix, *args) -> None:
             state_dict[f'{prefix}{new_name}.{key[len(old):]}'] = state_dict.pop(key)
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs forward hooks of its own or global ones (what ``nn.Module.__call__``
+    checks before taking its fast path)."""
+    from torch.nn.modules import module as torch_module
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or torch_module._global_forward_hooks
+                or torch_module._global_forward_pre_hooks)
+
+
+# Maps from this size are batch-normalised in place in evaluation (:func:`_normalized`); below it the
+# map stays in the cache, the module's kernel is as fast and the scale and shift cost more (one
+# 96 px image of GaussDerResNet-10, 0.9 MB maps: 1.04x the time with every map in place).
+_IN_PLACE_FROM_BYTES = 4 * 2 ** 20
+
+
+def _normalized(norm: nn.Module, y: torch.Tensor, producer: nn.Module) -> torch.Tensor:
+    """Returns ``norm(y)`` for the output ``y`` of ``producer``, a fresh map nothing else holds.
+
+    A batch normalisation in evaluation is ``y * scale + shift`` per channel; without a gradient
+    to record, a large map is normalised in place, one pass over ``y`` instead of a new
+    full-resolution map whose pages are first touched (``benchmarks/README.md``, "Batch norm in
+    place"). Everywhere else the module is called: in training, with a gradient, under autocast
+    (it runs in float32 there), while traced or compiled (the graph may return ``y`` itself), and
+    where ``norm`` or ``producer`` (or a module in it) has forward hooks (a hook must see ``norm``
+    called, and may keep ``y``).
+    """
+    # The tracers first: under torch.fx, y is a proxy whose attributes cannot be tested.
+    if (torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.compiler.is_compiling()
+            or torch.jit.is_tracing() or torch.jit.is_scripting()
+            or y.numel() * y.element_size() < _IN_PLACE_FROM_BYTES or torch.is_grad_enabled()
+            or type(norm) is not nn.BatchNorm2d or norm.training or norm.running_mean is None
+            or y.dtype != norm.running_mean.dtype or torch.is_autocast_enabled(y.device.type)
+            or _hooked(norm) or any(_hooked(m) for m in producer.modules())):
+        return norm(y)
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale if norm.bias is None else torch.addcmul(norm.bias, norm.running_mean, scale,
+                                                                               value=-1)
+    view = (1, -1) + (1,) * (y.ndim - 2)
+    return torch.addcmul(shift.view(view), y, scale.view(view), out=y)
+
+
 def _folded(layer: GaussDerConv | DSGaussDerConv, norm: nn.Module) -> nn.Module:
     """Folds ``norm`` (a batch normalisation, or what replaced one) into ``layer``; returns what replaces it."""
     if isinstance(norm, nn.BatchNorm2d):
@@ -328,8 +371,8 @@ class GaussDerBlock(nn.Module):
         # allocate and first-touch another full-resolution map (14% of a GaussDerResNet-10
         # forward, one thread, at 1024 px and on 114 images of 96 px alike). The backward of
         # batch norm and of drop-path needs their inputs, not the outputs overwritten here.
-        x = F.relu(self.bn1(self.conv1(x, sigma)), inplace=True)
-        x = self.drop_path(self.bn2(self.conv2(x, sigma)))
+        x = F.relu(_normalized(self.bn1, self.conv1(x, sigma), self.conv1), inplace=True)
+        x = self.drop_path(_normalized(self.bn2, self.conv2(x, sigma), self.conv2))
         x = x.add_(skip) if x.dtype == torch.promote_types(x.dtype, skip.dtype) else x + skip
         return F.relu(x, inplace=True)
 
@@ -583,7 +626,8 @@ class GaussDerResNet(nn.Module):
         last = len(self.blocks) if last is None else last
         taken = []
         with mixing_channels_last() if mix else contextlib.nullcontext():
-            x = F.relu(self.stem_norm(self.stem_conv(x, self.layer_scale(1, sigma0))), inplace=True)
+            x = F.relu(_normalized(self.stem_norm, self.stem_conv(x, self.layer_scale(1, sigma0)), self.stem_conv),
+                       inplace=True)
         if 0 in take:
             taken.append(x)
         for b, block in enumerate(self.blocks, start=1):
@@ -606,7 +650,8 @@ class GaussDerResNet(nn.Module):
         if self.head_conv is None:  # classifier removed: the features are the output
             return features
         features = self.head_drop(features)
-        return self.head_norm(self.head_conv(features, self.layer_scale(self.num_layers, sigma0)))
+        return _normalized(self.head_norm, self.head_conv(features, self.layer_scale(self.num_layers, sigma0)),
+                           self.head_conv)
 
     def forward_channel(self, x: torch.Tensor, sigma0: float) -> torch.Tensor:
         """Returns the final-layer maps of the scale channel with initial scale ``sigma0``, ``(B, K, H, W)``."""
