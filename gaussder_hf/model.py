@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 from timm.models._features import feature_take_indices  # not re-exported by timm.models
+from torch.nn.modules import module as _torch_module  # the global hook registries
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.utils.checkpoint import checkpoint
 
@@ -253,10 +254,8 @@ def _rename_legacy_block_keys(module, state_dict, prefix, *args) -> None:
 def _hooked(module: nn.Module) -> bool:
     """Whether calling ``module`` runs forward hooks of its own or global ones (what ``nn.Module.__call__``
     checks before taking its fast path)."""
-    from torch.nn.modules import module as torch_module
-
-    return bool(module._forward_hooks or module._forward_pre_hooks or torch_module._global_forward_hooks
-                or torch_module._global_forward_pre_hooks)
+    return bool(module._forward_hooks or module._forward_pre_hooks or _torch_module._global_forward_hooks
+                or _torch_module._global_forward_pre_hooks)
 
 
 # Maps from this size are batch-normalised in place in evaluation (:func:`_normalized`); below it the

@@ -52,24 +52,16 @@ def _hook(module):
     return module.register_forward_hook(lambda *args: None)
 
 
-# Each case: what makes the module call necessary, as a context around the call.
+# Each case: what makes the module call necessary, as a context around the call (a hook's handle
+# removes it on leaving).
 _CALLED = {
     'training': lambda norm, producer: contextlib.nullcontext(norm.train()),
     'gradient': lambda norm, producer: torch.enable_grad(),
-    'hook on the norm': lambda norm, producer: contextlib.closing(_Removable(_hook(norm))),
-    'hook on the layer': lambda norm, producer: contextlib.closing(_Removable(_hook(producer))),
-    'global hook': lambda norm, producer: contextlib.closing(_Removable(
-        torch.nn.modules.module.register_module_forward_hook(lambda *args: None))),
+    'hook on the norm': lambda norm, producer: _hook(norm),
+    'hook on the layer': lambda norm, producer: _hook(producer),
+    'global hook': lambda norm, producer: torch.nn.modules.module.register_module_forward_hook(lambda *args: None),
     'autocast': lambda norm, producer: torch.autocast('cpu', dtype=torch.bfloat16),
 }
-
-
-class _Removable:
-    def __init__(self, handle):
-        self.handle = handle
-
-    def close(self):
-        self.handle.remove()
 
 
 @pytest.mark.parametrize('case', sorted(_CALLED))
